@@ -1,0 +1,224 @@
+"""`cryo-ingest`: a thin layer over the Python API. Exit 0 success, 1 operational failure, 2 invalid input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from . import devnet, manifest
+from .backfill import PartitionResult, Result, backfill
+from .config import DATASETS, Job, load_node, make_job, resolve_pool
+from .errors import ConfigError, IngestError, RedactingFilter, redact
+from .storage import open_store
+
+console = Console(stderr=True)
+out = Console()
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        console.print(f"invalid arguments: {redact(message)}", markup=False)
+        raise SystemExit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="cryo-ingest", description="Archive EVM chain data to Parquet in object storage, with Cryo.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    b = sub.add_parser("backfill", help="archive a block range")
+    b.add_argument("--config", type=Path, help="the spec's DAG node YAML (a node or a list of nodes)")
+    b.add_argument("--node", help="node name in --config")
+    b.add_argument("--chain-id", type=int)
+    b.add_argument("--start", type=int, help="first block (overrides start_block)")
+    b.add_argument("--end", type=int, help="last block, inclusive (overrides end_block)")
+    b.add_argument("--datasets", help=f"comma-separated: {','.join(DATASETS)} (aliases txs, events)")
+    b.add_argument("--rpc", action="append", help="RPC URL (repeatable): a pool of these with default limits")
+    b.add_argument("--rpc-pool", help="pool name (CRYO_INGEST_RPC_POOL_<NAME>, --rpc-pool-file, --rpc-pool-secret)")
+    b.add_argument("--rpc-pool-file", type=Path, help="YAML/JSON pools file; values may use ${ENV}")
+    b.add_argument("--rpc-pool-secret", help="AWS Secrets Manager secret holding the pool document")
+    b.add_argument("--root", help="archive root: path, file://, s3://, gs://, az://")
+    b.add_argument("--chunk-size", type=int)
+    b.add_argument("--force", action="store_true", help="redo chunks the manifest already lists")
+    b.add_argument("--overwrite-conflicts", action="store_true", help="replace archived chunks whose content changed")
+    b.add_argument("--max-concurrency", type=int, help="worker processes (default 2)")
+    b.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
+    b.add_argument("--events-file", type=Path, help="append one JSON line per published chunk")
+    b.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+    d = sub.add_parser("demo", help="archive a generated local devnet chain (anvil)")
+    d.add_argument("--root", default="./archive")
+    d.add_argument("--blocks", type=int, default=2000)
+    d.add_argument("--txs-per-block", type=int, default=10)
+    d.add_argument("--chunk-size", type=int, default=500)
+
+    ls = sub.add_parser("ls", help="list what the manifests of an archive say")
+    ls.add_argument("root")
+    ls.add_argument("--chain-id", type=int, required=True)
+    ls.add_argument("--dataset", choices=DATASETS)
+    ls.add_argument("--files", action="store_true", help="one line per file")
+    return p
+
+
+def job_from_args(a: argparse.Namespace) -> Job:
+    fields: dict[str, Any] = {}
+    pool_name = a.rpc_pool
+    if a.config is not None:
+        node = load_node(a.config, a.node)
+        cfg = node.config
+        fields.update(chain_id=cfg.chain_id, datasets=cfg.datasets, output_dataset=node.output_dataset)
+        for name in ("start_block", "end_block", "root", "chunk_size", "reorg_buffer", "chunks_per_partition", "rpc"):
+            if getattr(cfg, name) is not None:
+                fields[name] = getattr(cfg, name)
+        pool_name = pool_name or cfg.rpc_pool
+    elif a.node is not None:
+        raise ConfigError("invalid config: --node: needs --config")
+    cli = {
+        "chain_id": a.chain_id, "start_block": a.start, "end_block": a.end, "datasets": a.datasets,
+        "root": a.root, "chunk_size": a.chunk_size, "max_concurrency": a.max_concurrency,
+    }  # fmt: skip
+    fields.update({k: v for k, v in cli.items() if v is not None})
+    if a.rpc:
+        fields["rpc"] = a.rpc
+    elif pool_name:
+        fields["rpc"] = resolve_pool(pool_name, a.rpc_pool_file, a.rpc_pool_secret)
+    for name, flag in (("chain_id", "--chain-id"), ("start_block", "--start"), ("end_block", "--end"),
+                       ("datasets", "--datasets"), ("rpc", "--rpc or --rpc-pool")):  # fmt: skip
+        if name not in fields:
+            raise ConfigError(f"invalid config: {name}: missing (give {flag} or set it in --config)")
+    options = {}
+    for item in a.storage_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"invalid config: --storage-option: expected KEY=VALUE, got {key!r}")
+        options[key] = value
+    return make_job(**fields, force=a.force, overwrite_conflicts=a.overwrite_conflicts, storage_options=options)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def archive_table(root: str, chain_id: int, datasets: tuple[str, ...]) -> Table:
+    """Per dataset: files, rows, bytes, block range, as the manifests say."""
+    store = open_store(root)
+    table = Table(title=f"archive {root} chain {chain_id}")
+    for col in ("dataset", "files", "rows", "bytes", "blocks"):
+        table.add_column(col, justify="left" if col in ("dataset", "blocks") else "right")
+    for dataset in datasets:
+        m = manifest.load(store, chain_id, dataset)
+        files = list(m.files.values()) if m else []
+        blocks = f"{files[0].start_block}..{files[-1].end_block}" if files else "-"
+        rows, size = sum(f.rows for f in files), sum(f.bytes for f in files)
+        table.add_row(dataset, str(len(files)), f"{rows:,}", _size(size), blocks)
+    return table
+
+
+def _report(result: Result) -> None:
+    t = Table(title=f"backfill chain {result.chain_id} blocks {result.start_block}..{result.end_block} ({result.seconds:.1f} s)")
+    for col in ("dataset", "chunks published", "rows", "already archived", "not final yet"):
+        t.add_column(col, justify="left" if col == "dataset" else "right")
+    for dataset in result.datasets:
+        pub = [e for e in result.published if e.dataset == dataset]
+        t.add_row(dataset, str(len(pub)), f"{sum(e.rows for e in pub):,}", str(len(result.done)), str(len(result.pending)))
+    console.print(t)
+    g = Table(title="RPC endpoints")
+    for col in ("endpoint", "requests", "retries", "429s", "errors", "p50 ms", "p95 ms", "state"):
+        g.add_column(col)
+    for name, m in result.gateway.items():
+        errs = ", ".join(f"{k} {v}" for k, v in m["errors"].items()) or "-"
+        g.add_row(name, str(m["requests"]), str(m["retries"]), str(m["http_429"]), errs, str(m["p50_ms"]), str(m["p95_ms"]), m["disabled"] or "ok")
+    console.print(g)
+    for msg in result.conflicts + result.failed:
+        console.print(f"[red]error:[/red] {redact(msg)}", highlight=False)
+
+
+def _on_partition(pr: PartitionResult, total: int) -> None:
+    state = "[red]failed[/red]" if pr.error else "[green]ok[/green]"
+    console.print(f"partition {pr.partition.start}-{pr.partition.end}: {state}", highlight=False)
+
+
+def cmd_backfill(a: argparse.Namespace) -> int:
+    job = job_from_args(a)
+    result = backfill(job, events_file=a.events_file, on_partition=_on_partition)
+    _report(result)
+    if a.json:
+        doc = asdict(result) | {"ok": result.ok}
+        out.print_json(redact(json.dumps(doc, default=str)))
+    return 0 if result.ok else 1
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    if a.blocks < 1 or a.chunk_size < 1:
+        raise ConfigError("invalid config: --blocks and --chunk-size must be positive")
+    with devnet.anvil() as node:
+        t = time.monotonic()
+        chain = devnet.generate_sync(node.url, a.blocks, a.txs_per_block)
+        console.print(
+            f"devnet: {chain.head + 1} blocks, {chain.transactions:,} transactions "
+            f"({chain.reverted} reverted, {chain.creations} creations) in {time.monotonic() - t:.1f} s"
+        )
+        end = (a.blocks // a.chunk_size) * a.chunk_size - 1  # whole chunks only: the rest is not final
+        if end < 0:
+            raise ConfigError(f"invalid config: --blocks {a.blocks} is less than one chunk of {a.chunk_size}")
+        job = make_job(
+            chain_id=devnet.CHAIN_ID, start_block=0, end_block=end, datasets=list(DATASETS),
+            rpc=[node.url], root=a.root, chunk_size=a.chunk_size,
+        )  # fmt: skip
+        result = backfill(job, on_partition=_on_partition)
+    _report(result)
+    out.print(archive_table(a.root, devnet.CHAIN_ID, DATASETS))
+    return 0 if result.ok else 1
+
+
+def cmd_ls(a: argparse.Namespace) -> int:
+    datasets = (a.dataset,) if a.dataset else DATASETS
+    if not a.files:
+        out.print(archive_table(a.root, a.chain_id, datasets))
+        return 0
+    store = open_store(a.root)
+    for dataset in datasets:
+        m = manifest.load(store, a.chain_id, dataset)
+        for e in m.files.values() if m else []:
+            out.print(f"{dataset}\t{e.path}\t{e.start_block}\t{e.end_block}\t{e.rows}\t{e.bytes}\t{e.sha256}", highlight=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = RichHandler(console=console, show_path=False, show_time=False)
+    handler.addFilter(RedactingFilter())
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler], format="%(message)s")
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    commands = {"backfill": cmd_backfill, "demo": cmd_demo, "ls": cmd_ls}
+    try:
+        return commands[args.command](args)
+    except IngestError as err:
+        console.print(f"error: {err}", markup=False, highlight=False)
+        return err.exit_code
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

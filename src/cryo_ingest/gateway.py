@@ -1,0 +1,451 @@
+"""A JSON-RPC proxy on 127.0.0.1: the only thing that talks to RPC providers.
+
+Cryo gets this proxy's URL, never a provider's (it leaks its RPC URL into reports and banners,
+and does not survive 429s or 5xx). Behind the proxy sits the key pool: a token bucket and a
+concurrency cap per endpoint, retries with backoff and jitter on another endpoint, a circuit
+breaker, and per-endpoint metrics by name. It also makes old chains readable by Cryo
+(docs/history.md): receipts without `from`/`to` get them from the block's own transactions, and
+receipts without `status` (pre-Byzantium) are recorded so that `success` is written as null.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiolimiter import AsyncLimiter
+
+from . import traces
+from .config import Endpoint
+from .errors import RpcError
+
+log = logging.getLogger("cryo_ingest.gateway")
+
+STATUS_UNKNOWN_PATH = "/_cryo_ingest/status-unknown"
+TRACE_SOURCE_PATH = "/_cryo_ingest/trace-source"
+# Methods whose null result for a block at or below the known head means a lagging node.
+BLOCK_METHODS = {"eth_getBlockByNumber", "eth_getBlockReceipts", "trace_block", "debug_traceBlockByNumber"}
+TRANSIENT_MESSAGE = re.compile(
+    r"rate.?limit|too many|limit exceeded|exceeds? .*capacity|header not found|timeout|timed out|"
+    r"temporar|try again|busy|overload|unavailable|internal error|upstream|missing trie node",
+    re.I,
+)
+AUTH_MESSAGE = re.compile(r"unauthori[sz]ed|api.?key|forbidden|not authori[sz]ed|access denied|invalid.*token", re.I)
+TRANSIENT_CODES = {-32005, -32029, 429, -32603}
+
+
+class Retry(Exception):
+    """One failed attempt that another attempt may fix; `kind` names it in metrics."""
+
+    def __init__(self, kind: str, delay: float = 0.0) -> None:
+        super().__init__(kind)
+        self.kind, self.delay = kind, delay
+
+
+@dataclass
+class Upstream:
+    """An endpoint's live state. Its URL stays inside `spec` and is only used to send."""
+
+    spec: Endpoint
+    limiter: AsyncLimiter | None
+    semaphore: asyncio.Semaphore
+    disabled: str | None = None
+    consecutive_failures: int = 0
+    trips: int = 0
+    cooldown_until: float = 0.0
+    latency: float = 0.05
+    requests: int = 0
+    retries: int = 0
+    bytes: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def usable(self, now: float) -> bool:
+        return self.disabled is None and self.cooldown_until <= now
+
+    def fail(self, kind: str, now: float) -> None:
+        self.errors[kind] += 1
+        self.consecutive_failures += 1
+        if self.consecutive_failures >= 10:
+            self.trips += 1
+            self.cooldown_until = now + min(30.0, 0.5 * 2**self.trips)
+            self.consecutive_failures = 0
+            log.warning("endpoint %s: %d failures in a row, cooling down", self.name, 10)
+
+    def succeed(self, elapsed: float) -> None:
+        self.consecutive_failures = 0
+        self.trips = max(0, self.trips - 1)
+        self.latency = 0.8 * self.latency + 0.2 * elapsed
+        self.latencies.append(elapsed)
+
+    def metrics(self) -> dict[str, Any]:
+        lat = sorted(self.latencies)
+        pct = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 2)) if lat else (lambda q: None)
+        return {
+            "requests": self.requests,
+            "retries": self.retries,
+            "errors": dict(sorted(self.errors.items())),
+            "http_429": self.errors.get("http_429", 0),
+            "p50_ms": pct(0.5),
+            "p95_ms": pct(0.95),
+            "bytes": self.bytes,
+            "disabled": self.disabled,
+        }
+
+
+class Gateway:
+    """Run with `with Gateway(job.rpc, job.chain_id) as gw:`; give Cryo `gw.url`."""
+
+    def __init__(
+        self,
+        endpoints: Iterable[Endpoint],
+        chain_id: int,
+        *,
+        attempts: int = 12,
+        budget_seconds: float = 120.0,
+        timeout_seconds: float = 30.0,
+    ) -> None:
+        self.specs = list(endpoints)
+        self.chain_id = chain_id
+        self.attempts, self.budget, self.timeout = attempts, budget_seconds, timeout_seconds
+        self.upstreams: list[Upstream] = []
+        self.head = -1
+        self.status_unknown: set[int] = set()
+        self.trace_source = "trace_block"
+        self.url = ""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="cryo-ingest-gateway", daemon=True)
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+
+    # ---- lifecycle (called from the main thread) -------------------------------------------
+
+    def __enter__(self) -> Gateway:
+        self._thread.start()
+        try:
+            self._run(self._start())
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread.is_alive():
+            self._run(self._stop())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+        self._loop.close()
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def call(self, method: str, *params: Any) -> Any:
+        """One JSON-RPC call through the pool, from synchronous code; raises RpcError on error."""
+        reply = self._run(self.forward({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}))
+        if "error" in reply:
+            raise RpcError(f"rpc: {method} failed: {reply['error'].get('message', reply['error'])}")
+        return reply.get("result")
+
+    def final_head(self, reorg_buffer: int) -> int:
+        """The highest final block: the `finalized` tag where served, else latest - reorg_buffer."""
+        try:
+            block = self.call("eth_getBlockByNumber", "finalized", False)
+            if block is not None:
+                return int(block["number"], 16)
+        except RpcError:
+            pass
+        return int(self.call("eth_blockNumber"), 16) - reorg_buffer
+
+    def require_traces(self) -> None:
+        """Pick the traces source: trace_block where served, else debug_traceBlockByNumber/callTracer."""
+        self.trace_source = self._run(self._probe_traces())
+
+    def metrics(self) -> dict[str, Any]:
+        return {u.name: u.metrics() for u in self.upstreams}
+
+    # ---- server ------------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+        )
+        self.upstreams = [
+            Upstream(
+                spec=e,
+                limiter=AsyncLimiter(e.requests_per_second, 1.0) if e.requests_per_second else None,
+                semaphore=asyncio.Semaphore(e.max_concurrency or 1),
+            )
+            for e in self.specs
+        ]
+        await self._preflight()
+        app = web.Application(client_max_size=1024**3)
+        app.router.add_post("/", self._handle)
+        app.router.add_get(STATUS_UNKNOWN_PATH, self._handle_status_unknown)
+        app.router.add_get(TRACE_SOURCE_PATH, self._handle_trace_source)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _preflight(self) -> None:
+        """eth_chainId on every endpoint: wrong chain or bad credentials leave the pool."""
+        body = {"jsonrpc": "2.0", "id": 0, "method": "eth_chainId", "params": []}
+        problems = []
+        for up in self.upstreams:
+            try:
+                reply = await self._attempt(up, body, first_try=True)
+                served = int(reply["result"], 16)
+            except Retry as r:
+                problems.append(f"{up.name}: {r.kind}")
+                if up.disabled is None:
+                    up.cooldown_until = time.monotonic() + 1.0  # down now; probed again later
+                continue
+            except (KeyError, TypeError, ValueError):
+                problems.append(f"{up.name}: no chain id in reply")
+                up.disabled = "bad eth_chainId reply"
+                continue
+            if served != self.chain_id:
+                up.disabled = f"chain {served}"
+                problems.append(f"{up.name}: serves chain {served}, not {self.chain_id}")
+                log.warning("endpoint %s serves chain %d, not %d: excluded", up.name, served, self.chain_id)
+            else:
+                up.cooldown_until = 0.0
+        if not any(u.disabled is None and u.cooldown_until == 0.0 for u in self.upstreams):
+            if any("serves chain" in p for p in problems):
+                raise RpcError(f"rpc: chain id mismatch: {'; '.join(problems)}")
+            raise RpcError(f"rpc: no endpoint reachable: {'; '.join(problems)}")
+        self.head = int((await self.forward({**body, "method": "eth_blockNumber"}))["result"], 16)
+
+    async def _probe_traces(self) -> str:
+        probe = {"jsonrpc": "2.0", "id": 0, "method": "trace_block", "params": [hex(max(0, self.head))]}
+        if "error" not in await self.forward(probe):
+            return "trace_block"
+        probe = {**probe, "method": "debug_traceBlockByNumber", "params": [probe["params"][0], {"tracer": "callTracer"}]}
+        reply = await self.forward(probe)
+        if "error" not in reply:
+            log.info("trace_block is not served: traces come from debug_traceBlockByNumber/callTracer")
+            return traces.DEBUG_SOURCE
+        raise RpcError(
+            "rpc: the traces dataset needs trace_block or debug_traceBlockByNumber with callTracer; "
+            "no endpoint of the pool serves either"
+        )
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return _json({"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "parse error"}})
+        if isinstance(body, list):
+            if not body:
+                return _json({"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "empty batch"}})
+            return _json(list(await asyncio.gather(*(self.forward(item) for item in body))))
+        return _json(await self.forward(body))
+
+    async def _handle_status_unknown(self, request: web.Request) -> web.StreamResponse:
+        lo, hi = int(request.query["from"]), int(request.query["to"])
+        return _json(sorted(b for b in self.status_unknown if lo <= b <= hi))
+
+    async def _handle_trace_source(self, request: web.Request) -> web.StreamResponse:
+        return _json(self.trace_source)
+
+    # ---- forwarding ----------------------------------------------------------------------------
+
+    async def forward(self, req: Any) -> dict[str, Any]:
+        if not isinstance(req, dict) or not isinstance(req.get("method"), str):
+            rid = req.get("id") if isinstance(req, dict) else None
+            return {"jsonrpc": "2.0", "id": rid, "error": {"code": -32600, "message": "invalid request"}}
+        method = req["method"]
+        if method == "eth_getBlockReceipts":
+            return await self._block_receipts(req)
+        if method == "trace_block" and self.trace_source == traces.DEBUG_SOURCE:
+            return await self._trace_block_from_debug(req)
+        return await self._send(req)
+
+    async def _send(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Send with retries on other endpoints; a spent budget becomes a JSON-RPC error."""
+        deadline = time.monotonic() + self.budget
+        tried: set[str] = set()
+        last = "no endpoint"
+        for attempt in range(self.attempts):
+            up = await self._pick(tried, deadline)
+            if up is None:
+                last = "every endpoint is disabled"
+                break
+            tried.add(up.name)
+            try:
+                return await self._attempt(up, req)
+            except Retry as r:
+                up.retries += 1
+                last = f"{up.name}: {r.kind}"
+                fresh = any(u.usable(time.monotonic()) and u.name not in tried for u in self.upstreams)
+                delay = max(r.delay, 0.0 if fresh else min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5))
+                if time.monotonic() + delay > deadline:
+                    break
+                await asyncio.sleep(delay)
+        log.warning("%s gave up after retries (last: %s)", req["method"], last)
+        return {
+            "jsonrpc": "2.0",
+            "id": req.get("id"),
+            "error": {"code": -32000, "message": f"cryo-ingest gateway: retry budget spent (last: {last})"},
+        }
+
+    async def _pick(self, tried: set[str], deadline: float) -> Upstream | None:
+        """An endpoint with capacity, weighted by weight and recent latency; fresh ones first."""
+        while True:
+            now = time.monotonic()
+            live = [u for u in self.upstreams if u.disabled is None]
+            if not live:
+                return None
+            usable = [u for u in live if u.usable(now)]
+            if not usable:
+                wait = min(u.cooldown_until for u in live) - now
+                if now + wait > deadline:
+                    return min(live, key=lambda u: u.cooldown_until)  # probe it anyway
+                await asyncio.sleep(max(0.0, wait))
+                continue
+            fresh = [u for u in usable if u.name not in tried] or usable
+            free = [u for u in fresh if not u.semaphore.locked()] or fresh
+            return random.choices(free, weights=[u.spec.weight / (u.latency + 0.01) for u in free])[0]
+
+    async def _attempt(self, up: Upstream, req: dict[str, Any], first_try: bool = False) -> dict[str, Any]:
+        """One request to one endpoint; raises Retry for anything another attempt may fix."""
+        assert self._session is not None
+        async with up.semaphore:
+            if up.limiter is not None:
+                await up.limiter.acquire()
+            up.requests += 1
+            started = time.monotonic()
+            try:
+                async with self._session.post(up.spec.url.get_secret_value(), json=req) as resp:
+                    raw = await resp.read()
+                    status, retry_after = resp.status, resp.headers.get("Retry-After")
+            except asyncio.TimeoutError:
+                up.fail("timeout", time.monotonic())
+                raise Retry("timeout") from None
+            except aiohttp.ClientError as err:
+                kind = "connect" if isinstance(err, aiohttp.ClientConnectorError) else "connection"
+                up.fail(kind, time.monotonic())
+                raise Retry(kind) from None
+        now = time.monotonic()
+        up.bytes += len(raw)
+        if status in (401, 403):
+            self._disable(up, f"http {status}")
+            raise Retry(f"http_{status}")
+        if status == 429 or status == 408 or status >= 500:
+            up.fail(f"http_{status}" if status < 500 else "http_5xx", now)
+            raise Retry(f"http_{status}", _retry_after(retry_after))
+        if status != 200:
+            up.fail(f"http_{status}", now)
+            raise Retry(f"http_{status}")
+        try:
+            reply = json.loads(raw)
+            if not isinstance(reply, dict):
+                raise ValueError
+        except ValueError:
+            up.fail("bad_body", now)
+            raise Retry("bad_body") from None
+        error = reply.get("error")
+        if error is not None:
+            code, message = (error.get("code"), str(error.get("message", ""))) if isinstance(error, dict) else (None, "")
+            if AUTH_MESSAGE.search(message):
+                self._disable(up, "auth error")
+                raise Retry("auth")
+            if code in TRANSIENT_CODES and (code != -32603 or TRANSIENT_MESSAGE.search(message)) or (
+                TRANSIENT_MESSAGE.search(message)
+            ):
+                up.fail("rpc_transient", now)
+                raise Retry("rpc_transient")
+            up.succeed(now - started)  # a definite answer (e.g. method not found): pass it on
+            return reply
+        if reply.get("result") is None and not first_try and _lagging(req, self.head):
+            up.fail("null_result", now)
+            raise Retry("null_result")
+        up.succeed(now - started)
+        return reply
+
+    def _disable(self, up: Upstream, reason: str) -> None:
+        if up.disabled is None:
+            up.disabled = reason
+            up.errors["auth"] += 1
+            log.error("endpoint %s refused our credentials (%s): out of the pool for this run", up.name, reason)
+
+    # ---- making old chains and other node APIs readable by Cryo ------------------------------------
+
+    async def _block_receipts(self, req: dict[str, Any]) -> dict[str, Any]:
+        reply = await self._send(req)
+        receipts = reply.get("result")
+        if not isinstance(receipts, list):
+            return reply
+        if any("from" not in r for r in receipts):
+            block = await self._send({**req, "method": "eth_getBlockByNumber", "params": [req["params"][0], True]})
+            txs = {t["hash"]: t for t in (block.get("result") or {}).get("transactions", [])}
+            for r in receipts:
+                tx = txs.get(r.get("transactionHash"))
+                if tx is not None and "from" not in r:
+                    r["from"], r["to"] = tx["from"], tx.get("to")
+        lacking = [r for r in receipts if r.get("status") is None]
+        if lacking:
+            # Cryo stops on a receipt without status; the placeholder keeps it going, and the
+            # block is recorded so that extract writes `success` as null, never the placeholder.
+            for r in lacking:
+                r["status"] = "0x1"
+            self.status_unknown.update(int(r["blockNumber"], 16) for r in lacking)
+        return reply
+
+    async def _trace_block_from_debug(self, req: dict[str, Any]) -> dict[str, Any]:
+        number = req["params"][0]
+        debug, block = await asyncio.gather(
+            self._send({**req, "method": "debug_traceBlockByNumber", "params": [number, {"tracer": "callTracer"}]}),
+            self._send({**req, "method": "eth_getBlockByNumber", "params": [number, False]}),
+        )
+        for reply in (debug, block):
+            if "error" in reply or reply.get("result") is None:
+                return reply if "error" in reply else {**reply, "error": {"code": -32000, "message": "block not found"}}
+        return {"jsonrpc": "2.0", "id": req.get("id"), "result": traces.from_call_frames(debug["result"], block["result"])}
+
+
+def _json(obj: Any) -> web.Response:
+    return web.Response(body=json.dumps(obj, separators=(",", ":")).encode(), content_type="application/json")
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return min(30.0, max(0.0, float(value))) if value else 0.0
+    except ValueError:
+        return 1.0
+
+
+def _lagging(req: dict[str, Any], head: int) -> bool:
+    """A null for a block the pool already saw mined means this node is behind."""
+    if req["method"] not in BLOCK_METHODS:
+        return False
+    params = req.get("params") or []
+    try:
+        return int(params[0], 16) <= head
+    except (IndexError, TypeError, ValueError):
+        return False

@@ -1,0 +1,107 @@
+"""Validated files to their final keys, then into the manifest.
+
+Order is what makes a crash harmless: every object of a partition is stored whole before any
+manifest entry names it, so a crash leaves at worst an unrecorded object that the next run
+finds byte-identical and records. A key holding other bytes is a conflict, never overwritten
+silently (unless the user asks).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import manifest
+from .errors import ConflictError
+from .manifest import Entry
+from .plan import Chunk
+from .storage import Store, sha256
+from .validate import Facts
+
+# Test hook: kill this process at a named step, to prove that a crash there loses nothing.
+CRASH_ENV = "CRYO_INGEST_CRASH_AT"
+CRASH_POINTS = ("after-staging", "mid-upload", "after-upload", "mid-manifest")
+
+
+def crash_point(step: str) -> None:
+    if os.environ.get(CRASH_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class Staged:
+    dataset: str
+    chunk: Chunk
+    path: Path
+    facts: Facts
+    source: str | None = None
+
+    def entry(self, data: bytes) -> Entry:
+        return Entry(
+            path=self.chunk.filename(self.dataset),
+            start_block=self.chunk.start,
+            end_block=self.chunk.end,
+            rows=self.facts.rows,
+            bytes=len(data),
+            sha256=sha256(data),
+            first_parent_hash=self.facts.first_parent_hash,
+            last_block_hash=self.facts.last_block_hash,
+            source=self.source,
+        )
+
+
+def object_key(chain_id: int, dataset: str, name: str) -> str:
+    return f"cold/{chain_id}/{dataset}/{name}"
+
+
+def publish(
+    store: Store,
+    chain_id: int,
+    chunk_size: int,
+    staged: list[Staged],
+    archived: dict[str, manifest.Manifest | None],
+    overwrite_conflicts: bool,
+) -> list[tuple[str, Entry]]:
+    """Store and record `staged`; returns the (dataset, entry) pairs that changed the archive."""
+    entries = []
+    for item in staged:
+        data = item.path.read_bytes()
+        entry = item.entry(data)
+        known = archived.get(item.dataset)
+        old = known.files.get(entry.start_block) if known else None
+        if old is not None and old.sha256 != entry.sha256 and not overwrite_conflicts:
+            raise ConflictError(
+                f"conflict: {item.dataset} chunk {item.chunk}: archived sha256 {old.sha256[:12]}… differs from "
+                f"new {entry.sha256[:12]}… (a reorg or another node?); nothing changed (use --overwrite-conflicts to replace it)"
+            )
+        entries.append((item, entry, data, old))
+    crash_point("after-staging")
+    for n, (item, entry, data, old) in enumerate(entries):
+        if old == entry:
+            continue
+        key = object_key(chain_id, item.dataset, entry.path)
+        if not store.put_new(key, data):
+            existing = store.get(key)
+            if existing is not None and sha256(existing) != entry.sha256:
+                if not overwrite_conflicts:
+                    raise ConflictError(
+                        f"conflict: {item.dataset} chunk {item.chunk}: {key} holds other bytes than the new file; "
+                        "nothing changed (use --overwrite-conflicts to replace it)"
+                    )
+                store.put(key, data)
+        if n == 0:
+            crash_point("mid-upload")
+    crash_point("after-upload")
+    changed: list[tuple[str, Entry]] = []
+    by_dataset: dict[str, list[tuple[Staged, Entry]]] = {}
+    for item, entry, _, _ in entries:
+        by_dataset.setdefault(item.dataset, []).append((item, entry))
+    for n, (dataset, items) in enumerate(by_dataset.items()):
+        schema = items[0][0].facts.schema
+        added = manifest.add(store, chain_id, dataset, chunk_size, schema, [e for _, e in items], overwrite_conflicts)
+        changed += [(dataset, e) for e in added]
+        if n == 0:
+            crash_point("mid-manifest")
+    return changed

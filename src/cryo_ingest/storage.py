@@ -1,0 +1,200 @@
+"""One interface over S3, GCS, Azure and the local filesystem, built on obstore.
+
+Two operations matter for correctness: `put_new` (a file lands whole under its final key, and
+an existing key is reported rather than overwritten) and `update` (read-modify-write with
+compare-and-swap: `If-Match` on object stores; on the local filesystem, where obstore has no
+conditional update, a file lock around obstore's own write-temp-and-rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import obstore
+from filelock import FileLock
+from obstore.exceptions import (
+    AlreadyExistsError,
+    BaseError,
+    NotFoundError,
+    PermissionDeniedError,
+    PreconditionError,
+    UnauthenticatedError,
+)
+from obstore.store import AzureStore, GCSStore, LocalStore, S3Store
+
+from .errors import ConfigError, StorageError
+
+# Above this a file goes up as a multipart upload (atomic at completion); below, a single PUT.
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Store:
+    """A root (bucket + prefix, or a folder) and the obstore handle that serves it."""
+
+    url: str
+    remote: Any  # the obstore store of a bucket; None for the local filesystem
+    local_dir: Path | None  # set for the local filesystem
+    cas_retries: int = 0  # precondition failures retried by `update`, for the run's metrics
+    _local: Any = None
+
+    @property
+    def store(self) -> Any:
+        """The local folder is created on first use, so a job that fails early leaves nothing behind."""
+        if self.remote is not None:
+            return self.remote
+        if self._local is None:
+            assert self.local_dir is not None
+            self._local = LocalStore(self.local_dir, mkdir=True)
+        return self._local
+
+    def _absent_locally(self) -> bool:
+        return self.local_dir is not None and not self.local_dir.exists()
+
+    def put_new(self, key: str, data: bytes) -> bool:
+        """Store `data` under `key` unless the key exists; True if written, False if it existed."""
+        try:
+            if len(data) > MULTIPART_THRESHOLD:
+                # A conditional PUT cannot be multipart: check first; the object appears whole or not at all.
+                if self.head(key) is not None:
+                    return False
+                obstore.put(self.store, key, data, use_multipart=True)
+            else:
+                obstore.put(self.store, key, data, mode="create")
+            return True
+        except AlreadyExistsError:
+            return False
+        except BaseError as err:
+            raise _storage_error("write", key, err) from None
+
+    def put(self, key: str, data: bytes) -> None:
+        try:
+            obstore.put(self.store, key, data, use_multipart=len(data) > MULTIPART_THRESHOLD)
+        except BaseError as err:
+            raise _storage_error("write", key, err) from None
+
+    def get(self, key: str) -> bytes | None:
+        if self._absent_locally():
+            return None
+        try:
+            return bytes(obstore.get(self.store, key).bytes())
+        except (NotFoundError, FileNotFoundError):
+            return None
+        except BaseError as err:
+            raise _storage_error("read", key, err) from None
+
+    def head(self, key: str) -> int | None:
+        if self._absent_locally():
+            return None
+        try:
+            return int(obstore.head(self.store, key)["size"])
+        except (NotFoundError, FileNotFoundError):
+            return None
+        except BaseError as err:
+            raise _storage_error("read", key, err) from None
+
+    def check_access(self) -> None:
+        """Fail fast (bad bucket, bad credentials) before any RPC work."""
+        if self.local_dir is not None:
+            return
+        try:
+            next(iter(obstore.list(self.store, "cold/", chunk_size=1)), None)
+        except (NotFoundError, FileNotFoundError):
+            return
+        except BaseError as err:
+            raise _storage_error("list", "cold/", err) from None
+
+    def update(self, key: str, change: Callable[[bytes | None], bytes | None], attempts: int = 50) -> bytes | None:
+        """Apply `change` to the object at `key` atomically; `change` returns None for no write.
+
+        `change` may run several times (after a concurrent writer won): it must be a pure function
+        of the current content.
+        """
+        if self.local_dir is not None:
+            with self._lock(key):
+                new = change(self.get(key))
+                if new is not None:
+                    self.put(key, new)
+                return new
+        for attempt in range(attempts):
+            try:
+                result = obstore.get(self.store, key)
+                current: bytes | None = bytes(result.bytes())
+                mode: Any = {"e_tag": result.meta["e_tag"], "version": result.meta.get("version")}
+            except NotFoundError:
+                current, mode = None, "create"
+            except BaseError as err:
+                raise _storage_error("read", key, err) from None
+            new = change(current)
+            if new is None:
+                return None
+            try:
+                obstore.put(self.store, key, new, mode=mode)
+                return new
+            except (PreconditionError, AlreadyExistsError):
+                self.cas_retries += 1
+                time.sleep(min(1.0, 0.01 * 2**attempt) * random.uniform(0.5, 1.5))
+            except BaseError as err:
+                raise _storage_error("write", key, err) from None
+        raise StorageError(f"storage: {key}: gave up after {attempts} concurrent-update conflicts")
+
+    @contextmanager
+    def _lock(self, key: str) -> Iterator[None]:
+        assert self.local_dir is not None
+        path = self.local_dir / ".locks" / (key + ".lock")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(path, timeout=120):
+            yield
+
+    def list(self, prefix: str) -> list[str]:
+        if self._absent_locally():
+            return []
+        try:
+            return [m["path"] for batch in obstore.list(self.store, prefix) for m in batch]
+        except (NotFoundError, FileNotFoundError):
+            return []
+        except BaseError as err:
+            raise _storage_error("list", prefix, err) from None
+
+
+def _storage_error(op: str, key: str, err: BaseException) -> StorageError:
+    kind = {PermissionDeniedError: "permission denied", UnauthenticatedError: "not authenticated"}.get(
+        type(err), type(err).__name__
+    )
+    detail = str(err).splitlines()[0][:300] if str(err) else ""
+    return StorageError(f"storage: cannot {op} {key}: {kind}: {detail}")
+
+
+def open_store(root: str, options: dict[str, str] | None = None) -> Store:
+    """Credentials and endpoints come from the environment as each SDK reads them (AWS_*, GOOGLE_*, AZURE_*)."""
+    options = dict(options or {})
+    parts = urlsplit(root)
+    scheme = parts.scheme.lower() if "://" in root else ""
+    prefix = parts.path.strip("/") or None
+    try:
+        if scheme == "s3":
+            return Store(root, S3Store.from_env(parts.netloc, prefix=prefix, config=options or None), None)  # type: ignore[arg-type]
+        if scheme == "gs":
+            return Store(root, GCSStore.from_env(parts.netloc, prefix=prefix, config=options or None), None)  # type: ignore[arg-type]
+        if scheme == "az":
+            return Store(root, AzureStore.from_env(parts.netloc, prefix=prefix, config=options or None), None)  # type: ignore[arg-type]
+        path = Path(parts.path if scheme == "file" else root).expanduser().resolve()
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"invalid config: root: {root} is not a folder")
+        return Store(root, None, path)
+    except BaseError as err:
+        raise ConfigError(f"invalid config: root: cannot open {root}: {str(err).splitlines()[0]}") from None
+    except OSError as err:
+        raise ConfigError(f"invalid config: root: cannot open {root}: {err.strerror}") from None
