@@ -153,9 +153,6 @@ def backfill(
     result = Result(job.chain_id, job.datasets, job.start_block, job.end_block)
     with Gateway(job.rpc, job.chain_id) as gw:
         result.final_head = gw.final_head(job.reorg_buffer)
-        if "traces" in job.datasets:
-            gw.require_traces()
-            result.trace_source = gw.trace_source
         plan = make_plan(
             job.start_block,
             job.end_block,
@@ -167,6 +164,10 @@ def backfill(
             job.chunks_per_partition,
         )
         result.done, result.pending = plan.done, plan.pending
+        with_traces = [p for p in plan.partitions if "traces" in p.datasets]
+        if with_traces:
+            gw.require_traces(with_traces[0].start)
+            result.trace_source = gw.trace_source
         if plan.pending:
             log.warning(
                 "%d chunk(s) from block %d on are not final yet (final head %d): left for a later run",

@@ -171,9 +171,9 @@ class Gateway:
             pass
         return int(self.call("eth_blockNumber"), 16) - reorg_buffer
 
-    def require_traces(self) -> None:
-        """Pick the traces source: trace_block where served, else debug_traceBlockByNumber/callTracer."""
-        self.trace_source = self._run(self._probe_traces())
+    def require_traces(self, block: int) -> None:
+        """Pick the traces source (trace_block where served, else debug_traceBlockByNumber/callTracer) on `block`."""
+        self.trace_source = self._run(self._probe_traces(block))
 
     def metrics(self) -> dict[str, Any]:
         return {u.name: u.metrics() for u in self.upstreams}
@@ -240,8 +240,8 @@ class Gateway:
             raise RpcError(f"rpc: no endpoint reachable: {'; '.join(problems)}")
         self.head = int((await self.forward({**body, "method": "eth_blockNumber"}))["result"], 16)
 
-    async def _probe_traces(self) -> str:
-        probe = {"jsonrpc": "2.0", "id": 0, "method": "trace_block", "params": [hex(max(0, self.head))]}
+    async def _probe_traces(self, block: int) -> str:
+        probe = {"jsonrpc": "2.0", "id": 0, "method": "trace_block", "params": [hex(block)]}
         if "error" not in await self.forward(probe):
             return "trace_block"
         probe = {**probe, "method": "debug_traceBlockByNumber", "params": [probe["params"][0], {"tracer": "callTracer"}]}

@@ -1,0 +1,229 @@
+"""Real HTTP servers on loopback for the tests: a fault-injecting proxy and a mainnet replay node.
+
+Each runs an aiohttp app on its own thread and event loop, answering on any path (so an
+endpoint URL can carry a canary "key" in its path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mainnet"
+
+
+class Server:
+    """An aiohttp app on 127.0.0.1 in a background thread."""
+
+    def __init__(self, handler: Callable[[web.Request], Any]) -> None:
+        self.handler = handler
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result()
+        return self
+
+    async def _start(self) -> None:
+        app = web.Application(client_max_size=1024**3)
+        app.router.add_route("*", "/{tail:.*}", self.handler)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+
+    def __exit__(self, *exc: object) -> None:
+        if self.runner is not None:
+            asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@dataclass
+class Faults:
+    """Fractions of requests answered with each fault instead of being forwarded."""
+
+    http_429: float = 0.0
+    http_500: float = 0.0
+    http_503: float = 0.0
+    rpc_32005: float = 0.0
+    truncated: float = 0.0
+    reset: float = 0.0
+    null_result: float = 0.0
+    status: int | None = None  # answer every request with this HTTP status (e.g. 401)
+    chain_id: int | None = None  # claim another chain
+    dead: bool = False  # close every connection
+    block_methods: set[str] = field(default_factory=set)  # answer these with -32601
+
+
+class FaultProxy:
+    """Forwards JSON-RPC to `upstream`, injecting faults; counts requests per method and second."""
+
+    def __init__(self, upstream: str, faults: Faults | None = None, seed: int = 7) -> None:
+        self.upstream = upstream
+        self.faults = faults or Faults()
+        self.random = random.Random(seed)
+        self.methods: Counter[str] = Counter()
+        self.injected: Counter[str] = Counter()
+        self.times: list[float] = []
+        self.server = Server(self.handle)
+        self.session: aiohttp.ClientSession | None = None
+
+    def __enter__(self) -> FaultProxy:
+        self.server.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.session is not None:
+            asyncio.run_coroutine_threadsafe(self.session.close(), self.server.loop).result()
+        self.server.__exit__()
+
+    def url(self, path: str = "") -> str:
+        return self.server.url + path
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        f = self.faults
+        raw = await request.read()
+        body = json.loads(raw)
+        self.times.append(time.monotonic())
+        method = body.get("method") if isinstance(body, dict) else "batch"
+        self.methods[method] += 1
+        if f.dead:
+            assert request.transport is not None
+            request.transport.close()
+            raise ConnectionResetError
+        if f.status is not None:
+            return web.Response(status=f.status, text="unauthorized")
+        if f.chain_id is not None and method == "eth_chainId":
+            return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": hex(f.chain_id)})
+        if method in f.block_methods:
+            return web.json_response(
+                {"jsonrpc": "2.0", "id": body["id"], "error": {"code": -32601, "message": "the method does not exist"}}
+            )
+        roll = self.random.random()
+        for kind in ("http_429", "http_500", "http_503", "rpc_32005", "truncated", "reset", "null_result"):
+            p = getattr(f, kind)
+            if roll < p:
+                if kind == "null_result" and method not in ("eth_getBlockByNumber", "eth_getBlockReceipts", "trace_block"):
+                    break
+                self.injected[kind] += 1
+                return await self._fault(kind, request, body)
+            roll -= p
+        if self.session is None:
+            self.session = aiohttp.ClientSession()
+        async with self.session.post(self.upstream, data=raw, headers={"content-type": "application/json"}) as resp:
+            data = await resp.read()
+        return web.Response(body=data, content_type="application/json")
+
+    async def _fault(self, kind: str, request: web.Request, body: Any) -> web.StreamResponse:
+        if kind.startswith("http_"):
+            headers = {"Retry-After": "0"} if kind == "http_429" else {}
+            return web.Response(status=int(kind[5:]), text="fault", headers=headers)
+        if kind == "rpc_32005":
+            return web.json_response({"jsonrpc": "2.0", "id": body["id"], "error": {"code": -32005, "message": "limit exceeded"}})
+        if kind == "truncated":
+            return web.Response(body=b'{"jsonrpc":"2.0","id":', content_type="application/json")
+        if kind == "null_result":
+            return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": None})
+        assert request.transport is not None
+        request.transport.close()
+        raise ConnectionResetError
+
+
+def _result(path: Path) -> Any:
+    return json.loads(path.read_text())["result"]
+
+
+class MainnetReplay:
+    """Serves ../shared/fixtures/mainnet as a chain-1 node: only what the fixtures determine.
+
+    eth_getBlockReceipts is built from the per-transaction receipt files (only for blocks whose
+    receipts are all there), eth_getLogs from those receipts' logs; anything else is an error.
+    """
+
+    def __init__(self) -> None:
+        self.full = {int(p.stem): _result(p) for p in (FIXTURES / "eth_getBlockByNumber").glob("*.json")}
+        self.hashes_only = {int(p.stem): _result(p) for p in (FIXTURES / "eth_getBlockByNumber_txhashes_only").glob("*.json")}
+        receipts = [_result(p) for p in (FIXTURES / "eth_getTransactionReceipt").glob("*.json")]
+        self.receipts = {r["transactionHash"]: r for r in receipts}
+        self.traces = {int(p.stem): _result(p) for p in (FIXTURES / "trace_block").glob("*.json")}
+        self.debug = {int(p.stem): _result(p) for p in (FIXTURES / "debug_traceBlockByNumber").glob("*.json")}
+        self.head = 2_200_000
+        self.methods: Counter[str] = Counter()
+        self.server = Server(self.handle)
+
+    def __enter__(self) -> MainnetReplay:
+        self.server.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.__exit__()
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def block_receipts(self, number: int) -> list[Any] | None:
+        block = self.full.get(number)
+        if block is None:
+            return None
+        found = [self.receipts.get(t["hash"]) for t in block["transactions"]]
+        return None if any(r is None for r in found) else found
+
+    def answer(self, method: str, params: list[Any]) -> Any:
+        if method == "eth_chainId":
+            return "0x1"
+        if method == "eth_blockNumber":
+            return hex(self.head)
+        if method == "eth_getBlockByNumber":
+            if params[0] in ("finalized", "latest", "safe"):
+                return {"number": hex(self.head), "hash": "0x" + "00" * 32, "transactions": []}
+            n = int(params[0], 16)
+            if n in self.full:
+                block = self.full[n]
+                return block if params[1] else {**block, "transactions": [t["hash"] for t in block["transactions"]]}
+            if n in self.hashes_only and not params[1]:
+                return self.hashes_only[n]
+            raise LookupError(f"block {n} with full={params[1]} is not in the fixtures")
+        if method == "eth_getBlockReceipts":
+            receipts = self.block_receipts(int(params[0], 16))
+            if receipts is None:
+                raise LookupError("receipts not in the fixtures")
+            return receipts
+        if method == "eth_getLogs":
+            lo, hi = int(params[0]["fromBlock"], 16), int(params[0]["toBlock"], 16)
+            logs = []
+            for n in range(lo, hi + 1):
+                if n in self.full:
+                    receipts = self.block_receipts(n)
+                    if receipts is None:
+                        raise LookupError(f"receipts of block {n} are not in the fixtures")
+                    logs += [log for r in receipts for log in r["logs"]]
+            return logs
+        if method == "trace_block" and int(params[0], 16) in self.traces:
+            return self.traces[int(params[0], 16)]
+        if method == "debug_traceBlockByNumber" and int(params[0], 16) in self.debug:
+            return self.debug[int(params[0], 16)]
+        raise LookupError(f"{method} {params} is not in the fixtures")
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = json.loads(await request.read())
+        self.methods[body["method"]] += 1
+        try:
+            return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": self.answer(body["method"], body["params"])})
+        except LookupError as err:
+            return web.json_response({"jsonrpc": "2.0", "id": body["id"], "error": {"code": -32000, "message": str(err)}})

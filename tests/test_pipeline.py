@@ -1,0 +1,153 @@
+"""The core pipeline end to end on the devnet, through the real CLI in real processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from conftest import CANARY, CHUNK, DEVNET_BLOCKS, Devnet, cli, files_under, manifest, rpc
+from servers import FaultProxy
+
+from cryo_ingest import devnet
+
+DATASETS = ("blocks", "transactions", "logs", "traces")
+END = DEVNET_BLOCKS - 1
+
+
+def backfill(root: Path, url: str, *extra: str, start: int = 0, end: int = END, datasets: str = ",".join(DATASETS)):
+    return cli(
+        "backfill", "--chain-id", "31337", "--start", str(start), "--end", str(end), "--datasets", datasets,
+        "--rpc", url, "--root", str(root), "--chunk-size", str(CHUNK), *extra,
+    )  # fmt: skip
+
+
+def node_counts(url: str, end: int) -> dict[str, int]:
+    txs = sum(int(rpc(url, "eth_getBlockTransactionCountByNumber", hex(n)), 16) for n in range(end + 1))
+    logs = len(rpc(url, "eth_getLogs", {"fromBlock": "0x0", "toBlock": hex(end)}))
+    traces = sum(len(rpc(url, "trace_block", hex(n))) for n in range(end + 1))
+    return {"blocks": end + 1, "transactions": txs, "logs": logs, "traces": traces}
+
+
+def test_end_to_end_all_datasets(chain: Devnet, tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    staging = tmp_path / "tmp"
+    staging.mkdir()
+    with FaultProxy(chain.url) as proxy:  # a clean proxy, so the RPC URL can carry a canary key
+        url = proxy.url(f"/v2/{CANARY}")
+        run = cli(
+            "backfill", "--chain-id", "31337", "--start", "0", "--end", str(END), "--datasets", ",".join(DATASETS),
+            "--rpc", url, "--root", str(root), "--chunk-size", str(CHUNK), "--json",
+            "--events-file", str(tmp_path / "events.jsonl"),
+            env={"TMPDIR": str(staging)},
+        )  # fmt: skip
+    assert run.code == 0, run.text
+    expected = node_counts(chain.url, END)
+    assert expected["logs"] > 0 and expected["traces"] > expected["transactions"]  # internal calls are there
+    for dataset in DATASETS:
+        m = manifest(root, 31337, dataset)
+        assert [(f["start_block"], f["end_block"]) for f in m["files"]] == [(k, k + CHUNK - 1) for k in range(0, END, CHUNK)]
+        assert sum(f["rows"] for f in m["files"]) == expected[dataset], dataset
+        assert m["chain_id"] == 31337 and m["chunk_size"] == CHUNK and m["cryo_version"] == "0.3.2"
+        assert {"name": "block_number", "type": "uint32"} in m["schema"]
+        for f in m["files"]:
+            path = root / "cold" / "31337" / dataset / f["path"]
+            assert f["path"] == f"{dataset}_{f['start_block']:08}_{f['end_block']:08}.parquet"
+            data = path.read_bytes()
+            assert hashlib.sha256(data).hexdigest() == f["sha256"] and len(data) == f["bytes"]
+            assert pq.read_metadata(path).num_rows == f["rows"]
+    blocks = manifest(root, 31337, "blocks")["files"]
+    for f in blocks:
+        assert f["last_block_hash"] == rpc(chain.url, "eth_getBlockByNumber", hex(f["end_block"]), False)["hash"]
+        assert f["first_parent_hash"] == rpc(chain.url, "eth_getBlockByNumber", hex(f["start_block"]), False)["parentHash"]
+    tx = pq.read_table(root / "cold/31337/transactions/transactions_00000000_00000049.parquet").to_pylist()
+    assert any(r["success"] is False for r in tx) and all(r["success"] is not None for r in tx)  # reverted ones
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert len(events) == 4 * len(blocks) and events[0]["output_dataset"] == "cold_blocks_transactions_logs_traces"
+    # nothing of staging survives, and the key is nowhere: not in files, output, or Cryo's leftovers
+    assert list(staging.iterdir()) == []
+    assert not list(root.rglob(".cryo"))
+    for name, data in files_under(root).items():
+        assert CANARY.encode() not in data, name
+    assert CANARY not in run.text
+    assert json.loads(run.out)["ok"] is True
+
+
+def test_rerun_is_a_no_op_and_force_is_byte_identical(chain: Devnet, tmp_path: Path) -> None:
+    root = tmp_path / "a"
+    assert backfill(root, chain.url, end=149).code == 0
+    before = files_under(root)
+    again = backfill(root, chain.url, "--json", end=149)
+    assert again.code == 0, again.text
+    doc = json.loads(again.out)
+    assert doc["published"] == [] and len(doc["done"]) == 3
+    assert doc["gateway"]["rpc-0"]["requests"] <= 3  # chain id, head: no extraction work
+    forced = backfill(root, chain.url, "--force", end=149)
+    assert forced.code == 0, forced.text
+    assert files_under(root) == before
+
+
+def test_range_widens_to_grid_and_stops_at_final_head(chain: Devnet, tmp_path: Path) -> None:
+    root = tmp_path / "w"
+    run = backfill(root, chain.url, "--json", start=60, end=400, datasets="blocks")
+    assert run.code == 0, run.text
+    doc = json.loads(run.out)
+    starts = [f["start_block"] for f in manifest(root, 31337, "blocks")["files"]]
+    assert starts == [50, 100, 150, 200]  # 250-299 is not final on a chain whose final head is 250
+    assert [c["start"] for c in doc["pending"]] == [250, 300, 350, 400]
+
+
+def test_conflict_is_reported_and_changes_nothing(chain: Devnet, tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    assert backfill(root, chain.url, end=99, datasets="blocks,txs").code == 0
+    before = files_under(root)
+    with devnet.anvil() as other:  # same chain id, other history: what a reorg looks like to us
+        devnet.generate_sync(other.url, 120, 3)
+        skipped = backfill(root, other.url, end=99, datasets="blocks,txs")
+        assert skipped.code == 0 and files_under(root) == before  # archived chunks are not refetched
+        conflict = backfill(root, other.url, "--force", end=99, datasets="blocks,txs")
+        assert conflict.code == 1
+        assert "conflict" in conflict.text and "chunk 0-49" in conflict.text
+        assert files_under(root) == before
+        replaced = backfill(root, other.url, "--force", "--overwrite-conflicts", end=99, datasets="blocks,txs")
+        assert replaced.code == 0, replaced.text
+    after = manifest(root, 31337, "blocks")["files"]
+    assert after[0]["last_block_hash"] != json.loads(before["cold/31337/blocks/manifest.json"])["files"][0]["last_block_hash"]
+
+
+def test_chain_id_mismatch_writes_nothing(chain: Devnet, tmp_path: Path) -> None:
+    root = tmp_path / "m"
+    run = cli("backfill", "--chain-id", "1", "--start", "0", "--end", "9", "--datasets", "blocks", "--rpc", chain.url, "--root", str(root))
+    assert run.code == 1
+    assert "chain id mismatch" in run.text and "31337" in run.text
+    assert not root.exists()
+
+
+def test_unreachable_rpc_is_a_clear_error(tmp_path: Path) -> None:
+    root = tmp_path / "u"
+    url = f"http://127.0.0.1:{devnet.free_port()}/v2/{CANARY}"
+    run = cli("backfill", "--chain-id", "1", "--start", "0", "--end", "9", "--datasets", "blocks", "--rpc", url, "--root", str(root))
+    assert run.code == 1
+    assert "no endpoint reachable" in run.text and "rpc-0" in run.text
+    assert "TypeError" not in run.text and CANARY not in run.text
+    assert not root.exists()
+
+
+def test_concurrent_processes_lose_no_manifest_entry(chain: Devnet, tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    exe = Path(sys.executable).parent / "cryo-ingest"
+    procs = [
+        subprocess.Popen(
+            [str(exe), "backfill", "--chain-id", "31337", "--start", str(s), "--end", str(s + CHUNK - 1), "--datasets", "logs",
+             "--rpc", chain.url, "--root", str(root), "--chunk-size", str(CHUNK)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        for s in range(0, DEVNET_BLOCKS, CHUNK)
+    ]
+    for p in procs:
+        assert p.wait(timeout=240) == 0, p.stderr.read() if p.stderr else ""
+    starts = [f["start_block"] for f in manifest(root, 31337, "logs")["files"]]
+    assert starts == list(range(0, DEVNET_BLOCKS, CHUNK))
