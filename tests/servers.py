@@ -224,6 +224,6 @@ class MainnetReplay:
         body = json.loads(await request.read())
         self.methods[body["method"]] += 1
         try:
-            return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": self.answer(body["method"], body["params"])})
+            return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": self.answer(body["method"], body.get("params", []))})
         except LookupError as err:
             return web.json_response({"jsonrpc": "2.0", "id": body["id"], "error": {"code": -32000, "message": str(err)}})

@@ -28,7 +28,7 @@ out = Console()
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:
-        console.print(f"invalid arguments: {redact(message)}", markup=False)
+        console.print(f"invalid arguments: {redact(message)}", markup=False, soft_wrap=True)
         raise SystemExit(2)
 
 
@@ -145,7 +145,7 @@ def _report(result: Result) -> None:
         g.add_row(name, str(m["requests"]), str(m["retries"]), str(m["http_429"]), errs, str(m["p50_ms"]), str(m["p95_ms"]), m["disabled"] or "ok")
     console.print(g)
     for msg in result.conflicts + result.failed:
-        console.print(f"[red]error:[/red] {redact(msg)}", highlight=False)
+        console.print(f"[red]error:[/red] {redact(msg)}", highlight=False, soft_wrap=True)
 
 
 def _on_partition(pr: PartitionResult, total: int) -> None:
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except IngestError as err:
-        console.print(f"error: {err}", markup=False, highlight=False)
+        console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         return err.exit_code
     except KeyboardInterrupt:
         console.print("interrupted")

@@ -1,0 +1,118 @@
+"""Invalid input: one clear line naming the field, exit 2, nothing written. And the spec's DAG YAML."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import CANARY, cli, manifest
+
+from cryo_ingest import devnet
+from cryo_ingest.cli import main
+
+SPEC_YAML = """\
+- name: cryo_backfill
+  activation: reactive
+  runtime: ecs_rust
+  operator: cryo_ingest
+  execution_strategy: PerPartition
+  idle_timeout: 0
+  input_datasets: [backfill_requests]
+  config:
+    chain_id: 10143
+    datasets: [blocks, transactions, logs]
+    rpc_pool: monad
+  scaling:
+    mode: backfill        # or 'steady' for single-partition
+    max_concurrency: 20   # dispatcher limits parallel jobs
+  output_dataset: cold_blocks
+  timeout_seconds: 3600
+"""
+
+BASE = ["backfill", "--chain-id", "31337", "--start", "0", "--end", "99", "--datasets", "blocks", "--rpc", "http://127.0.0.1:9"]
+
+
+def with_flag(flag: str, value: str) -> list[str]:
+    args = list(BASE)
+    if flag in args:
+        args[args.index(flag) + 1] = value
+    else:
+        args += [flag, value]
+    return args
+
+
+@pytest.mark.parametrize(
+    ("args", "field", "reason"),
+    [
+        (with_flag("--datasets", "blocks,uncles"), "datasets", "unknown dataset 'uncles'"),
+        (with_flag("--start", "200"), "job", "end_block (99) is before start_block (200)"),
+        (with_flag("--start", "-1"), "start_block", "greater than or equal to 0"),
+        (with_flag("--chunk-size", "0"), "chunk_size", "greater than 0"),
+        (with_flag("--rpc", f"ftp://host/{CANARY}"), "rpc.0.url", "must be an http(s) URL"),
+        (with_flag("--root", "ftp://bucket/x"), "root", "unsupported root scheme 'ftp'"),
+        (with_flag("--root", "s3://"), "root", "needs a bucket"),
+        (with_flag("--chain-id", "0"), "chain_id", "greater than 0"),
+        (with_flag("--chain-id", "-5"), "chain_id", "greater than 0"),
+    ],
+)
+def test_invalid_input(args: list[str], field: str, reason: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "root"
+    if "--root" not in args:
+        args = [*args, "--root", str(root)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert f"invalid config: {field}: " in err and reason in err
+    assert CANARY not in err
+    assert not root.exists()
+
+
+def test_chain_id_not_a_number(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(with_flag("--chain-id", "abc"))
+    assert exit_info.value.code == 2
+    assert "--chain-id: invalid int value: 'abc'" in capsys.readouterr().err
+
+
+def test_yaml_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "dag.yaml"
+    spec.write_text(SPEC_YAML)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- name: x\n  config: [unclosed\n")
+    root = str(tmp_path / "root")
+    cases = [
+        (["--config", str(spec), "--node", "nope"], "invalid config: --node: no node named 'nope'"),
+        (["--config", str(bad)], "malformed YAML at line"),
+        (["--config", str(tmp_path / "missing.yaml")], "cannot read"),
+        (["--config", str(spec)], "invalid config: rpc_pool: pool 'monad' not found (set CRYO_INGEST_RPC_POOL_MONAD"),
+    ]
+    for args, message in cases:
+        assert main(["backfill", *args, "--root", root]) == 2
+        assert message in capsys.readouterr().err
+    assert not Path(root).exists()
+
+
+def test_spec_dag_yaml_with_pool_from_environment(tmp_path: Path) -> None:
+    """The spec's example node as written (Monad's chain id, pool `monad`) against an anvil on 10143."""
+    config = tmp_path / "dag.yaml"
+    config.write_text(SPEC_YAML.replace("    rpc_pool: monad\n", "    rpc_pool: monad\n    chunk_size: 10\n"))
+    root = tmp_path / "archive"
+    with devnet.anvil(chain_id=10143) as node:
+        devnet.generate_sync(node.url, 25, 4)
+        pool = json.dumps({"endpoints": [{"name": "monad-local", "url": node.url, "requests_per_second": 500}]})
+        run = cli(
+            "backfill", "--config", str(config), "--node", "cryo_backfill", "--start", "0", "--end", "19",
+            "--root", str(root), "--events-file", str(tmp_path / "ev.jsonl"),
+            env={"CRYO_INGEST_RPC_POOL_MONAD": pool},
+        )  # fmt: skip
+    assert run.code == 0, run.text
+    assert "monad-local" in run.text
+    for dataset in ("blocks", "transactions", "logs"):
+        assert [f["path"] for f in manifest(root, 10143, dataset)["files"]] == [
+            f"{dataset}_00000000_00000009.parquet",
+            f"{dataset}_00000010_00000019.parquet",
+        ]
+    assert not (root / "cold" / "10143" / "traces").exists()
+    events = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert {e["output_dataset"] for e in events} == {"cold_blocks"} and len(events) == 6
