@@ -23,9 +23,10 @@ CHUNK = 50
 
 def rpc(url: str, method: str, *params: Any) -> Any:
     req = urllib.request.Request(
-        url, json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}).encode(),
+        url,
+        json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}).encode(),
         {"content-type": "application/json"},
-    )  # fmt: skip
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read())["result"]
 

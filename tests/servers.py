@@ -100,7 +100,7 @@ class FaultProxy:
         raw = await request.read()
         body = json.loads(raw)
         self.times.append(time.monotonic())
-        method = body.get("method") if isinstance(body, dict) else "batch"
+        method = str(body.get("method")) if isinstance(body, dict) else "batch"
         self.methods[method] += 1
         if f.dead:
             assert request.transport is not None
@@ -224,6 +224,8 @@ class MainnetReplay:
         body = json.loads(await request.read())
         self.methods[body["method"]] += 1
         try:
-            return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": self.answer(body["method"], body.get("params", []))})
+            return web.json_response(
+                {"jsonrpc": "2.0", "id": body["id"], "result": self.answer(body["method"], body.get("params", []))}
+            )
         except LookupError as err:
             return web.json_response({"jsonrpc": "2.0", "id": body["id"], "error": {"code": -32000, "message": str(err)}})

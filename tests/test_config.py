@@ -102,10 +102,21 @@ def test_spec_dag_yaml_with_pool_from_environment(tmp_path: Path) -> None:
         devnet.generate_sync(node.url, 25, 4)
         pool = json.dumps({"endpoints": [{"name": "monad-local", "url": node.url, "requests_per_second": 500}]})
         run = cli(
-            "backfill", "--config", str(config), "--node", "cryo_backfill", "--start", "0", "--end", "19",
-            "--root", str(root), "--events-file", str(tmp_path / "ev.jsonl"),
+            "backfill",
+            "--config",
+            str(config),
+            "--node",
+            "cryo_backfill",
+            "--start",
+            "0",
+            "--end",
+            "19",
+            "--root",
+            str(root),
+            "--events-file",
+            str(tmp_path / "ev.jsonl"),
             env={"CRYO_INGEST_RPC_POOL_MONAD": pool},
-        )  # fmt: skip
+        )
     assert run.code == 0, run.text
     assert "monad-local" in run.text
     for dataset in ("blocks", "transactions", "logs"):

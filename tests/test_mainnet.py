@@ -20,13 +20,12 @@ def replay() -> Iterator[MainnetReplay]:
 
 
 def archive(replay: MainnetReplay, root: Path, block: int, datasets: list[str]) -> dict[str, list[dict[str, Any]]]:
-    job = make_job(chain_id=1, start_block=block, end_block=block, datasets=datasets, rpc=[replay.url], root=str(root), chunk_size=1)
+    job = make_job(
+        chain_id=1, start_block=block, end_block=block, datasets=datasets, rpc=[replay.url], root=str(root), chunk_size=1
+    )
     result = backfill(job)
     assert result.ok, result.failed + result.conflicts
-    return {
-        d: pq.read_table(root / "cold" / "1" / d / f"{d}_{block:08}_{block:08}.parquet").to_pylist()
-        for d in datasets
-    }
+    return {d: pq.read_table(root / "cold" / "1" / d / f"{d}_{block:08}_{block:08}.parquet").to_pylist() for d in datasets}
 
 
 def hx(b: bytes | None) -> str | None:

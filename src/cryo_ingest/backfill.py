@@ -92,7 +92,9 @@ def run_partition(task: Task) -> PartitionResult:
             break
         except ChunkError as err:
             result.error = str(err)
-            log.warning("partition %d-%d, attempt %d of %d: %s", task.partition.start, task.partition.end, attempt, task.attempts, err)
+            log.warning(
+                "partition %d-%d, attempt %d of %d: %s", task.partition.start, task.partition.end, attempt, task.attempts, err
+            )
         except IngestError as err:
             result.error = str(err)
             break
@@ -117,9 +119,7 @@ def _run_once(task: Task, store: Any, staging: Path) -> list[events.Event]:
         )
         if "blocks" in facts:
             prev_hash = facts["blocks"].last_block_hash
-        staged += [
-            Staged(d, chunk, files[d, chunk], facts[d], source if d == "traces" else None) for d in part.datasets
-        ]
+        staged += [Staged(d, chunk, files[d, chunk], facts[d], source if d == "traces" else None) for d in part.datasets]
     changed = publish(store, task.chain_id, task.chunk_size, staged, archived, task.overwrite_conflicts)
     out = [
         events.Event(
@@ -171,13 +171,22 @@ def backfill(
         if plan.pending:
             log.warning(
                 "%d chunk(s) from block %d on are not final yet (final head %d): left for a later run",
-                len(plan.pending), plan.pending[0].start, result.final_head,
-            )  # fmt: skip
+                len(plan.pending),
+                plan.pending[0].start,
+                result.final_head,
+            )
         tasks = [
             Task(
-                p, gw.url, job.root, job.storage_options, job.chain_id, job.chunk_size, job.overwrite_conflicts,
-                job.output_dataset or f"cold_{'_'.join(job.datasets)}", events_file,
-            )  # fmt: skip
+                p,
+                gw.url,
+                job.root,
+                job.storage_options,
+                job.chain_id,
+                job.chunk_size,
+                job.overwrite_conflicts,
+                job.output_dataset or f"cold_{'_'.join(job.datasets)}",
+                events_file,
+            )
             for p in plan.partitions
         ]
         if tasks:

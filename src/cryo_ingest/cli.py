@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -85,16 +84,26 @@ def job_from_args(a: argparse.Namespace) -> Job:
     elif a.node is not None:
         raise ConfigError("invalid config: --node: needs --config")
     cli = {
-        "chain_id": a.chain_id, "start_block": a.start, "end_block": a.end, "datasets": a.datasets,
-        "root": a.root, "chunk_size": a.chunk_size, "max_concurrency": a.max_concurrency,
-    }  # fmt: skip
+        "chain_id": a.chain_id,
+        "start_block": a.start,
+        "end_block": a.end,
+        "datasets": a.datasets,
+        "root": a.root,
+        "chunk_size": a.chunk_size,
+        "max_concurrency": a.max_concurrency,
+    }
     fields.update({k: v for k, v in cli.items() if v is not None})
     if a.rpc:
         fields["rpc"] = a.rpc
     elif pool_name:
         fields["rpc"] = resolve_pool(pool_name, a.rpc_pool_file, a.rpc_pool_secret)
-    for name, flag in (("chain_id", "--chain-id"), ("start_block", "--start"), ("end_block", "--end"),
-                       ("datasets", "--datasets"), ("rpc", "--rpc or --rpc-pool")):  # fmt: skip
+    for name, flag in (
+        ("chain_id", "--chain-id"),
+        ("start_block", "--start"),
+        ("end_block", "--end"),
+        ("datasets", "--datasets"),
+        ("rpc", "--rpc or --rpc-pool"),
+    ):
         if name not in fields:
             raise ConfigError(f"invalid config: {name}: missing (give {flag} or set it in --config)")
     options = {}
@@ -142,7 +151,16 @@ def _report(result: Result) -> None:
         g.add_column(col)
     for name, m in result.gateway.items():
         errs = ", ".join(f"{k} {v}" for k, v in m["errors"].items()) or "-"
-        g.add_row(name, str(m["requests"]), str(m["retries"]), str(m["http_429"]), errs, str(m["p50_ms"]), str(m["p95_ms"]), m["disabled"] or "ok")
+        g.add_row(
+            name,
+            str(m["requests"]),
+            str(m["retries"]),
+            str(m["http_429"]),
+            errs,
+            str(m["p50_ms"]),
+            str(m["p95_ms"]),
+            m["disabled"] or "ok",
+        )
     console.print(g)
     for msg in result.conflicts + result.failed:
         console.print(f"[red]error:[/red] {redact(msg)}", highlight=False, soft_wrap=True)
@@ -177,9 +195,14 @@ def cmd_demo(a: argparse.Namespace) -> int:
         if end < 0:
             raise ConfigError(f"invalid config: --blocks {a.blocks} is less than one chunk of {a.chunk_size}")
         job = make_job(
-            chain_id=devnet.CHAIN_ID, start_block=0, end_block=end, datasets=list(DATASETS),
-            rpc=[node.url], root=a.root, chunk_size=a.chunk_size,
-        )  # fmt: skip
+            chain_id=devnet.CHAIN_ID,
+            start_block=0,
+            end_block=end,
+            datasets=list(DATASETS),
+            rpc=[node.url],
+            root=a.root,
+            chunk_size=a.chunk_size,
+        )
         result = backfill(job, on_partition=_on_partition)
     _report(result)
     out.print(archive_table(a.root, devnet.CHAIN_ID, DATASETS))

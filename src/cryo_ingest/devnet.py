@@ -33,9 +33,9 @@ REVERTER_RUNTIME = "60006000fd"
 
 def router_runtime(logger: str) -> str:
     """CALLDATACOPY, then CALL(gas, logger, 0, 0, CALLDATASIZE, 0, 0): an internal call with a log."""
-    copy = "36" "6000" "6000" "37"
-    call_args = "6000" "6000" "36" "6000" "6000"  # retSize, retOffset, argsSize, argsOffset, value
-    return copy + call_args + "73" + logger.removeprefix("0x") + "5a" "f1" "50" "00"  # GAS CALL POP STOP
+    copy = "366000600037"
+    call_args = "600060003660006000"  # retSize, retOffset, argsSize, argsOffset, value
+    return copy + call_args + "73" + logger.removeprefix("0x") + "5af15000"  # GAS CALL POP STOP
 
 
 def init_code(runtime: str) -> str:
@@ -71,18 +71,24 @@ class Anvil:
 
 
 @contextmanager
-def anvil(
-    load_state: Path | None = None, dump_state: Path | None = None, chain_id: int = CHAIN_ID
-) -> Iterator[Anvil]:
+def anvil(load_state: Path | None = None, dump_state: Path | None = None, chain_id: int = CHAIN_ID) -> Iterator[Anvil]:
     """An anvil node on a free loopback port; finalized = head - 2 (`--slots-in-an-epoch 1`)."""
     port = free_port()
     args = [
         str(anvil_binary()),
-        "--host", "127.0.0.1", "--port", str(port),
-        "--chain-id", str(chain_id),
-        "--no-mining", "--timestamp", str(GENESIS_TIMESTAMP),
-        "--slots-in-an-epoch", "1", "--silent",
-    ]  # fmt: skip
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--chain-id",
+        str(chain_id),
+        "--no-mining",
+        "--timestamp",
+        str(GENESIS_TIMESTAMP),
+        "--slots-in-an-epoch",
+        "1",
+        "--silent",
+    ]
     if load_state:
         args += ["--load-state", str(load_state)]
     if dump_state:
@@ -188,7 +194,10 @@ async def generate(url: str, blocks: int, txs_per_block: int = 10) -> Chain:
             nonces[sender] += 1
             return tx
 
-        deploy = [send(0, None, 200_000, data=init_code(LOGGER_RUNTIME)), send(0, None, 200_000, data=init_code(REVERTER_RUNTIME))]
+        deploy = [
+            send(0, None, 200_000, data=init_code(LOGGER_RUNTIME)),
+            send(0, None, 200_000, data=init_code(REVERTER_RUNTIME)),
+        ]
         logger_hash, reverter_hash = await mine(deploy)
         logger = (await rpc.call("eth_getTransactionReceipt", logger_hash))["contractAddress"]
         reverter = (await rpc.call("eth_getTransactionReceipt", reverter_hash))["contractAddress"]

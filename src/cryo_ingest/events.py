@@ -30,7 +30,9 @@ class Event:
 
 def emit(events: list[Event], sink: Path | None) -> None:
     for event in events:
-        log.info("published %s %s %d-%d (%d rows)", event.output_dataset, event.dataset, event.start_block, event.end_block, event.rows)
+        log.info(
+            "published %s %s %d-%d (%d rows)", event.output_dataset, event.dataset, event.start_block, event.end_block, event.rows
+        )
     if sink is None or not events:
         return
     sink.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ import json
 import logging
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import cryo
 import pyarrow as pa
@@ -36,7 +37,9 @@ def extract(partition: Partition, gateway_url: str, chunk_size: int, staging: Pa
             max_concurrent_chunks=len(partition.chunks),
         )
     except Exception as err:  # Cryo raises TypeError('failed') and little else: name the chunk instead
-        raise ChunkError(f"extract: blocks {partition.start}-{partition.end}: Cryo failed ({type(err).__name__}: {err})") from None
+        raise ChunkError(
+            f"extract: blocks {partition.start}-{partition.end}: Cryo failed ({type(err).__name__}: {err})"
+        ) from None
     files: dict[tuple[str, Chunk], Path] = {}
     missing = []
     for chunk in partition.chunks:
@@ -63,7 +66,7 @@ def trace_source(gateway_url: str) -> str:
     return str(_gateway_json(gateway_url, TRACE_SOURCE_PATH))
 
 
-def _gateway_json(gateway_url: str, path: str) -> object:
+def _gateway_json(gateway_url: str, path: str) -> Any:
     with urllib.request.urlopen(gateway_url + path, timeout=30) as resp:
         return json.loads(resp.read())
 

@@ -238,13 +238,16 @@ class Gateway:
             if any("serves chain" in p for p in problems):
                 raise RpcError(f"rpc: chain id mismatch: {'; '.join(problems)}")
             raise RpcError(f"rpc: no endpoint reachable: {'; '.join(problems)}")
-        self.head = int((await self.forward({**body, "method": "eth_blockNumber"}))["result"], 16)
+        reply = await self.forward({"jsonrpc": "2.0", "id": 0, "method": "eth_blockNumber", "params": []})
+        if "error" in reply:
+            raise RpcError(f"rpc: eth_blockNumber failed: {reply['error'].get('message')}")
+        self.head = int(reply["result"], 16)
 
     async def _probe_traces(self, block: int) -> str:
-        probe = {"jsonrpc": "2.0", "id": 0, "method": "trace_block", "params": [hex(block)]}
+        probe: dict[str, Any] = {"jsonrpc": "2.0", "id": 0, "method": "trace_block", "params": [hex(block)]}
         if "error" not in await self.forward(probe):
             return "trace_block"
-        probe = {**probe, "method": "debug_traceBlockByNumber", "params": [probe["params"][0], {"tracer": "callTracer"}]}
+        probe.update(method="debug_traceBlockByNumber", params=[hex(block), {"tracer": "callTracer"}])
         reply = await self.forward(probe)
         if "error" not in reply:
             log.info("trace_block is not served: traces come from debug_traceBlockByNumber/callTracer")
@@ -344,7 +347,7 @@ class Gateway:
                 async with self._session.post(up.spec.url.get_secret_value(), json=req) as resp:
                     raw = await resp.read()
                     status, retry_after = resp.status, resp.headers.get("Retry-After")
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 up.fail("timeout", time.monotonic())
                 raise Retry("timeout") from None
             except aiohttp.ClientError as err:
@@ -375,7 +378,7 @@ class Gateway:
             if AUTH_MESSAGE.search(message):
                 self._disable(up, "auth error")
                 raise Retry("auth")
-            if code in TRANSIENT_CODES and (code != -32603 or TRANSIENT_MESSAGE.search(message)) or (
+            if (code in TRANSIENT_CODES and (code != -32603 or TRANSIENT_MESSAGE.search(message))) or (
                 TRANSIENT_MESSAGE.search(message)
             ):
                 up.fail("rpc_transient", now)

@@ -169,10 +169,9 @@ class Store:
             raise _storage_error("list", prefix, err) from None
 
 
-def _storage_error(op: str, key: str, err: BaseException) -> StorageError:
-    kind = {PermissionDeniedError: "permission denied", UnauthenticatedError: "not authenticated"}.get(
-        type(err), type(err).__name__
-    )
+def _storage_error(op: str, key: str, err: BaseError) -> StorageError:
+    kinds: dict[type[BaseError], str] = {PermissionDeniedError: "permission denied", UnauthenticatedError: "not authenticated"}
+    kind = kinds.get(type(err), type(err).__name__)
     detail = str(err).splitlines()[0][:300] if str(err) else ""
     return StorageError(f"storage: cannot {op} {key}: {kind}: {detail}")
 
@@ -185,11 +184,11 @@ def open_store(root: str, options: dict[str, str] | None = None) -> Store:
     prefix = parts.path.strip("/") or None
     try:
         if scheme == "s3":
-            return Store(root, S3Store.from_env(parts.netloc, prefix=prefix, config=options or None), None)  # type: ignore[arg-type]
+            return Store(root, S3Store(parts.netloc, prefix=prefix, config=options or None), None)  # type: ignore[arg-type]
         if scheme == "gs":
-            return Store(root, GCSStore.from_env(parts.netloc, prefix=prefix, config=options or None), None)  # type: ignore[arg-type]
+            return Store(root, GCSStore(parts.netloc, prefix=prefix, config=options or None), None)  # type: ignore[arg-type]
         if scheme == "az":
-            return Store(root, AzureStore.from_env(parts.netloc, prefix=prefix, config=options or None), None)  # type: ignore[arg-type]
+            return Store(root, AzureStore(parts.netloc, prefix=prefix, config=options or None), None)  # type: ignore[arg-type]
         path = Path(parts.path if scheme == "file" else root).expanduser().resolve()
         if path.exists() and not path.is_dir():
             raise ConfigError(f"invalid config: root: {root} is not a folder")

@@ -87,9 +87,7 @@ def validate_rows(path: Path, dataset: str, chunk: Chunk, block_hashes: list[str
     return Facts(table.num_rows, schema_of(schema))
 
 
-def validate_chunk(
-    files: dict[str, Path], chunk: Chunk, prev_hash: str | None, next_parent: str | None
-) -> dict[str, Facts]:
+def validate_chunk(files: dict[str, Path], chunk: Chunk, prev_hash: str | None, next_parent: str | None) -> dict[str, Facts]:
     facts: dict[str, Facts] = {}
     hashes = None
     if "blocks" in files:
