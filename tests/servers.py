@@ -67,6 +67,7 @@ class Faults:
     status: int | None = None  # answer every request with this HTTP status (e.g. 401)
     chain_id: int | None = None  # claim another chain
     dead: bool = False  # close every connection
+    die_after: int | None = None  # dead from this many requests on
     block_methods: set[str] = field(default_factory=set)  # answer these with -32601
 
 
@@ -102,6 +103,8 @@ class FaultProxy:
         self.times.append(time.monotonic())
         method = str(body.get("method")) if isinstance(body, dict) else "batch"
         self.methods[method] += 1
+        if f.die_after is not None and sum(self.methods.values()) > f.die_after:
+            f.dead = True
         if f.dead:
             assert request.transport is not None
             request.transport.close()
@@ -156,6 +159,8 @@ class MainnetReplay:
     """
 
     def __init__(self) -> None:
+        if not (FIXTURES / "README.md").exists():
+            raise FileNotFoundError(f"mainnet fixtures not found at {FIXTURES} (shared/ must sit beside the repository)")
         self.full = {int(p.stem): _result(p) for p in (FIXTURES / "eth_getBlockByNumber").glob("*.json")}
         self.hashes_only = {int(p.stem): _result(p) for p in (FIXTURES / "eth_getBlockByNumber_txhashes_only").glob("*.json")}
         receipts = [_result(p) for p in (FIXTURES / "eth_getTransactionReceipt").glob("*.json")]

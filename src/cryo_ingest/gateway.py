@@ -188,7 +188,7 @@ class Gateway:
         self.upstreams = [
             Upstream(
                 spec=e,
-                limiter=AsyncLimiter(e.requests_per_second, 1.0) if e.requests_per_second else None,
+                limiter=_limiter(e.requests_per_second) if e.requests_per_second else None,
                 semaphore=asyncio.Semaphore(e.max_concurrency or 1),
             )
             for e in self.specs
@@ -430,6 +430,13 @@ class Gateway:
             if "error" in reply or reply.get("result") is None:
                 return reply if "error" in reply else {**reply, "error": {"code": -32000, "message": "block not found"}}
         return {"jsonrpc": "2.0", "id": req.get("id"), "result": traces.from_call_frames(debug["result"], block["result"])}
+
+
+def _limiter(rps: float) -> AsyncLimiter:
+    """A bucket holding a tenth of a second's requests: a one-second burst would let a provider
+    that counts per second see twice the rate."""
+    capacity = max(1.0, rps / 10)
+    return AsyncLimiter(capacity, capacity / rps)
 
 
 def _json(obj: Any) -> web.Response:

@@ -1,0 +1,186 @@
+"""The RPC pool behind the gateway: faults, rate limits, failover, secrets. Real servers on loopback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import CANARY, CHUNK, Devnet, cli, files_under, manifest
+from servers import FaultProxy, Faults
+
+from cryo_ingest import devnet
+
+END = 149
+DATASETS = "blocks,transactions,logs,traces"
+
+
+def pool_env(*endpoints: dict[str, object]) -> dict[str, str]:
+    return {"CRYO_INGEST_RPC_POOL_TEST": json.dumps({"endpoints": list(endpoints)})}
+
+
+def run_pool(root: Path, env: dict[str, str], *extra: str, end: int = END):
+    return cli(
+        "backfill",
+        "--chain-id",
+        "31337",
+        "--start",
+        "0",
+        "--end",
+        str(end),
+        "--datasets",
+        DATASETS,
+        "--rpc-pool",
+        "test",
+        "--root",
+        str(root),
+        "--chunk-size",
+        str(CHUNK),
+        "--json",
+        *extra,
+        env=env,
+    )
+
+
+@pytest.fixture(scope="module")
+def clean_archive(chain: Devnet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    root = tmp_path_factory.mktemp("clean")
+    run = cli(
+        "backfill",
+        "--chain-id",
+        "31337",
+        "--start",
+        "0",
+        "--end",
+        str(END),
+        "--datasets",
+        DATASETS,
+        "--rpc",
+        chain.url,
+        "--root",
+        str(root),
+        "--chunk-size",
+        str(CHUNK),
+    )
+    assert run.code == 0, run.text
+    return files_under(root)
+
+
+@pytest.mark.parametrize("kind", ["http_429", "http_500", "http_503", "rpc_32005", "truncated", "reset", "null_result"])
+def test_30_percent_faults_still_give_the_clean_archive(
+    kind: str, chain: Devnet, clean_archive: dict[str, bytes], tmp_path: Path
+) -> None:
+    root = tmp_path / "a"
+    with FaultProxy(chain.url, Faults(**{kind: 0.3})) as proxy:
+        run = run_pool(root, pool_env({"name": "flaky", "url": proxy.url(f"/v2/{CANARY}")}))
+    assert run.code == 0, run.text
+    assert proxy.injected[kind] > 20
+    doc = json.loads(run.out)
+    assert doc["gateway"]["flaky"]["retries"] >= proxy.injected[kind] * 0.9
+    assert files_under(root) == clean_archive
+    assert CANARY not in run.text
+
+
+def test_rate_limit_is_respected(chain: Devnet, tmp_path: Path) -> None:
+    proxies = [FaultProxy(chain.url) for _ in range(3)]
+    for p in proxies:
+        p.__enter__()
+    try:
+        env = pool_env(*({"name": f"k{i}", "url": p.url(), "requests_per_second": 50} for i, p in enumerate(proxies)))
+        run = run_pool(tmp_path / "r", env, end=99)
+    finally:
+        for p in proxies:
+            p.__exit__()
+    assert run.code == 0, run.text
+    for p in proxies:
+        times = sorted(p.times)
+        assert len(times) > 50
+        # any one-second window: the rate plus the bucket's burst (a tenth of a second's worth) and timing jitter
+        worst = max(sum(1 for t in times[i:] if t - s < 1.0) for i, s in enumerate(times))
+        assert worst <= 50 + 5 + 2, worst
+
+
+def test_failover_completes_on_the_healthy_endpoints(chain: Devnet, clean_archive: dict[str, bytes], tmp_path: Path) -> None:
+    dead_url = f"http://127.0.0.1:{devnet.free_port()}/v2/{CANARY}-dead"
+    with (
+        FaultProxy(chain.url) as good,
+        FaultProxy(chain.url, Faults(status=401)) as auth,
+        FaultProxy(chain.url, Faults(chain_id=1)) as wrong,
+        FaultProxy(chain.url, Faults(die_after=100)) as dying,
+    ):
+        env = pool_env(
+            {"name": "good", "url": good.url(f"/v2/{CANARY}")},
+            {"name": "down", "url": dead_url},
+            {"name": "auth", "url": auth.url(f"/v2/{CANARY}")},
+            {"name": "wrongchain", "url": wrong.url(f"/v2/{CANARY}")},
+            {"name": "dying", "url": dying.url(f"/v2/{CANARY}")},
+        )
+        root = tmp_path / "f"
+        run = run_pool(root, env)
+    assert run.code == 0, run.text
+    assert files_under(root) == clean_archive
+    doc = json.loads(run.out)["gateway"]
+    assert doc["auth"]["disabled"] == "http 401" and doc["wrongchain"]["disabled"] == "chain 1"
+    assert doc["good"]["requests"] > 0
+    assert dying.faults.dead and doc["dying"]["errors"].get("connection", 0) + doc["dying"]["errors"].get("connect", 0) > 0
+    assert "wrongchain serves chain 1" in run.text.replace("endpoint ", "")
+    assert CANARY not in run.text
+
+
+def test_all_endpoints_dead_fails_cleanly(chain: Devnet, tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    staging = tmp_path / "tmp"
+    staging.mkdir()
+    with FaultProxy(chain.url, Faults(die_after=3)) as proxy:  # chain id, head and finality pass; then it dies
+        env = {**pool_env({"name": "only", "url": proxy.url(f"/v2/{CANARY}")}), "TMPDIR": str(staging)}
+        run = cli(
+            "backfill",
+            "--chain-id",
+            "31337",
+            "--start",
+            "0",
+            "--end",
+            "49",
+            "--datasets",
+            "blocks",
+            "--rpc-pool",
+            "test",
+            "--root",
+            str(root),
+            "--chunk-size",
+            str(CHUNK),
+            env=env,
+        )
+    assert run.code == 1
+    assert "retry budget spent" in run.text or "Cryo" in run.text
+    assert not (root / "cold" / "31337" / "blocks" / "manifest.json").exists()
+    assert not list(root.rglob("*.parquet"))
+    assert list(staging.iterdir()) == []
+    assert CANARY not in run.text
+
+
+def test_pool_file_with_env_reference(chain: Devnet, tmp_path: Path) -> None:
+    pools = tmp_path / "pools.yaml"
+    pools.write_text("pools:\n  local:\n    endpoints:\n      - name: mine\n        url: ${MY_RPC}\n")
+    run = cli(
+        "backfill",
+        "--chain-id",
+        "31337",
+        "--start",
+        "0",
+        "--end",
+        "49",
+        "--datasets",
+        "blocks",
+        "--rpc-pool",
+        "local",
+        "--rpc-pool-file",
+        str(pools),
+        "--root",
+        str(tmp_path / "p"),
+        "--chunk-size",
+        str(CHUNK),
+        env={"MY_RPC": chain.url},
+    )
+    assert run.code == 0, run.text
+    assert len(manifest(tmp_path / "p", 31337, "blocks")["files"]) == 1
