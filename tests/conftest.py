@@ -5,14 +5,18 @@ import os
 import subprocess
 import sys
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
+from moto.server import ThreadedMotoServer
 
 from cryo_ingest import devnet
+from cryo_ingest.storage import open_store
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -69,3 +73,60 @@ def files_under(root: Path) -> dict[str, bytes]:
 
 def manifest(root: Path, chain_id: int, dataset: str) -> dict[str, Any]:
     return dict(json.loads((root / "cold" / str(chain_id) / dataset / "manifest.json").read_text()))
+
+
+@dataclass
+class S3:
+    endpoint: str
+    env: dict[str, str]
+
+    def bucket(self, name: str) -> str:
+        boto3.client("s3").create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3]:
+    """moto's S3 server on loopback: real HTTP, SigV4-signed requests, conditional writes."""
+    port = devnet.free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_ALLOW_HTTP": "true",
+    }
+    os.environ.update(env)  # for the test process's own reads of the archive
+    yield S3(endpoint, env)
+    server.stop()
+
+
+@dataclass
+class Backend:
+    """An archive root on one storage backend, and the environment a CLI run needs for it."""
+
+    name: str
+    root: str
+    env: dict[str, str]
+
+    def snapshot(self) -> dict[str, bytes]:
+        """Every object under cold/ (what readers can see), by key."""
+        store = open_store(self.root)
+        return {key: store.get(key) or b"" for key in sorted(store.list("cold/"))}
+
+    def manifest(self, chain_id: int, dataset: str) -> dict[str, Any]:
+        data = open_store(self.root).get(f"cold/{chain_id}/{dataset}/manifest.json")
+        assert data is not None
+        return dict(json.loads(data))
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "local":
+        return Backend("local", str(tmp_path / "archive"), {})
+    s3: S3 = request.getfixturevalue("s3")
+    bucket = s3.bucket(f"cold-{uuid.uuid4().hex[:16]}")
+    return Backend("s3", f"s3://{bucket}/archive", s3.env)

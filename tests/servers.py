@@ -234,3 +234,53 @@ class MainnetReplay:
             )
         except LookupError as err:
             return web.json_response({"jsonrpc": "2.0", "id": body["id"], "error": {"code": -32000, "message": str(err)}})
+
+
+class S3FaultProxy:
+    """An HTTP proxy in front of the S3 server answering a fraction of requests with 500/503 or a dropped connection."""
+
+    def __init__(self, upstream: str, http_500: float = 0.0, http_503: float = 0.0, drop: float = 0.0, seed: int = 11) -> None:
+        self.upstream, self.http_500, self.http_503, self.drop = upstream, http_500, http_503, drop
+        self.random = random.Random(seed)
+        self.injected: Counter[str] = Counter()
+        self.requests = 0
+        self.server = Server(self.handle)
+        self.session: aiohttp.ClientSession | None = None
+
+    def __enter__(self) -> S3FaultProxy:
+        self.server.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.session is not None:
+            asyncio.run_coroutine_threadsafe(self.session.close(), self.server.loop).result()
+        self.server.__exit__()
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.requests += 1
+        roll = self.random.random()
+        if roll < self.http_500 + self.http_503:
+            status = 500 if roll < self.http_500 else 503
+            self.injected[f"http_{status}"] += 1
+            return web.Response(status=status, text="<Error><Code>InternalError</Code></Error>", content_type="application/xml")
+        if roll < self.http_500 + self.http_503 + self.drop:
+            self.injected["drop"] += 1
+            assert request.transport is not None
+            request.transport.close()
+            raise ConnectionResetError
+        if self.session is None:
+            self.session = aiohttp.ClientSession(auto_decompress=False)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("content-length", "transfer-encoding")}
+        async with self.session.request(
+            request.method, self.upstream + request.path_qs, headers=headers, data=body, allow_redirects=False
+        ) as resp:
+            data = await resp.read()
+            out = {
+                k: v for k, v in resp.headers.items() if k.lower() not in ("content-length", "transfer-encoding", "connection")
+            }
+            return web.Response(status=resp.status, body=data, headers=out)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import CANARY, CHUNK, Devnet, cli, files_under, manifest
+from conftest import CANARY, CHUNK, Devnet, Run, cli, files_under, manifest
 from servers import FaultProxy, Faults
 
 from cryo_ingest import devnet
@@ -19,7 +19,7 @@ def pool_env(*endpoints: dict[str, object]) -> dict[str, str]:
     return {"CRYO_INGEST_RPC_POOL_TEST": json.dumps({"endpoints": list(endpoints)})}
 
 
-def run_pool(root: Path, env: dict[str, str], *extra: str, end: int = END):
+def run_pool(root: Path, env: dict[str, str], *extra: str, end: int = END) -> Run:
     return cli(
         "backfill",
         "--chain-id",
@@ -71,7 +71,9 @@ def test_30_percent_faults_still_give_the_clean_archive(
     kind: str, chain: Devnet, clean_archive: dict[str, bytes], tmp_path: Path
 ) -> None:
     root = tmp_path / "a"
-    with FaultProxy(chain.url, Faults(**{kind: 0.3})) as proxy:
+    faults = Faults()
+    setattr(faults, kind, 0.3)
+    with FaultProxy(chain.url, faults) as proxy:
         run = run_pool(root, pool_env({"name": "flaky", "url": proxy.url(f"/v2/{CANARY}")}))
     assert run.code == 0, run.text
     assert proxy.injected[kind] > 20

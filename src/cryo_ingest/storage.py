@@ -132,8 +132,8 @@ class Store:
             try:
                 result = obstore.get(self.store, key)
                 current: bytes | None = bytes(result.bytes())
-                mode: Any = {"e_tag": result.meta["e_tag"], "version": result.meta.get("version")}
-            except NotFoundError:
+                mode: Any = {k: v for k, v in (("e_tag", result.meta["e_tag"]), ("version", result.meta.get("version"))) if v}
+            except (NotFoundError, FileNotFoundError):
                 current, mode = None, "create"
             except BaseError as err:
                 raise _storage_error("read", key, err) from None

@@ -1,0 +1,213 @@
+"""Object storage: the same cases on the local filesystem and on a real S3 server (moto) on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+from conftest import S3, Backend, Devnet, Run, cli
+from servers import S3FaultProxy
+
+from cryo_ingest import devnet
+from cryo_ingest.errors import ConfigError
+from cryo_ingest.publish import CRASH_ENV, CRASH_POINTS
+from cryo_ingest.storage import open_store
+
+DATASETS = "blocks,transactions,logs,traces"
+CHUNK = 50
+
+
+def backfill(
+    backend: Backend, url: str, *extra: str, end: int = 149, datasets: str = DATASETS, env: dict[str, str] | None = None
+) -> Run:
+    return cli(
+        "backfill",
+        "--chain-id",
+        "31337",
+        "--start",
+        "0",
+        "--end",
+        str(end),
+        "--datasets",
+        datasets,
+        "--rpc",
+        url,
+        "--root",
+        backend.root,
+        "--chunk-size",
+        str(CHUNK),
+        *extra,
+        env={**backend.env, **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def clean(chain: Devnet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The archive of an uninterrupted run on the local filesystem: every backend must match it byte for byte."""
+    b = Backend("local", str(tmp_path_factory.mktemp("clean") / "archive"), {})
+    assert backfill(b, chain.url).code == 0
+    return b.snapshot()
+
+
+def check_consistent(backend: Backend) -> None:
+    """The manifest parses and names only complete objects whose sha256 matches."""
+    store = open_store(backend.root)
+    for dataset in DATASETS.split(","):
+        data = store.get(f"cold/31337/{dataset}/manifest.json")
+        if data is None:
+            continue
+        for entry in json.loads(data)["files"]:
+            obj = store.get(f"cold/31337/{dataset}/{entry['path']}")
+            assert obj is not None and hashlib.sha256(obj).hexdigest() == entry["sha256"] and len(obj) == entry["bytes"]
+
+
+def test_end_to_end_and_rerun(backend: Backend, chain: Devnet, clean: dict[str, bytes]) -> None:
+    run = backfill(backend, chain.url)
+    assert run.code == 0, run.text
+    assert backend.snapshot() == clean  # byte-identical on every backend
+    check_consistent(backend)
+    rerun = backfill(backend, chain.url, "--force")
+    assert rerun.code == 0, rerun.text
+    assert backend.snapshot() == clean
+    listed = cli("ls", backend.root, "--chain-id", "31337", "--files", env=backend.env)
+    assert listed.code == 0
+    assert len(listed.out.strip().splitlines()) == 4 * 3
+    assert "transactions_00000100_00000149.parquet" in listed.out
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_killed_at_each_publishing_step(point: str, backend: Backend, chain: Devnet, clean: dict[str, bytes]) -> None:
+    killed = backfill(backend, chain.url, env={CRASH_ENV: point})
+    assert killed.code == 1
+    assert "worker process died" in killed.text
+    check_consistent(backend)
+    resumed = backfill(backend, chain.url)
+    assert resumed.code == 0, resumed.text
+    assert backend.snapshot() == clean
+
+
+def test_stored_object_with_other_bytes_is_a_conflict(backend: Backend, chain: Devnet) -> None:
+    store = open_store(backend.root)
+    key = "cold/31337/blocks/blocks_00000050_00000099.parquet"
+    store.put(key, b"not what the chain says")
+    run = backfill(backend, chain.url, datasets="blocks")
+    assert run.code == 1
+    assert "conflict" in run.text and key in run.text
+    assert store.get(key) == b"not what the chain says"
+    assert store.get("cold/31337/blocks/manifest.json") is None  # the conflict stops its partition: nothing recorded
+    repaired = backfill(backend, chain.url, "--overwrite-conflicts", datasets="blocks")
+    assert repaired.code == 0, repaired.text
+    entries = backend.manifest(31337, "blocks")["files"]
+    assert [e["start_block"] for e in entries] == [0, 50, 100]
+    check_consistent(backend)
+
+
+def test_twenty_concurrent_writers_one_manifest(s3: S3, chain: Devnet) -> None:
+    bucket = s3.bucket("cold-concurrent")
+    exe = Path(sys.executable).parent / "cryo-ingest"
+    procs = [
+        subprocess.Popen(
+            [
+                str(exe),
+                "backfill",
+                "--chain-id",
+                "31337",
+                "--start",
+                str(10 * i),
+                "--end",
+                str(10 * i + 9),
+                "--datasets",
+                "blocks",
+                "--rpc",
+                chain.url,
+                "--root",
+                f"s3://{bucket}",
+                "--chunk-size",
+                "10",
+                "--json",
+                "--max-concurrency",
+                "1",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **s3.env},
+        )
+        for i in range(20)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
+    retries = sum(json.loads(out)["cas_retries"] for out, _ in outputs)
+    data = open_store(f"s3://{bucket}").get("cold/31337/blocks/manifest.json")
+    assert data is not None
+    starts = [e["start_block"] for e in json.loads(data)["files"]]
+    assert starts == [10 * i for i in range(20)]
+    print(f"20 concurrent writers: {retries} precondition retries")
+
+
+def test_storage_faults_are_retried(s3: S3, chain: Devnet, clean: dict[str, bytes]) -> None:
+    bucket = s3.bucket("cold-faulty")
+    with S3FaultProxy(s3.endpoint, http_500=0.1, http_503=0.1, drop=0.1) as proxy:
+        b = Backend("s3", f"s3://{bucket}/archive", {**s3.env, "AWS_ENDPOINT_URL": proxy.url})
+        run = backfill(b, chain.url)
+    assert run.code == 0, run.text
+    assert sum(proxy.injected.values()) > 5
+    assert Backend("s3", f"s3://{bucket}/archive", s3.env).snapshot() == clean
+
+
+def test_missing_bucket_is_a_clear_error(s3: S3, chain: Devnet) -> None:
+    b = Backend("s3", "s3://no-such-bucket/archive", s3.env)
+    run = backfill(b, chain.url)
+    assert run.code == 1
+    assert "storage: cannot list cold/" in run.text and "404" in run.text
+
+
+def test_wrong_credentials_are_a_clear_error(chain: Devnet, tmp_path: Path) -> None:
+    """A second S3 server that enforces authentication: unknown keys get 403, nothing is written."""
+    port = devnet.free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}").list_buckets()
+            except Exception as err:  # waiting for the server: a 403 means it is up
+                if "403" in str(err) or "InvalidAccessKeyId" in str(err) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+        b = Backend("s3", "s3://locked/archive", {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"})
+        run = backfill(b, chain.url)
+    finally:
+        server.terminate()
+        server.wait()
+    assert run.code == 1
+    assert "storage: cannot list cold/" in run.text and "403" in run.text
+
+
+@pytest.mark.parametrize(
+    ("root", "store_class"),
+    [("gs://bucket/prefix", "GCSStore"), ("az://container/prefix", "AzureStore"), ("s3://bucket/prefix", "S3Store")],
+)
+def test_cloud_roots_build_their_store(root: str, store_class: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "devaccount")
+    store = open_store(root)
+    assert type(store.store).__name__ == store_class
+    assert store.local_dir is None
+
+
+def test_bad_store_option_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="invalid config: root: cannot open s3://bucket"):
+        open_store("s3://bucket", {"no_such_option": "x"})
