@@ -155,7 +155,9 @@ class MainnetReplay:
     """Serves ../shared/fixtures/mainnet as a chain-1 node: only what the fixtures determine.
 
     eth_getBlockReceipts is built from the per-transaction receipt files (only for blocks whose
-    receipts are all there), eth_getLogs from those receipts' logs; anything else is an error.
+    receipts are all there), eth_getLogs from those receipts' logs; for blocks known only from
+    their traces, eth_getBlockByNumber(n, false) gives the header fields the traces determine
+    (hash, number, transaction hashes in order) and nothing else; anything else is an error.
     """
 
     def __init__(self) -> None:
@@ -167,6 +169,15 @@ class MainnetReplay:
         self.receipts = {r["transactionHash"]: r for r in receipts}
         self.traces = {int(p.stem): _result(p) for p in (FIXTURES / "trace_block").glob("*.json")}
         self.debug = {int(p.stem): _result(p) for p in (FIXTURES / "debug_traceBlockByNumber").glob("*.json")}
+        self.trace_headers = {
+            n: {
+                "hash": t[0]["blockHash"],
+                "number": hex(n),
+                "transactions": list(dict.fromkeys(x["transactionHash"] for x in t if x["transactionHash"])),
+            }
+            for n, t in self.traces.items()
+            if t
+        }
         self.head = 2_200_000
         self.methods: Counter[str] = Counter()
         self.server = Server(self.handle)
@@ -203,6 +214,8 @@ class MainnetReplay:
                 return block if params[1] else {**block, "transactions": [t["hash"] for t in block["transactions"]]}
             if n in self.hashes_only and not params[1]:
                 return self.hashes_only[n]
+            if n in self.trace_headers and not params[1]:
+                return self.trace_headers[n]
             raise LookupError(f"block {n} with full={params[1]} is not in the fixtures")
         if method == "eth_getBlockReceipts":
             receipts = self.block_receipts(int(params[0], 16))

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import ChunkError
-from .gateway import STATUS_UNKNOWN_PATH, TRACE_SOURCE_PATH
+from .gateway import TRACE_SOURCE_PATH, UNKNOWN_PATH
 from .plan import Chunk, Partition
 
 log = logging.getLogger("cryo_ingest.extract")
@@ -54,11 +54,12 @@ def extract(partition: Partition, gateway_url: str, chunk_size: int, staging: Pa
             f"extract: blocks {partition.start}-{partition.end}: {report.get('n_errored', 0)} Cryo chunk(s) errored"
             + (f"; missing {', '.join(missing)}" if missing else "")
         )
-    if "transactions" in partition.datasets:
-        unknown = _gateway_json(gateway_url, f"{STATUS_UNKNOWN_PATH}?from={partition.start}&to={partition.end}")
-        if unknown:
-            for chunk in partition.chunks:
-                null_success(files["transactions", chunk], set(unknown))
+    cells = _gateway_json(gateway_url, f"{UNKNOWN_PATH}?from={partition.start}&to={partition.end}")
+    for chunk in partition.chunks:
+        for dataset in partition.datasets:
+            mine = [c for c in cells if c["dataset"] == dataset and chunk.start <= c["block"] <= chunk.end]
+            if mine:
+                null_cells(files[dataset, chunk], mine)
     return files
 
 
@@ -71,14 +72,18 @@ def _gateway_json(gateway_url: str, path: str) -> Any:
         return json.loads(resp.read())
 
 
-def null_success(path: Path, blocks: set[int]) -> None:
-    """`success` is unknown where the chain recorded no receipt status (pre-Byzantium): null, not a guess."""
+def null_cells(path: Path, cells: list[dict[str, Any]]) -> None:
+    """Write as null what the chain does not determine (a placeholder let Cryo parse it); docs/history.md."""
     meta = pq.ParquetFile(path).metadata
     codec = meta.row_group(0).column(0).compression.lower() if meta.num_row_groups else "zstd"
     table = pq.read_table(path)
-    mask = pc.is_in(table["block_number"], pa.array(sorted(blocks), table["block_number"].type))
-    if not pc.any(mask).as_py():
-        return
-    success = pc.if_else(mask, pa.scalar(None, pa.bool_()), table["success"])
-    table = table.set_column(table.schema.get_field_index("success"), "success", success)
+    for cell in cells:
+        mask = pc.equal(table["block_number"], pa.scalar(cell["block"], table["block_number"].type))
+        for key in ("transaction_index", "trace_address"):
+            if key in cell:
+                mask = pc.and_(mask, pc.equal(table[key], pa.scalar(cell[key], table[key].type)))
+        for column in cell["columns"]:
+            col = table[column]
+            nulled = pc.if_else(mask, pa.scalar(None, col.type), col)
+            table = table.set_column(table.schema.get_field_index(column), column, nulled)
     pq.write_table(table, path, compression=codec)

@@ -32,7 +32,7 @@ from .errors import RpcError
 
 log = logging.getLogger("cryo_ingest.gateway")
 
-STATUS_UNKNOWN_PATH = "/_cryo_ingest/status-unknown"
+UNKNOWN_PATH = "/_cryo_ingest/unknown"
 TRACE_SOURCE_PATH = "/_cryo_ingest/trace-source"
 # Methods whose null result for a block at or below the known head means a lagging node.
 BLOCK_METHODS = {"eth_getBlockByNumber", "eth_getBlockReceipts", "trace_block", "debug_traceBlockByNumber"}
@@ -125,7 +125,8 @@ class Gateway:
         self.attempts, self.budget, self.timeout = attempts, budget_seconds, timeout_seconds
         self.upstreams: list[Upstream] = []
         self.head = -1
-        self.status_unknown: set[int] = set()
+        # Values the chain does not determine, by block: extract writes them as null (docs/history.md).
+        self.unknown: dict[int, list[dict[str, Any]]] = {}
         self.trace_source = "trace_block"
         self.url = ""
         self._loop = asyncio.new_event_loop()
@@ -196,7 +197,7 @@ class Gateway:
         await self._preflight()
         app = web.Application(client_max_size=1024**3)
         app.router.add_post("/", self._handle)
-        app.router.add_get(STATUS_UNKNOWN_PATH, self._handle_status_unknown)
+        app.router.add_get(UNKNOWN_PATH, self._handle_unknown)
         app.router.add_get(TRACE_SOURCE_PATH, self._handle_trace_source)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -269,9 +270,13 @@ class Gateway:
             return _json(list(await asyncio.gather(*(self.forward(item) for item in body))))
         return _json(await self.forward(body))
 
-    async def _handle_status_unknown(self, request: web.Request) -> web.StreamResponse:
+    async def _handle_unknown(self, request: web.Request) -> web.StreamResponse:
         lo, hi = int(request.query["from"]), int(request.query["to"])
-        return _json(sorted(b for b in self.status_unknown if lo <= b <= hi))
+        return _json([{**cell, "block": b} for b in sorted(self.unknown) if lo <= b <= hi for cell in self.unknown[b]])
+
+    def _record_unknown(self, block: int, cells: list[dict[str, Any]]) -> None:
+        known = self.unknown.setdefault(block, [])
+        known += [c for c in cells if c not in known]
 
     async def _handle_trace_source(self, request: web.Request) -> web.StreamResponse:
         return _json(self.trace_source)
@@ -417,7 +422,7 @@ class Gateway:
             # block is recorded so that extract writes `success` as null, never the placeholder.
             for r in lacking:
                 r["status"] = "0x1"
-            self.status_unknown.update(int(r["blockNumber"], 16) for r in lacking)
+                self._record_unknown(int(r["blockNumber"], 16), [{"dataset": "transactions", "columns": ["success"]}])
         return reply
 
     async def _trace_block_from_debug(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -429,7 +434,12 @@ class Gateway:
         for reply in (debug, block):
             if "error" in reply or reply.get("result") is None:
                 return reply if "error" in reply else {**reply, "error": {"code": -32000, "message": "block not found"}}
-        return {"jsonrpc": "2.0", "id": req.get("id"), "result": traces.from_call_frames(debug["result"], block["result"])}
+        try:
+            flat, unknown = traces.from_call_frames(debug["result"], block["result"])
+        except (ValueError, KeyError, TypeError) as err:
+            return {"jsonrpc": "2.0", "id": req.get("id"), "error": {"code": -32000, "message": f"untranslatable trace: {err}"}}
+        self._record_unknown(int(block["result"]["number"], 16), unknown)
+        return {"jsonrpc": "2.0", "id": req.get("id"), "result": flat}
 
 
 def _limiter(rps: float) -> AsyncLimiter:

@@ -13,34 +13,52 @@ from typing import Any
 DEBUG_SOURCE = "debug_traceBlockByNumber/callTracer"
 CALL_TYPES = {"CALL", "STATICCALL", "DELEGATECALL", "CALLCODE"}
 
-# Columns of Cryo's traces table whose values differ by source (see docs/traces.md).
+# Where the two sources disagree, keyed by what differs (docs/traces.md explains each).
+# `observed` means seen on real mainnet blocks (tests/test_traces.py checks that no other difference appears).
 DIFFERENCES = {
-    "action_gas": "top-level frame: callTracer gives the transaction gas limit, Parity the gas left after intrinsic gas",
-    "result_gas_used": "top-level frame: callTracer includes intrinsic gas, Parity does not",
-    "reward traces": "callTracer has no block or uncle reward traces",
+    "reward traces": "observed: callTracer has no block or uncle reward traces",
+    "error": "observed: error text is the client's own ('out of gas' from geth, 'Out of gas' from Parity)",
+    "callcode action.to": "observed: geth gives the code address, Parity the executing (calling) contract",
+    "callcode result.output": "observed: geth gives the returned bytes, Parity '0x'",
+    "selfdestruct beneficiary and balance": "observed: old geth frames omit them; archived as null",
+    "failed frame result": "observed on anvil: its trace_block keeps gasUsed and output of reverted frames; OpenEthereum and this translation give none",
+    "top-level gas": "not observed on the fixtures: clients differ on intrinsic gas in the top frame's gas and gasUsed",
 }
 
 
-def from_call_frames(frames: list[Any], block: dict[str, Any]) -> list[dict[str, Any]]:
-    """Flatten each transaction's frame tree depth-first into Parity traces."""
+def from_call_frames(frames: list[Any], block: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Flatten each transaction's frame tree depth-first into Parity traces.
+
+    Also returns the cells the frames leave undetermined (`{"dataset", "transaction_index",
+    "trace_address", "columns"}`): Cryo needs a value to parse, so they carry placeholders here
+    and extract writes them as null.
+    """
     out: list[dict[str, Any]] = []
+    unknown: list[dict[str, Any]] = []
     hashes = [t if isinstance(t, str) else t["hash"] for t in block.get("transactions", [])]
     if len(frames) != len(hashes):
         raise ValueError(f"debug trace has {len(frames)} transactions, the block {len(hashes)}")
     for position, (item, tx_hash) in enumerate(zip(frames, hashes, strict=True)):
-        frame = item.get("result", item) if isinstance(item, dict) and "type" not in item else item
+        if "type" not in item and "result" not in item:
+            raise ValueError(f"transaction {position} has no trace: {item.get('error', item)}")
+        frame = item if "type" in item else item["result"]
         context = {
             "transactionHash": tx_hash,
             "transactionPosition": position,
             "blockHash": block["hash"],
             "blockNumber": int(block["number"], 16),
         }
-        _flatten(frame, [], None, context, out)
-    return out
+        _flatten(frame, [], None, context, out, unknown)
+    return out, unknown
 
 
 def _flatten(
-    frame: dict[str, Any], address: list[int], parent: dict[str, Any] | None, context: dict[str, Any], out: list[dict[str, Any]]
+    frame: dict[str, Any],
+    address: list[int],
+    parent: dict[str, Any] | None,
+    context: dict[str, Any],
+    out: list[dict[str, Any]],
+    unknown: list[dict[str, Any]],
 ) -> None:
     kind = str(frame.get("type", "")).upper()
     calls = frame.get("calls") or []
@@ -67,13 +85,26 @@ def _flatten(
         result = {"gasUsed": frame.get("gasUsed", "0x0"), "code": frame.get("output", "0x"), "address": frame.get("to")}
     elif kind == "SELFDESTRUCT":
         trace["type"] = "suicide"
-        # Old geth gives a bare {"type": "SELFDESTRUCT"}: the contract that dies is the frame
-        # executing it (the parent's `to`); its beneficiary and balance are not in the trace.
+        # Old geth gives a bare {"type": "SELFDESTRUCT"}. The contract that dies is the one whose
+        # code runs in the parent frame (its `to`, or its `from` for DELEGATECALL/CALLCODE); the
+        # beneficiary and the balance are not in the trace: unknown, so null in the archive.
+        parent = parent or {}
+        runs_in_caller = str(parent.get("type", "")).upper() in ("DELEGATECALL", "CALLCODE")
         trace["action"] = {
-            "address": frame.get("from") or (parent or {}).get("to"),
-            "refundAddress": frame.get("to"),
-            "balance": frame.get("value"),
+            "address": frame.get("from") or parent.get("from" if runs_in_caller else "to"),
+            "refundAddress": frame.get("to") or "0x" + "00" * 20,
+            "balance": frame.get("value") or "0x0",
         }
+        missing = [col for key, col in (("to", "action_to"), ("value", "action_value")) if not frame.get(key)]
+        if missing:
+            unknown.append(
+                {
+                    "dataset": "traces",
+                    "transaction_index": context["transactionPosition"],
+                    "trace_address": "_".join(map(str, address)),
+                    "columns": missing,
+                }
+            )
         result = None
     else:
         raise ValueError(f"unknown call frame type {frame.get('type')!r}")
@@ -85,4 +116,4 @@ def _flatten(
     trace.update(subtraces=len(calls), traceAddress=address, **context)
     out.append(trace)
     for i, child in enumerate(calls):
-        _flatten(child, [*address, i], frame, context, out)
+        _flatten(child, [*address, i], frame, context, out, unknown)
