@@ -21,7 +21,8 @@ DIFFERENCES = {
     "callcode action.to": "observed: geth gives the code address, Parity the executing (calling) contract",
     "callcode result.output": "observed: geth gives the returned bytes, Parity '0x'",
     "selfdestruct beneficiary and balance": "observed: old geth frames omit them; archived as null",
-    "failed frame result": "observed on anvil: its trace_block keeps gasUsed and output of reverted frames; OpenEthereum and this translation give none",
+    "failed frame result": "observed on anvil: its trace_block keeps gasUsed and output of reverted frames; "
+    "OpenEthereum and this translation give none",
     "top-level gas": "not observed on the fixtures: clients differ on intrinsic gas in the top frame's gas and gasUsed",
 }
 
