@@ -45,6 +45,13 @@ AUTH_MESSAGE = re.compile(r"unauthori[sz]ed|api.?key|forbidden|not authori[sz]ed
 TRANSIENT_CODES = {-32005, -32029, 429, -32603}
 
 
+class Reply(dict[str, Any]):
+    """A JSON-RPC reply that remembers the upstream bytes, so an unchanged reply is passed on
+    without re-encoding (most of the gateway's cost on large blocks otherwise)."""
+
+    raw: bytes | None = None
+
+
 class Retry(Exception):
     """One failed attempt that another attempt may fix; `kind` names it in metrics."""
 
@@ -267,8 +274,9 @@ class Gateway:
         if isinstance(body, list):
             if not body:
                 return _json({"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "empty batch"}})
-            return _json(list(await asyncio.gather(*(self.forward(item) for item in body))))
-        return _json(await self.forward(body))
+            replies = await asyncio.gather(*(self.forward(item) for item in body))
+            return _raw(b"[" + b",".join(_encode(r) for r in replies) + b"]")
+        return _raw(_encode(await self.forward(body)))
 
     async def _handle_unknown(self, request: web.Request) -> web.StreamResponse:
         lo, hi = int(request.query["from"]), int(request.query["to"])
@@ -371,12 +379,14 @@ class Gateway:
             up.fail(f"http_{status}", now)
             raise Retry(f"http_{status}")
         try:
-            reply = json.loads(raw)
-            if not isinstance(reply, dict):
+            parsed = json.loads(raw)
+            if not isinstance(parsed, dict):
                 raise ValueError
         except ValueError:
             up.fail("bad_body", now)
             raise Retry("bad_body") from None
+        reply = Reply(parsed)
+        reply.raw = raw
         error = reply.get("error")
         if error is not None:
             code, message = (error.get("code"), str(error.get("message", ""))) if isinstance(error, dict) else (None, "")
@@ -409,20 +419,23 @@ class Gateway:
         receipts = reply.get("result")
         if not isinstance(receipts, list):
             return reply
-        if any("from" not in r for r in receipts):
+        missing_from = any("from" not in r for r in receipts)
+        lacking = [r for r in receipts if r.get("status") is None]
+        if not missing_from and not lacking:
+            return reply
+        reply = Reply(reply)  # changed below: encoded anew, not passed on as received
+        if missing_from:
             block = await self._send({**req, "method": "eth_getBlockByNumber", "params": [req["params"][0], True]})
             txs = {t["hash"]: t for t in (block.get("result") or {}).get("transactions", [])}
             for r in receipts:
                 tx = txs.get(r.get("transactionHash"))
                 if tx is not None and "from" not in r:
                     r["from"], r["to"] = tx["from"], tx.get("to")
-        lacking = [r for r in receipts if r.get("status") is None]
-        if lacking:
-            # Cryo stops on a receipt without status; the placeholder keeps it going, and the
-            # block is recorded so that extract writes `success` as null, never the placeholder.
-            for r in lacking:
-                r["status"] = "0x1"
-                self._record_unknown(int(r["blockNumber"], 16), [{"dataset": "transactions", "columns": ["success"]}])
+        # Cryo stops on a receipt without status; the placeholder keeps it going, and the
+        # block is recorded so that extract writes `success` as null, never the placeholder.
+        for r in lacking:
+            r["status"] = "0x1"
+            self._record_unknown(int(r["blockNumber"], 16), [{"dataset": "transactions", "columns": ["success"]}])
         return reply
 
     async def _trace_block_from_debug(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -449,8 +462,17 @@ def _limiter(rps: float) -> AsyncLimiter:
     return AsyncLimiter(capacity, capacity / rps)
 
 
+def _encode(obj: Any) -> bytes:
+    raw = obj.raw if isinstance(obj, Reply) else None
+    return raw if raw is not None else json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _raw(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
+
+
 def _json(obj: Any) -> web.Response:
-    return web.Response(body=json.dumps(obj, separators=(",", ":")).encode(), content_type="application/json")
+    return _raw(_encode(obj))
 
 
 def _retry_after(value: str | None) -> float:
