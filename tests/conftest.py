@@ -16,6 +16,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from cryo_ingest import devnet
+from cryo_ingest import manifest as manifest_module
 from cryo_ingest.storage import open_store
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -71,8 +72,16 @@ def files_under(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def manifest_doc(root: str, chain_id: int, dataset: str) -> dict[str, Any]:
+    """What the manifest says (index and shards, through the package's one reader), as plain JSON values."""
+    m = manifest_module.load(open_store(root), chain_id, dataset)
+    assert m is not None, f"no manifest for {dataset}"
+    doc = {k: getattr(m, k) for k in ("chain_id", "dataset", "chunk_size", "schema", "cryo_version")}
+    return doc | {"files": [m.files[k].to_json() for k in sorted(m.files)]}
+
+
 def manifest(root: Path, chain_id: int, dataset: str) -> dict[str, Any]:
-    return dict(json.loads((root / "cold" / str(chain_id) / dataset / "manifest.json").read_text()))
+    return manifest_doc(str(root), chain_id, dataset)
 
 
 @dataclass
@@ -118,9 +127,7 @@ class Backend:
         return {key: store.get(key) or b"" for key in sorted(store.list("cold/"))}
 
     def manifest(self, chain_id: int, dataset: str) -> dict[str, Any]:
-        data = open_store(self.root).get(f"cold/{chain_id}/{dataset}/manifest.json")
-        assert data is not None
-        return dict(json.loads(data))
+        return manifest_doc(self.root, chain_id, dataset)
 
 
 @pytest.fixture(params=["local", "s3"])

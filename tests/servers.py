@@ -68,6 +68,7 @@ class Faults:
     chain_id: int | None = None  # claim another chain
     dead: bool = False  # close every connection
     die_after: int | None = None  # dead from this many requests on
+    rate_limit: int | None = None  # a provider's limit: requests per 1-second window, HTTP 429 beyond it
     block_methods: set[str] = field(default_factory=set)  # answer these with -32601
 
 
@@ -81,6 +82,8 @@ class FaultProxy:
         self.methods: Counter[str] = Counter()
         self.injected: Counter[str] = Counter()
         self.times: list[float] = []
+        self.answered: list[float] = []  # when requests were forwarded and answered by the node
+        self.window = (0, 0)  # (second, requests in it), for rate_limit
         self.server = Server(self.handle)
         self.session: aiohttp.ClientSession | None = None
 
@@ -101,8 +104,11 @@ class FaultProxy:
         raw = await request.read()
         body = json.loads(raw)
         self.times.append(time.monotonic())
-        method = str(body.get("method")) if isinstance(body, dict) else "batch"
-        self.methods[method] += 1
+        items = body if isinstance(body, list) else [body]
+        self.methods.update(str(item.get("method")) for item in items)
+        if isinstance(body, list):
+            return await self._forward(raw)  # batches (ethereum-etl sends them) are counted per call, never faulted
+        method = str(body.get("method"))
         if f.die_after is not None and sum(self.methods.values()) > f.die_after:
             f.dead = True
         if f.dead:
@@ -111,6 +117,13 @@ class FaultProxy:
             raise ConnectionResetError
         if f.status is not None:
             return web.Response(status=f.status, text="unauthorized")
+        if f.rate_limit is not None:
+            second = int(time.monotonic())
+            count = self.window[1] + 1 if self.window[0] == second else 1
+            self.window = (second, count)
+            if count > f.rate_limit:
+                self.injected["http_429"] += 1
+                return web.Response(status=429, text="rate limited", headers={"Retry-After": "1"})
         if f.chain_id is not None and method == "eth_chainId":
             return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": hex(f.chain_id)})
         if method in f.block_methods:
@@ -126,10 +139,14 @@ class FaultProxy:
                 self.injected[kind] += 1
                 return await self._fault(kind, request, body)
             roll -= p
+        return await self._forward(raw)
+
+    async def _forward(self, raw: bytes) -> web.StreamResponse:
         if self.session is None:
-            self.session = aiohttp.ClientSession()
+            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         async with self.session.post(self.upstream, data=raw, headers={"content-type": "application/json"}) as resp:
             data = await resp.read()
+        self.answered.append(time.monotonic())
         return web.Response(body=data, content_type="application/json")
 
     async def _fault(self, kind: str, request: web.Request, body: Any) -> web.StreamResponse:

@@ -97,9 +97,10 @@ def test_rate_limit_is_respected(chain: Devnet, tmp_path: Path) -> None:
     for p in proxies:
         times = sorted(p.times)
         assert len(times) > 50
-        # any one-second window: the rate plus the bucket's burst (a tenth of a second's worth) and timing jitter
+        # any one-second window: the rate, plus the bucket's burst (a tenth of a second's worth), plus
+        # 100 ms of arrival jitter between the gateway and this proxy's clock. A one-second bucket gave 101.
         worst = max(sum(1 for t in times[i:] if t - s < 1.0) for i, s in enumerate(times))
-        assert worst <= 50 + 5 + 2, worst
+        assert worst <= 50 + 5 + 5, worst
 
 
 def test_failover_completes_on_the_healthy_endpoints(chain: Devnet, clean_archive: dict[str, bytes], tmp_path: Path) -> None:

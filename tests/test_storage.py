@@ -15,7 +15,7 @@ import pytest
 from conftest import S3, Backend, Devnet, Run, cli
 from servers import S3FaultProxy
 
-from cryo_ingest import devnet
+from cryo_ingest import devnet, manifest
 from cryo_ingest.errors import ConfigError
 from cryo_ingest.publish import CRASH_ENV, CRASH_POINTS
 from cryo_ingest.storage import open_store
@@ -60,12 +60,10 @@ def check_consistent(backend: Backend) -> None:
     """The manifest parses and names only complete objects whose sha256 matches."""
     store = open_store(backend.root)
     for dataset in DATASETS.split(","):
-        data = store.get(f"cold/31337/{dataset}/manifest.json")
-        if data is None:
-            continue
-        for entry in json.loads(data)["files"]:
-            obj = store.get(f"cold/31337/{dataset}/{entry['path']}")
-            assert obj is not None and hashlib.sha256(obj).hexdigest() == entry["sha256"] and len(obj) == entry["bytes"]
+        m = manifest.load(store, 31337, dataset)
+        for entry in m.files.values() if m else []:
+            obj = store.get(f"cold/31337/{dataset}/{entry.path}")
+            assert obj is not None and hashlib.sha256(obj).hexdigest() == entry.sha256 and len(obj) == entry.bytes
 
 
 def test_end_to_end_and_rerun(backend: Backend, chain: Devnet, clean: dict[str, bytes]) -> None:
@@ -145,9 +143,7 @@ def test_twenty_concurrent_writers_one_manifest(s3: S3, chain: Devnet) -> None:
     outputs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
     retries = sum(json.loads(out)["cas_retries"] for out, _ in outputs)
-    data = open_store(f"s3://{bucket}").get("cold/31337/blocks/manifest.json")
-    assert data is not None
-    starts = [e["start_block"] for e in json.loads(data)["files"]]
+    starts = [e["start_block"] for e in Backend("s3", f"s3://{bucket}", s3.env).manifest(31337, "blocks")["files"]]
     assert starts == [10 * i for i in range(20)]
     print(f"20 concurrent writers: {retries} precondition retries")
 

@@ -43,6 +43,8 @@ TRANSIENT_MESSAGE = re.compile(
 )
 AUTH_MESSAGE = re.compile(r"unauthori[sz]ed|api.?key|forbidden|not authori[sz]ed|access denied|invalid.*token", re.I)
 TRANSIENT_CODES = {-32005, -32029, 429, -32603}
+# An endpoint trips its breaker after 10 failures in a row; three trips with no success between: down.
+POOL_DOWN_TRIPS = 3
 
 
 class Reply(dict[str, Any]):
@@ -296,6 +298,8 @@ class Gateway:
             rid = req.get("id") if isinstance(req, dict) else None
             return {"jsonrpc": "2.0", "id": rid, "error": {"code": -32600, "message": "invalid request"}}
         method = req["method"]
+        if method == "eth_chainId" and self.head >= 0:  # verified on every endpoint at start: no need to ask again
+            return {"jsonrpc": "2.0", "id": req.get("id"), "result": hex(self.chain_id)}
         if method == "eth_getBlockReceipts":
             return await self._block_receipts(req)
         if method == "trace_block" and self.trace_source == traces.DEBUG_SOURCE:
@@ -310,7 +314,7 @@ class Gateway:
         for attempt in range(self.attempts):
             up = await self._pick(tried, deadline)
             if up is None:
-                last = "every endpoint is disabled"
+                last = "no endpoint left: each is disabled or failing without a success (circuit open)"
                 break
             tried.add(up.name)
             try:
@@ -338,6 +342,8 @@ class Gateway:
             if not live:
                 return None
             usable = [u for u in live if u.usable(now)]
+            if not usable and all(u.trips >= POOL_DOWN_TRIPS for u in live):
+                return None  # every endpoint keeps failing: fail now, not after each request's whole budget
             if not usable:
                 wait = min(u.cooldown_until for u in live) - now
                 if now + wait > deadline:

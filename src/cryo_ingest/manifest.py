@@ -1,14 +1,18 @@
-"""`manifest.json`: the archive's source of truth, one per chain and dataset.
+"""The manifest: the archive's source of truth, one per chain and dataset.
 
 A file not in the manifest does not exist for readers; an entry is added only after its file is
-fully stored. Updates go through `Store.update` (compare-and-swap), and the bytes written are a
-pure function of the entries, so a re-run with identical content writes nothing.
-The format is documented in docs/manifest.md; keep the keys stable.
+fully stored. `manifest.json` is a small index (metadata, schema, the list of shards); the
+entries live in shards of `SHARD_CHUNKS` chunks each, so adding an entry rewrites one shard of
+at most 1,000 entries however long the archive grows (bench/storage.py: a single 100,000-entry
+document took over a second per added entry). Every write goes through `Store.update`
+(compare-and-swap) and the bytes are a pure function of the entries, so a re-run with identical
+content writes nothing. The format is documented in docs/manifest.md; keep the keys stable.
 """
 
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from typing import Any
@@ -17,13 +21,15 @@ from .errors import ConfigError, ConflictError, IngestError
 from .storage import Store
 
 FORMAT = "cryo-ingest-manifest"
-FORMAT_VERSION = 1
+SHARD_FORMAT = "cryo-ingest-manifest-shard"
+FORMAT_VERSION = 2
+SHARD_CHUNKS = 1000
 CRYO_VERSION = version("cryo")
 
 
 @dataclass(frozen=True)
 class Entry:
-    path: str  # relative to the manifest
+    path: str  # relative to manifest.json
     start_block: int
     end_block: int
     rows: int
@@ -39,6 +45,8 @@ class Entry:
 
 @dataclass
 class Manifest:
+    """The whole manifest as readers see it: the index's metadata and every shard's entries."""
+
     chain_id: int
     dataset: str
     chunk_size: int
@@ -46,46 +54,87 @@ class Manifest:
     cryo_version: str = CRYO_VERSION
     files: dict[int, Entry] = field(default_factory=dict)  # by start_block
 
-    def dumps(self) -> bytes:
-        """Deterministic bytes, one file entry per line (diffable, fast at 100k entries)."""
-        head = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "chain_id": self.chain_id,
-            "dataset": self.dataset,
-            "chunk_size": self.chunk_size,
-            "cryo_version": self.cryo_version,
-            "schema": self.schema,
-        }
-        lines = [json.dumps(self.files[k].to_json(), separators=(",", ":")) for k in sorted(self.files)]
-        body = json.dumps(head, indent=1)[:-2]
-        return (body + ',\n "files": [\n  ' + ",\n  ".join(lines) + ("\n ]\n}\n" if lines else "]\n}\n")).encode()
-
-    @classmethod
-    def loads(cls, data: bytes, where: str) -> Manifest:
-        try:
-            doc = json.loads(data)
-            if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
-                raise ValueError(f"unknown format {doc.get('format')!r} v{doc.get('format_version')!r}")
-            return cls(
-                chain_id=doc["chain_id"],
-                dataset=doc["dataset"],
-                chunk_size=doc["chunk_size"],
-                schema=doc["schema"],
-                cryo_version=doc["cryo_version"],
-                files={e["start_block"]: Entry(**e) for e in doc["files"]},
-            )
-        except (ValueError, KeyError, TypeError) as err:
-            raise IngestError(f"manifest {where} is unreadable: {err}") from None
+    def header(self, fmt: str) -> dict[str, Any]:
+        return {"format": fmt, "format_version": FORMAT_VERSION, "chain_id": self.chain_id, "dataset": self.dataset}
 
 
 def key(chain_id: int, dataset: str) -> str:
     return f"cold/{chain_id}/{dataset}/manifest.json"
 
 
-def load(store: Store, chain_id: int, dataset: str) -> Manifest | None:
+def shard_span(chunk_size: int) -> int:
+    return chunk_size * SHARD_CHUNKS
+
+
+def shard_path(start: int, chunk_size: int) -> str:
+    """The shard (relative to manifest.json) that holds the entry of the chunk starting at `start`."""
+    lo = start // shard_span(chunk_size) * shard_span(chunk_size)
+    return f"manifest/{lo:08}_{lo + shard_span(chunk_size) - 1:08}.json"
+
+
+def _dir(chain_id: int, dataset: str) -> str:
+    return f"cold/{chain_id}/{dataset}/"
+
+
+def _parse(data: bytes, fmt: str, where: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+        if doc.get("format") != fmt or doc.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"unknown format {doc.get('format')!r} v{doc.get('format_version')!r}")
+        return dict(doc)
+    except (ValueError, AttributeError) as err:
+        raise IngestError(f"manifest {where} is unreadable: {err}") from None
+
+
+def _entries(doc: dict[str, Any], where: str) -> dict[int, Entry]:
+    try:
+        return {e["start_block"]: Entry(**e) for e in doc["files"]}
+    except (KeyError, TypeError) as err:
+        raise IngestError(f"manifest {where} is unreadable: {err}") from None
+
+
+def encode_index(m: Manifest, shards: list[str]) -> bytes:
+    doc = {
+        **m.header(FORMAT),
+        "chunk_size": m.chunk_size,
+        "shard_chunks": SHARD_CHUNKS,
+        "cryo_version": m.cryo_version,
+        "schema": m.schema,
+        "shards": sorted(shards),
+    }
+    return (json.dumps(doc, indent=1) + "\n").encode()
+
+
+def encode_shard(m: Manifest, entries: dict[int, Entry]) -> bytes:
+    """One entry per line: diffable, and cheap to rewrite."""
+    head = json.dumps(m.header(SHARD_FORMAT), indent=1)[:-2]
+    lines = [json.dumps(entries[k].to_json(), separators=(",", ":")) for k in sorted(entries)]
+    return (head + ',\n "files": [\n  ' + ",\n  ".join(lines) + "\n ]\n}\n").encode()
+
+
+def _index(store: Store, chain_id: int, dataset: str) -> dict[str, Any] | None:
     data = store.get(key(chain_id, dataset))
-    return None if data is None else Manifest.loads(data, key(chain_id, dataset))
+    return None if data is None else _parse(data, FORMAT, key(chain_id, dataset))
+
+
+def load(store: Store, chain_id: int, dataset: str) -> Manifest | None:
+    """The one reader of an archive's manifest (index and shards); None where there is none."""
+    index = _index(store, chain_id, dataset)
+    if index is None:
+        return None
+    m = Manifest(chain_id, dataset, index["chunk_size"], index["schema"], index["cryo_version"])
+
+    def read(shard: str) -> dict[int, Entry]:
+        where = _dir(chain_id, dataset) + shard
+        data = store.get(where)
+        if data is None:
+            raise IngestError(f"manifest {key(chain_id, dataset)} lists {shard}, which is missing")
+        return _entries(_parse(data, SHARD_FORMAT, where), where)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        for entries in pool.map(read, index["shards"]):
+            m.files.update(entries)
+    return m
 
 
 def check_grid(manifest: Manifest | None, chunk_size: int) -> None:
@@ -118,38 +167,87 @@ def add(
     entries: list[Entry],
     overwrite_conflicts: bool,
 ) -> list[Entry]:
-    """Record `entries` with compare-and-swap; return those that changed the manifest."""
+    """Record `entries` with compare-and-swap, shard by shard, then list new shards in the index.
+
+    A crash between the two leaves a shard the index does not list: readers do not see it, and
+    the next run that records any of its chunks lists it.
+    """
+    index = _index(store, chain_id, dataset)
+    meta = Manifest(chain_id, dataset, chunk_size, schema)
+    if index is not None:
+        check_grid(Manifest(chain_id, dataset, index["chunk_size"]), chunk_size)
+        if index["schema"] != schema:
+            raise ConflictError(
+                f"conflict: {dataset}: the new files' schema differs from the archive's "
+                f"(archive written by Cryo {index['cryo_version']}); nothing recorded"
+            )
+    by_shard: dict[str, list[Entry]] = {}
+    for entry in entries:
+        by_shard.setdefault(shard_path(entry.start_block, chunk_size), []).append(entry)
     changed: list[Entry] = []
-    where = key(chain_id, dataset)
+    for shard, items in sorted(by_shard.items()):
+        changed += _add_to_shard(store, meta, shard, items, overwrite_conflicts)
+
+    def list_shards(current: bytes | None) -> bytes | None:
+        doc = _parse(current, FORMAT, key(chain_id, dataset)) if current is not None else None
+        listed = set(doc["shards"]) if doc else set()
+        if doc is not None and listed >= by_shard.keys():
+            return None
+        if doc is not None and doc["schema"] != schema:
+            raise ConflictError(f"conflict: {dataset}: schema changed while recording; nothing listed")
+        return encode_index(meta, sorted(listed | by_shard.keys()))
+
+    store.update(key(chain_id, dataset), list_shards)
+    return changed
+
+
+def _add_to_shard(store: Store, meta: Manifest, shard: str, entries: list[Entry], overwrite: bool) -> list[Entry]:
+    where = _dir(meta.chain_id, meta.dataset) + shard
+    changed: list[Entry] = []
 
     def change(current: bytes | None) -> bytes | None:
         changed.clear()
-        manifest = Manifest.loads(current, where) if current is not None else Manifest(chain_id, dataset, chunk_size)
-        check_grid(manifest, chunk_size)
-        if manifest.files and manifest.schema != schema:
-            raise ConflictError(
-                f"conflict: {dataset}: the new files' schema differs from the archive's "
-                f"(archive written by Cryo {manifest.cryo_version}); nothing recorded"
-            )
+        files = _entries(_parse(current, SHARD_FORMAT, where), where) if current is not None else {}
         for entry in entries:
-            old = manifest.files.get(entry.start_block)
+            old = files.get(entry.start_block)
             if old == entry:
                 continue
-            if old is not None and not overwrite_conflicts:
+            if old is not None and not overwrite:
                 raise ConflictError(
-                    f"conflict: {dataset} chunk {entry.start_block}-{entry.end_block}: archived sha256 "
+                    f"conflict: {meta.dataset} chunk {entry.start_block}-{entry.end_block}: archived sha256 "
                     f"{old.sha256[:12]}… differs from new {entry.sha256[:12]}…; nothing changed "
                     "(use --overwrite-conflicts to replace it)"
                 )
-            manifest.files[entry.start_block] = entry
+            files[entry.start_block] = entry
             changed.append(entry)
         if not changed:
             return None
-        breaks = continuity_breaks(manifest.files, chunk_size, [e.start_block for e in changed])
+        breaks = continuity_breaks(
+            _with_neighbours(store, meta, files, changed), meta.chunk_size, [e.start_block for e in changed]
+        )
         if breaks:
-            raise ConflictError(f"conflict: {dataset}: parent-hash chain broken: {breaks[0]}; nothing recorded")
-        manifest.schema, manifest.cryo_version = schema, CRYO_VERSION
-        return manifest.dumps()
+            raise ConflictError(f"conflict: {meta.dataset}: parent-hash chain broken: {breaks[0]}; nothing recorded")
+        return encode_shard(meta, files)
 
     store.update(where, change)
     return list(changed)
+
+
+def _with_neighbours(store: Store, meta: Manifest, files: dict[int, Entry], changed: list[Entry]) -> dict[int, Entry]:
+    """The shard's entries plus the neighbours across its edges, read from the adjacent shards."""
+    if not any(e.first_parent_hash for e in changed):
+        return files
+    out = dict(files)
+    for entry in changed:
+        for neighbour in (entry.start_block - meta.chunk_size, entry.start_block + meta.chunk_size):
+            if (
+                neighbour < 0
+                or neighbour in out
+                or shard_path(neighbour, meta.chunk_size) == shard_path(entry.start_block, meta.chunk_size)
+            ):
+                continue
+            where = _dir(meta.chain_id, meta.dataset) + shard_path(neighbour, meta.chunk_size)
+            data = store.get(where)
+            if data is not None:
+                out.update(_entries(_parse(data, SHARD_FORMAT, where), where))
+    return out
