@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-smoke clean
 
 setup: $(VENV)/.installed node_modules/.installed
 
@@ -29,7 +29,13 @@ lint: setup
 	$(BIN)/mypy
 
 bench: setup
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py --scaling
+	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/storage.py
+
+# The benchmark harness on a tiny chain, ethereum-etl included, nothing saved: so that it cannot rot.
+bench-smoke: setup
+	$(BIN)/python bench/run.py --blocks 20 --txs-per-block 10 --chunk-size 10 --iterations 1 --no-save
 
 clean:
 	rm -rf $(VENV) node_modules archive

@@ -106,6 +106,7 @@ def s3() -> Iterator[S3]:
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",  # what boto3 reads
         "AWS_ALLOW_HTTP": "true",
     }
     os.environ.update(env)  # for the test process's own reads of the archive

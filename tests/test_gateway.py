@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import boto3
 import pytest
-from conftest import CANARY, CHUNK, Devnet, Run, cli, files_under, manifest
+from conftest import CANARY, CHUNK, S3, Devnet, Run, cli, files_under, manifest
 from servers import FaultProxy, Faults
 
 from cryo_ingest import devnet
@@ -187,3 +188,22 @@ def test_pool_file_with_env_reference(chain: Devnet, tmp_path: Path) -> None:
     )
     assert run.code == 0, run.text
     assert len(manifest(tmp_path / "p", 31337, "blocks")["files"]) == 1
+
+
+def test_pool_from_secrets_manager(s3: S3, chain: Devnet, tmp_path: Path) -> None:
+    """What a worker wrapper reads from AWS Secrets Manager: moto's server on loopback speaks it."""
+    secrets = boto3.client("secretsmanager")
+    pool = {"endpoints": [{"name": "from-secret", "url": f"{chain.url}/", "requests_per_second": 500}]}
+    secrets.create_secret(Name="cryo/monad", SecretString=json.dumps(pool))
+    common = ["--chain-id", "31337", "--start", "0", "--end", "49", "--datasets", "blocks", "--chunk-size", str(CHUNK)]
+    run = cli(
+        "backfill", *common, "--rpc-pool", "monad", "--rpc-pool-secret", "cryo/monad", "--root", str(tmp_path / "a"), env=s3.env
+    )
+    assert run.code == 0, run.text
+    assert "from-secret" in run.text
+    missing = cli(
+        "backfill", *common, "--rpc-pool", "monad", "--rpc-pool-secret", "cryo/none", "--root", str(tmp_path / "b"), env=s3.env
+    )
+    assert missing.code == 2
+    assert "cannot read secret 'cryo/none': ResourceNotFoundException" in missing.text
+    assert not (tmp_path / "b").exists()

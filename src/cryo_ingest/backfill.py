@@ -53,6 +53,7 @@ class PartitionResult:
     error: str | None = None
     conflict: bool = False
     cas_retries: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)  # by stage: extract, validate, publish
 
 
 @dataclass
@@ -84,7 +85,7 @@ def run_partition(task: Task) -> PartitionResult:
     for attempt in range(1, task.attempts + 1):
         try:
             with tempfile.TemporaryDirectory(prefix="cryo-ingest-staging-") as tmp:
-                result.published = _run_once(task, store, Path(tmp))
+                result.published = _run_once(task, store, Path(tmp), result.seconds)
             result.error = None
             break
         except ConflictError as err:
@@ -102,9 +103,11 @@ def run_partition(task: Task) -> PartitionResult:
     return result
 
 
-def _run_once(task: Task, store: Any, staging: Path) -> list[events.Event]:
+def _run_once(task: Task, store: Any, staging: Path, seconds: dict[str, float]) -> list[events.Event]:
     part = task.partition
+    started = time.monotonic()
     files = extract(part, task.gateway_url, task.chunk_size, staging)
+    seconds["extract"] = time.monotonic() - started
     source = trace_source(task.gateway_url) if "traces" in part.datasets else None
     archived = {d: manifest.load(store, task.chain_id, d) for d in part.datasets}
     blocks = archived.get("blocks")
@@ -120,7 +123,9 @@ def _run_once(task: Task, store: Any, staging: Path) -> list[events.Event]:
         if "blocks" in facts:
             prev_hash = facts["blocks"].last_block_hash
         staged += [Staged(d, chunk, files[d, chunk], facts[d], source if d == "traces" else None) for d in part.datasets]
+    seconds["validate"] = time.monotonic() - started - seconds["extract"]
     changed = publish(store, task.chain_id, task.chunk_size, staged, archived, task.overwrite_conflicts)
+    seconds["publish"] = time.monotonic() - started - seconds["extract"] - seconds["validate"]
     out = [
         events.Event(
             output_dataset=task.output_dataset,
@@ -151,7 +156,10 @@ def backfill(
     for m in archived.values():
         manifest.check_grid(m, job.chunk_size)
     result = Result(job.chain_id, job.datasets, job.start_block, job.end_block)
-    with Gateway(job.rpc, job.chain_id) as gw:
+    # spawn, not fork: this process runs the gateway's thread, which a fork would copy half-way.
+    pool = ProcessPoolExecutor(max_workers=job.max_concurrency, mp_context=multiprocessing.get_context("spawn"))
+    with pool, Gateway(job.rpc, job.chain_id) as gw:
+        pool.submit(_warm_up)  # a worker starts and imports Cryo while the gateway checks the endpoints
         result.final_head = gw.final_head(job.reorg_buffer)
         plan = make_plan(
             job.start_block,
@@ -190,29 +198,30 @@ def backfill(
             for p in plan.partitions
         ]
         if tasks:
-            _run_tasks(tasks, job.max_concurrency, result, on_partition)
+            _run_tasks(pool, tasks, result, on_partition)
         result.gateway = gw.metrics()
     result.seconds = time.monotonic() - started
     return result
 
 
+def _warm_up() -> None:
+    """Nothing: the worker's start-up (spawn, imports of Cryo and pyarrow) is the point."""
+
+
 def _run_tasks(
-    tasks: list[Task], concurrency: int, result: Result, on_partition: Callable[[PartitionResult, int], None] | None
+    pool: ProcessPoolExecutor, tasks: list[Task], result: Result, on_partition: Callable[[PartitionResult, int], None] | None
 ) -> None:
-    # spawn, not fork: this process runs the gateway's thread, which a fork would copy half-way.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(concurrency, len(tasks)), mp_context=context) as pool:
-        futures: dict[Future[PartitionResult], Task] = {pool.submit(run_partition, t): t for t in tasks}
-        for future in as_completed(futures):
-            part = futures[future].partition
-            try:
-                pr = future.result()
-            except BrokenProcessPool:
-                pr = PartitionResult(part, error=f"partition {part.start}-{part.end}: worker process died")
-            result.published += pr.published
-            result.cas_retries += pr.cas_retries
-            if pr.error:
-                (result.conflicts if pr.conflict else result.failed).append(pr.error)
-            if on_partition:
-                on_partition(pr, len(tasks))
+    futures: dict[Future[PartitionResult], Task] = {pool.submit(run_partition, t): t for t in tasks}
+    for future in as_completed(futures):
+        part = futures[future].partition
+        try:
+            pr = future.result()
+        except BrokenProcessPool:
+            pr = PartitionResult(part, error=f"partition {part.start}-{part.end}: worker process died")
+        result.published += pr.published
+        result.cas_retries += pr.cas_retries
+        if pr.error:
+            (result.conflicts if pr.conflict else result.failed).append(pr.error)
+        if on_partition:
+            on_partition(pr, len(tasks))
     result.published.sort(key=lambda e: (e.dataset, e.start_block))

@@ -168,7 +168,10 @@ def _report(result: Result) -> None:
 
 def _on_partition(pr: PartitionResult, total: int) -> None:
     state = "[red]failed[/red]" if pr.error else "[green]ok[/green]"
-    console.print(f"partition {pr.partition.start}-{pr.partition.end}: {state}", highlight=False)
+    stages = ", ".join(f"{stage} {s:.1f} s" for stage, s in pr.seconds.items())
+    console.print(
+        f"partition {pr.partition.start}-{pr.partition.end}: {state}" + (f" ({stages})" if stages else ""), highlight=False
+    )
 
 
 def cmd_backfill(a: argparse.Namespace) -> int:
