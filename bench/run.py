@@ -83,6 +83,7 @@ def etl(url: str, out: Path, blocks: int, chunk: int) -> list[str]:
 
 
 TOOLS = {"raw_cryo": raw_cryo, "cryo_ingest": ingest, "ethereum_etl": etl}
+SCALING_CHUNK = 100
 
 
 def rows_and_bytes(tool: str, out: Path) -> tuple[dict[str, int], int]:
@@ -179,9 +180,9 @@ def main() -> None:
     scaling = None
     if args.scaling:
         scaling = {}
-        for n in (2000, 20000):
+        for n in (2000, 20000):  # chunks of 100: both ranges keep the same work in flight (2 workers x 4 chunks)
             with cached_chain(n + 2, 10) as url, tempfile.TemporaryDirectory() as tmp:
-                m = measure(ingest(url, Path(tmp), n, args.chunk_size))
+                m = measure(ingest(url, Path(tmp), n, SCALING_CHUNK))
                 assert m.returncode == 0, m.stderr
                 scaling[str(n)] = round(m.peak_rss / 2**20, 1)
     text = markdown(summary, args.blocks, args.txs_per_block, scaling)

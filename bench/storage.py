@@ -23,23 +23,22 @@ from typing import Any
 
 import boto3
 from common import cached_chain, measure, save, spread
-from moto.server import ThreadedMotoServer
 from run import ingest
+from servers import S3Server
 
-from cryo_ingest import devnet, manifest
+from cryo_ingest import manifest
 from cryo_ingest.manifest import Entry, Manifest
 from cryo_ingest.storage import Store, open_store
 
 
-def s3_server() -> tuple[ThreadedMotoServer, dict[str, str]]:
-    port = devnet.free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
+def s3_server() -> tuple[S3Server, dict[str, str]]:
+    server = S3Server().__enter__()
     env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ENDPOINT_URL": server.endpoint,
         "AWS_ACCESS_KEY_ID": "bench",
         "AWS_SECRET_ACCESS_KEY": "bench",
         "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ALLOW_HTTP": "true",
     }
     os.environ.update(env)
@@ -153,7 +152,7 @@ def main() -> None:
             pub = publishing(url, args.blocks, args.iterations, env)
         scale = manifest_scale(args.entries)
     finally:
-        server.stop()
+        server.__exit__()
     lo, s3 = pub["local"], pub["s3"]
     text = "\n".join(
         [

@@ -13,13 +13,13 @@ from typing import Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from cryo_ingest import devnet
 from cryo_ingest import manifest as manifest_module
 from cryo_ingest.storage import open_store
 
 sys.path.insert(0, str(Path(__file__).parent))
+from servers import S3Server
 
 CANARY = "CANARY-SECRET-123"
 DEVNET_BLOCKS = 250
@@ -97,12 +97,9 @@ class S3:
 @pytest.fixture(scope="session")
 def s3() -> Iterator[S3]:
     """moto's S3 server on loopback: real HTTP, SigV4-signed requests, conditional writes."""
-    port = devnet.free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
+    server = S3Server().__enter__()
     env = {
-        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ENDPOINT_URL": server.endpoint,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_REGION": "us-east-1",
@@ -110,8 +107,8 @@ def s3() -> Iterator[S3]:
         "AWS_ALLOW_HTTP": "true",
     }
     os.environ.update(env)  # for the test process's own reads of the archive
-    yield S3(endpoint, env)
-    server.stop()
+    yield S3(server.endpoint, env)
+    server.__exit__()
 
 
 @dataclass

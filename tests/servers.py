@@ -314,3 +314,29 @@ class S3FaultProxy:
                 k: v for k, v in resp.headers.items() if k.lower() not in ("content-length", "transfer-encoding", "connection")
             }
             return web.Response(status=resp.status, body=data, headers=out)
+
+
+class S3Server:
+    """moto's S3 (and Secrets Manager) on loopback, one request at a time.
+
+    moto checks If-Match / If-None-Match and then writes, without a lock: under its threaded
+    server two writers holding the same ETag can both pass the check (seen here: a lost
+    manifest entry with 20 writers). S3 makes a conditional write atomic; serving one request at
+    a time gives moto the same property.
+    """
+
+    def __init__(self) -> None:
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+        from werkzeug.serving import make_server
+
+        self.server = make_server("127.0.0.1", 0, DomainDispatcherApplication(create_backend_app), threaded=False)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> S3Server:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.thread.join(5)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 
 import boto3
 import pytest
-from conftest import CANARY, CHUNK, S3, Devnet, Run, cli, files_under, manifest
+from conftest import CANARY, CHUNK, S3, Devnet, Run, cli, files_under, manifest, rpc
 from servers import FaultProxy, Faults
 
 from cryo_ingest import devnet
+from cryo_ingest.config import Endpoint
+from cryo_ingest.gateway import Gateway
 
 END = 149
 DATASETS = "blocks,transactions,logs,traces"
@@ -207,3 +210,58 @@ def test_pool_from_secrets_manager(s3: S3, chain: Devnet, tmp_path: Path) -> Non
     assert missing.code == 2
     assert "cannot read secret 'cryo/none': ResourceNotFoundException" in missing.text
     assert not (tmp_path / "b").exists()
+
+
+def test_batch_requests_are_split_retried_and_reassembled_in_order(chain: Devnet) -> None:
+    calls = [{"jsonrpc": "2.0", "id": 100 - i, "method": "eth_getBlockByNumber", "params": [hex(i), False]} for i in range(30)]
+    calls.append({"jsonrpc": "2.0", "id": "x", "method": "no_such_method", "params": []})
+    faults = Faults(http_500=0.3, rpc_32005=0.2)
+    with (
+        FaultProxy(chain.url, faults) as proxy,
+        Gateway([Endpoint.model_validate({"url": proxy.url(), "name": "f"})], 31337) as gw,
+    ):
+        req = urllib.request.Request(gw.url, json.dumps(calls).encode(), {"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            replies = json.loads(resp.read())
+        assert sum(proxy.injected.values()) > 3
+    assert [r["id"] for r in replies] == [c["id"] for c in calls]
+    for i, reply in enumerate(replies[:30]):
+        assert reply["result"] == rpc(chain.url, "eth_getBlockByNumber", hex(i), False)
+    assert replies[30]["error"]["code"] == -32601  # a definite answer is passed on, not retried
+
+
+@pytest.mark.parametrize("scenario", ["success", "auth", "dead", "wrong_chain", "failed_validation"])
+def test_canary_key_never_leaks(scenario: str, chain: Devnet, tmp_path: Path) -> None:
+    root, staging = tmp_path / "root", tmp_path / "tmp"
+    staging.mkdir()
+    faults = {"auth": Faults(status=403), "dead": Faults(dead=True), "wrong_chain": Faults(chain_id=1)}.get(scenario, Faults())
+    with FaultProxy(chain.url, faults) as proxy:
+        url = proxy.url(f"/v2/{CANARY}?apikey={CANARY}")
+        if scenario == "failed_validation":  # a chunk that cannot be published: another object holds its key
+            (root / "cold/31337/blocks").mkdir(parents=True)
+            (root / "cold/31337/blocks/blocks_00000000_00000049.parquet").write_bytes(b"other bytes")
+        run = cli(
+            "backfill",
+            "--chain-id",
+            "31337",
+            "--start",
+            "0",
+            "--end",
+            "49",
+            "--datasets",
+            "blocks,transactions",
+            "--rpc",
+            url,
+            "--root",
+            str(root),
+            "--chunk-size",
+            str(CHUNK),
+            "--json",
+            "-v",
+            env={"TMPDIR": str(staging)},
+        )
+    assert run.code == (0 if scenario == "success" else 1), run.text
+    assert CANARY not in run.text
+    written = [*root.rglob("*"), *staging.rglob("*")]
+    assert all(CANARY.encode() not in p.read_bytes() for p in written if p.is_file())
+    assert list(staging.iterdir()) == []

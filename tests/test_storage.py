@@ -15,7 +15,7 @@ import pytest
 from conftest import S3, Backend, Devnet, Run, cli
 from servers import S3FaultProxy
 
-from cryo_ingest import devnet, manifest
+from cryo_ingest import devnet, manifest, storage
 from cryo_ingest.errors import ConfigError
 from cryo_ingest.publish import CRASH_ENV, CRASH_POINTS
 from cryo_ingest.storage import open_store
@@ -207,3 +207,12 @@ def test_cloud_roots_build_their_store(root: str, store_class: str, monkeypatch:
 def test_bad_store_option_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="invalid config: root: cannot open s3://bucket"):
         open_store("s3://bucket", {"no_such_option": "x"})
+
+
+def test_large_objects_go_up_as_multipart(s3: S3, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(storage, "MULTIPART_THRESHOLD", 64 * 1024)
+    store = open_store(f"s3://{s3.bucket('cold-multipart')}")
+    data = os.urandom(6 * 1024 * 1024)  # above obstore's 5 MiB part size: two parts
+    assert store.put_new("big.parquet", data) is True
+    assert store.put_new("big.parquet", b"other") is False  # the key exists: reported, not overwritten
+    assert store.get("big.parquet") == data

@@ -32,11 +32,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p = _Parser(prog="cryo-ingest", description="Archive EVM chain data to Parquet in object storage, with Cryo.")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    b = sub.add_parser("backfill", help="archive a block range")
+    b = sub.add_parser("backfill", help="archive a block range", parents=[common])
     b.add_argument("--config", type=Path, help="the spec's DAG node YAML (a node or a list of nodes)")
     b.add_argument("--node", help="node name in --config")
     b.add_argument("--chain-id", type=int)
@@ -56,13 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--events-file", type=Path, help="append one JSON line per published chunk")
     b.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
-    d = sub.add_parser("demo", help="archive a generated local devnet chain (anvil)")
+    d = sub.add_parser("demo", help="archive a generated local devnet chain (anvil)", parents=[common])
     d.add_argument("--root", default="./archive")
     d.add_argument("--blocks", type=int, default=2000)
     d.add_argument("--txs-per-block", type=int, default=10)
     d.add_argument("--chunk-size", type=int, default=500)
 
-    ls = sub.add_parser("ls", help="list what the manifests of an archive say")
+    ls = sub.add_parser("ls", help="list what the manifests of an archive say", parents=[common])
     ls.add_argument("root")
     ls.add_argument("--chain-id", type=int, required=True)
     ls.add_argument("--dataset", choices=DATASETS)

@@ -231,7 +231,7 @@ class Gateway:
         problems = []
         for up in self.upstreams:
             try:
-                reply = await self._attempt(up, body, first_try=True)
+                reply = await self._preflight_one(up, body)
                 served = int(reply["result"], 16)
             except Retry as r:
                 problems.append(f"{up.name}: {r.kind}")
@@ -256,6 +256,17 @@ class Gateway:
         if "error" in reply:
             raise RpcError(f"rpc: eth_blockNumber failed: {reply['error'].get('message')}")
         self.head = int(reply["result"], 16)
+
+    async def _preflight_one(self, up: Upstream, body: dict[str, Any], attempts: int = 4) -> dict[str, Any]:
+        """A transient fault at start-up (a 429, a reset) must not drop the endpoint: retry it a little."""
+        for attempt in range(attempts - 1):
+            try:
+                return await self._attempt(up, body, first_try=True)
+            except Retry as r:
+                if up.disabled is not None:
+                    raise
+                await asyncio.sleep(max(r.delay, 0.1 * 2**attempt))
+        return await self._attempt(up, body, first_try=True)
 
     async def _probe_traces(self, block: int) -> str:
         probe: dict[str, Any] = {"jsonrpc": "2.0", "id": 0, "method": "trace_block", "params": [hex(block)]}
