@@ -156,7 +156,7 @@ def markdown(summary: dict[str, Any], blocks: int, txs: int, scaling: dict[str, 
     if scaling:
         lines += [
             "",
-            "Memory scaling of cryo-ingest (10 transactions per block): "
+            f"Memory scaling of cryo-ingest (10 transactions per block, chunks of {SCALING_CHUNK}): "
             + ", ".join(f"{int(b):,} blocks: peak RSS {mb:.0f} MB" for b, mb in scaling.items()),
         ]
     return "\n".join(lines)

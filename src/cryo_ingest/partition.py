@@ -6,14 +6,13 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from . import events, manifest
 from .backfill import PartitionResult, Task
 from .errors import ChunkError, ConflictError, IngestError
 from .extract import extract, trace_source
 from .publish import Staged, object_key, publish
-from .storage import open_store
+from .storage import Store, open_store
 from .validate import validate_chunk
 
 log = logging.getLogger("cryo_ingest")
@@ -44,13 +43,15 @@ def run_partition(task: Task) -> PartitionResult:
     return result
 
 
-def _run_once(task: Task, store: Any, staging: Path, seconds: dict[str, float]) -> list[events.Event]:
+def _run_once(task: Task, store: Store, staging: Path, seconds: dict[str, float]) -> list[events.Event]:
     part = task.partition
     started = time.monotonic()
     files = extract(part, task.gateway_url, task.chunk_size, staging)
     seconds["extract"] = time.monotonic() - started
     source = trace_source(task.gateway_url) if "traces" in part.datasets else None
-    archived = {d: manifest.load(store, task.chain_id, d) for d in part.datasets}
+    # this partition's entries and its neighbours' (for the hash chain), not the whole archive
+    around = (max(0, part.start - task.chunk_size), part.end + task.chunk_size)
+    archived = {d: manifest.load(store, task.chain_id, d, around) for d in part.datasets}
     blocks = archived.get("blocks")
     prev_hash = None
     if blocks and (prev := blocks.files.get(part.start - task.chunk_size)):
