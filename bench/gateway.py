@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from common import cached_chain, measure, save, spread
-from run import INGEST, raw_cryo
+from run import ingest, raw_cryo
 from servers import FaultProxy, Faults
 
 from cryo_ingest.config import Endpoint
@@ -49,24 +49,7 @@ def rate_limited(url: str, keys: int, rate: int, blocks: int) -> dict[str, Any]:
     try:
         pool = {"endpoints": [{"name": f"key-{i}", "url": p.url(), "requests_per_second": rate} for i, p in enumerate(proxies)]}
         with tempfile.TemporaryDirectory() as tmp:
-            cmd = [
-                INGEST,
-                "backfill",
-                "--chain-id",
-                "31337",
-                "--start",
-                "0",
-                "--end",
-                str(blocks - 1),
-                "--datasets",
-                "blocks,transactions,logs,traces",
-                "--rpc-pool",
-                "bench",
-                "--root",
-                tmp,
-                "--chunk-size",
-                "100",
-            ]
+            cmd = ingest(None, Path(tmp), blocks, 100, "--rpc-pool", "bench")
             m = measure(cmd, env={"CRYO_INGEST_RPC_POOL_BENCH": json.dumps(pool)})
             assert m.returncode == 0, m.stderr
     finally:

@@ -48,25 +48,11 @@ def raw_cryo(url: str, out: Path, blocks: int, chunk: int) -> list[str]:
     return [PY, "-c", code]
 
 
-def ingest(url: str, out: Path, blocks: int, chunk: int) -> list[str]:
-    return [
-        INGEST,
-        "backfill",
-        "--chain-id",
-        "31337",
-        "--start",
-        "0",
-        "--end",
-        str(blocks - 1),
-        "--datasets",
-        ",".join(DATASETS),
-        "--rpc",
-        url,
-        "--root",
-        str(out),
-        "--chunk-size",
-        str(chunk),
-    ]
+def ingest(url: str | None, out: Path, blocks: int, chunk: int, *pool: str) -> list[str]:
+    """cryo-ingest on blocks 0..blocks-1, all four datasets; `pool` (e.g. --rpc-pool NAME) where `url` is None."""
+    rpc = ["--rpc", url] if url else list(pool)
+    args = ["--chain-id", "31337", "--start", "0", "--end", str(blocks - 1), "--datasets", ",".join(DATASETS)]
+    return [INGEST, "backfill", *args, *rpc, "--root", str(out), "--chunk-size", str(chunk)]
 
 
 def etl(url: str, out: Path, blocks: int, chunk: int) -> list[str]:

@@ -31,20 +31,6 @@ from cryo_ingest.manifest import Entry, Manifest
 from cryo_ingest.storage import Store, open_store
 
 
-def s3_server() -> tuple[S3Server, dict[str, str]]:
-    server = S3Server().__enter__()
-    env = {
-        "AWS_ENDPOINT_URL": server.endpoint,
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
-        "AWS_REGION": "us-east-1",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ALLOW_HTTP": "true",
-    }
-    os.environ.update(env)
-    return server, env
-
-
 def publishing(url: str, blocks: int, iterations: int, env: dict[str, str]) -> dict[str, Any]:
     times: dict[str, list[float]] = {"local": [], "s3": []}
     size = 0
@@ -146,13 +132,11 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--entries", type=int, default=100_000)
     args = ap.parse_args()
-    server, env = s3_server()
-    try:
+    with S3Server() as server:
+        os.environ.update(server.env)
         with cached_chain(args.blocks + 2, args.txs_per_block) as url:
-            pub = publishing(url, args.blocks, args.iterations, env)
+            pub = publishing(url, args.blocks, args.iterations, server.env)
         scale = manifest_scale(args.entries)
-    finally:
-        server.__exit__()
     lo, s3 = pub["local"], pub["s3"]
     text = "\n".join(
         [

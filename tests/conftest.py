@@ -60,12 +60,37 @@ class Run:
         return self.out + self.err
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> Run:
+def cli(*args: str, env: dict[str, str] | None = None) -> Run:
     """The real `cryo-ingest` console script in its own process."""
-    exe = Path(sys.executable).parent / "cryo-ingest"
-    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
-    p = subprocess.run([str(exe), *args], capture_output=True, text=True, env=full_env, timeout=timeout)
+    return run_command([str(Path(sys.executable).parent / "cryo-ingest"), *args], env)
+
+
+def run_command(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 240) -> Run:
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200", **(env or {})}, timeout=timeout)
     return Run(p.returncode, p.stdout, p.stderr)
+
+
+ALL = "blocks,transactions,logs,traces"
+
+
+def backfill_command(
+    root: Path | str,
+    rpc: str | None,
+    *extra: str,
+    start: int = 0,
+    end: int = DEVNET_BLOCKS - 1,
+    datasets: str = ALL,
+    chunk: int = CHUNK,
+    chain_id: int = 31337,
+) -> list[str]:
+    """`cryo-ingest backfill` on the devnet's grid; `rpc` None when `extra` names a pool instead."""
+    args = ["--chain-id", str(chain_id), "--start", str(start), "--end", str(end), "--datasets", datasets]
+    args += ["--root", str(root), "--chunk-size", str(chunk)] + (["--rpc", rpc] if rpc else [])
+    return [str(Path(sys.executable).parent / "cryo-ingest"), "backfill", *args, *extra]
+
+
+def backfill(root: Path | str, rpc: str | None, *extra: str, env: dict[str, str] | None = None, **kw: Any) -> Run:
+    return run_command(backfill_command(root, rpc, *extra, **kw), env)
 
 
 def files_under(root: Path) -> dict[str, bytes]:
@@ -97,18 +122,9 @@ class S3:
 @pytest.fixture(scope="session")
 def s3() -> Iterator[S3]:
     """moto's S3 server on loopback: real HTTP, SigV4-signed requests, conditional writes."""
-    server = S3Server().__enter__()
-    env = {
-        "AWS_ENDPOINT_URL": server.endpoint,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-        "AWS_DEFAULT_REGION": "us-east-1",  # what boto3 reads
-        "AWS_ALLOW_HTTP": "true",
-    }
-    os.environ.update(env)  # for the test process's own reads of the archive
-    yield S3(server.endpoint, env)
-    server.__exit__()
+    with S3Server() as server:
+        os.environ.update(server.env)  # for the test process's own reads of the archive
+        yield S3(server.endpoint, server.env)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 from aiohttp import web
@@ -53,6 +53,33 @@ class Server:
         self.thread.join(5)
 
 
+class Proxy:
+    """A server whose handler forwards upstream over one client session, closed with the server."""
+
+    relay_encoded = False  # pass bodies on as encoded (with their headers), not decompressed
+
+    def __init__(self) -> None:
+        self.server = Server(self.handle)
+        self.session: aiohttp.ClientSession | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raise NotImplementedError
+
+    def client(self) -> aiohttp.ClientSession:
+        if self.session is None:
+            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), auto_decompress=not self.relay_encoded)
+        return self.session
+
+    def __enter__(self) -> Self:
+        self.server.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.session is not None:
+            asyncio.run_coroutine_threadsafe(self.session.close(), self.server.loop).result()
+        self.server.__exit__()
+
+
 @dataclass
 class Faults:
     """Fractions of requests answered with each fault instead of being forwarded."""
@@ -72,10 +99,11 @@ class Faults:
     block_methods: set[str] = field(default_factory=set)  # answer these with -32601
 
 
-class FaultProxy:
+class FaultProxy(Proxy):
     """Forwards JSON-RPC to `upstream`, injecting faults; counts requests per method and second."""
 
     def __init__(self, upstream: str, faults: Faults | None = None, seed: int = 7) -> None:
+        super().__init__()
         self.upstream = upstream
         self.faults = faults or Faults()
         self.random = random.Random(seed)
@@ -84,17 +112,6 @@ class FaultProxy:
         self.times: list[float] = []
         self.answered: list[float] = []  # when requests were forwarded and answered by the node
         self.window = (0, 0)  # (second, requests in it), for rate_limit
-        self.server = Server(self.handle)
-        self.session: aiohttp.ClientSession | None = None
-
-    def __enter__(self) -> FaultProxy:
-        self.server.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.session is not None:
-            asyncio.run_coroutine_threadsafe(self.session.close(), self.server.loop).result()
-        self.server.__exit__()
 
     def url(self, path: str = "") -> str:
         return self.server.url + path
@@ -142,9 +159,7 @@ class FaultProxy:
         return await self._forward(raw)
 
     async def _forward(self, raw: bytes) -> web.StreamResponse:
-        if self.session is None:
-            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-        async with self.session.post(self.upstream, data=raw, headers={"content-type": "application/json"}) as resp:
+        async with self.client().post(self.upstream, data=raw, headers={"content-type": "application/json"}) as resp:
             data = await resp.read()
         self.answered.append(time.monotonic())
         return web.Response(body=data, content_type="application/json")
@@ -266,25 +281,17 @@ class MainnetReplay:
             return web.json_response({"jsonrpc": "2.0", "id": body["id"], "error": {"code": -32000, "message": str(err)}})
 
 
-class S3FaultProxy:
+class S3FaultProxy(Proxy):
     """An HTTP proxy in front of the S3 server answering a fraction of requests with 500/503 or a dropped connection."""
 
+    relay_encoded = True  # it forwards the upstream's headers too
+
     def __init__(self, upstream: str, http_500: float = 0.0, http_503: float = 0.0, drop: float = 0.0, seed: int = 11) -> None:
+        super().__init__()
         self.upstream, self.http_500, self.http_503, self.drop = upstream, http_500, http_503, drop
         self.random = random.Random(seed)
         self.injected: Counter[str] = Counter()
         self.requests = 0
-        self.server = Server(self.handle)
-        self.session: aiohttp.ClientSession | None = None
-
-    def __enter__(self) -> S3FaultProxy:
-        self.server.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.session is not None:
-            asyncio.run_coroutine_threadsafe(self.session.close(), self.server.loop).result()
-        self.server.__exit__()
 
     @property
     def url(self) -> str:
@@ -303,10 +310,8 @@ class S3FaultProxy:
             assert request.transport is not None
             request.transport.close()
             raise ConnectionResetError
-        if self.session is None:
-            self.session = aiohttp.ClientSession(auto_decompress=False)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("content-length", "transfer-encoding")}
-        async with self.session.request(
+        async with self.client().request(
             request.method, self.upstream + request.path_qs, headers=headers, data=body, allow_redirects=False
         ) as resp:
             data = await resp.read()
@@ -331,6 +336,15 @@ class S3Server:
 
         self.server = make_server("127.0.0.1", 0, DomainDispatcherApplication(create_backend_app), threaded=False)
         self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
+        # what a client (obstore, boto3, a cryo-ingest process) needs to use it
+        self.env = {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",  # what boto3 reads
+            "AWS_ALLOW_HTTP": "true",
+        }
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> S3Server:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from conftest import CANARY, CHUNK, S3, Devnet, Run, cli, files_under, manifest, rpc
+from conftest import CANARY, S3, Devnet, Run, backfill, files_under, manifest, rpc
 from servers import FaultProxy, Faults
 
 from cryo_ingest import devnet
@@ -24,48 +24,13 @@ def pool_env(*endpoints: dict[str, object]) -> dict[str, str]:
 
 
 def run_pool(root: Path, env: dict[str, str], *extra: str, end: int = END) -> Run:
-    return cli(
-        "backfill",
-        "--chain-id",
-        "31337",
-        "--start",
-        "0",
-        "--end",
-        str(end),
-        "--datasets",
-        DATASETS,
-        "--rpc-pool",
-        "test",
-        "--root",
-        str(root),
-        "--chunk-size",
-        str(CHUNK),
-        "--json",
-        *extra,
-        env=env,
-    )
+    return backfill(root, None, "--rpc-pool", "test", "--json", *extra, end=end, env=env)
 
 
 @pytest.fixture(scope="module")
 def clean_archive(chain: Devnet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     root = tmp_path_factory.mktemp("clean")
-    run = cli(
-        "backfill",
-        "--chain-id",
-        "31337",
-        "--start",
-        "0",
-        "--end",
-        str(END),
-        "--datasets",
-        DATASETS,
-        "--rpc",
-        chain.url,
-        "--root",
-        str(root),
-        "--chunk-size",
-        str(CHUNK),
-    )
+    run = backfill(root, chain.url, end=END)
     assert run.code == 0, run.text
     return files_under(root)
 
@@ -140,24 +105,7 @@ def test_all_endpoints_dead_fails_cleanly(chain: Devnet, tmp_path: Path) -> None
     staging.mkdir()
     with FaultProxy(chain.url, Faults(die_after=3)) as proxy:  # chain id, head and finality pass; then it dies
         env = {**pool_env({"name": "only", "url": proxy.url(f"/v2/{CANARY}")}), "TMPDIR": str(staging)}
-        run = cli(
-            "backfill",
-            "--chain-id",
-            "31337",
-            "--start",
-            "0",
-            "--end",
-            "49",
-            "--datasets",
-            "blocks",
-            "--rpc-pool",
-            "test",
-            "--root",
-            str(root),
-            "--chunk-size",
-            str(CHUNK),
-            env=env,
-        )
+        run = backfill(root, None, "--rpc-pool", "test", end=49, datasets="blocks", env=env)
     assert run.code == 1
     assert "retry budget spent" in run.text or "Cryo" in run.text
     assert not (root / "cold" / "31337" / "blocks" / "manifest.json").exists()
@@ -169,26 +117,8 @@ def test_all_endpoints_dead_fails_cleanly(chain: Devnet, tmp_path: Path) -> None
 def test_pool_file_with_env_reference(chain: Devnet, tmp_path: Path) -> None:
     pools = tmp_path / "pools.yaml"
     pools.write_text("pools:\n  local:\n    endpoints:\n      - name: mine\n        url: ${MY_RPC}\n")
-    run = cli(
-        "backfill",
-        "--chain-id",
-        "31337",
-        "--start",
-        "0",
-        "--end",
-        "49",
-        "--datasets",
-        "blocks",
-        "--rpc-pool",
-        "local",
-        "--rpc-pool-file",
-        str(pools),
-        "--root",
-        str(tmp_path / "p"),
-        "--chunk-size",
-        str(CHUNK),
-        env={"MY_RPC": chain.url},
-    )
+    pool = ["--rpc-pool", "local", "--rpc-pool-file", str(pools)]
+    run = backfill(tmp_path / "p", None, *pool, end=49, datasets="blocks", env={"MY_RPC": chain.url})
     assert run.code == 0, run.text
     assert len(manifest(tmp_path / "p", 31337, "blocks")["files"]) == 1
 
@@ -198,15 +128,11 @@ def test_pool_from_secrets_manager(s3: S3, chain: Devnet, tmp_path: Path) -> Non
     secrets = boto3.client("secretsmanager")
     pool = {"endpoints": [{"name": "from-secret", "url": f"{chain.url}/", "requests_per_second": 500}]}
     secrets.create_secret(Name="cryo/monad", SecretString=json.dumps(pool))
-    common = ["--chain-id", "31337", "--start", "0", "--end", "49", "--datasets", "blocks", "--chunk-size", str(CHUNK)]
-    run = cli(
-        "backfill", *common, "--rpc-pool", "monad", "--rpc-pool-secret", "cryo/monad", "--root", str(tmp_path / "a"), env=s3.env
-    )
+    from_secret = ["--rpc-pool", "monad", "--rpc-pool-secret"]
+    run = backfill(tmp_path / "a", None, *from_secret, "cryo/monad", end=49, datasets="blocks", env=s3.env)
     assert run.code == 0, run.text
     assert "from-secret" in run.text
-    missing = cli(
-        "backfill", *common, "--rpc-pool", "monad", "--rpc-pool-secret", "cryo/none", "--root", str(tmp_path / "b"), env=s3.env
-    )
+    missing = backfill(tmp_path / "b", None, *from_secret, "cryo/none", end=49, datasets="blocks", env=s3.env)
     assert missing.code == 2
     assert "cannot read secret 'cryo/none': ResourceNotFoundException" in missing.text
     assert not (tmp_path / "b").exists()
@@ -240,26 +166,7 @@ def test_canary_key_never_leaks(scenario: str, chain: Devnet, tmp_path: Path) ->
         if scenario == "failed_validation":  # a chunk that cannot be published: another object holds its key
             (root / "cold/31337/blocks").mkdir(parents=True)
             (root / "cold/31337/blocks/blocks_00000000_00000049.parquet").write_bytes(b"other bytes")
-        run = cli(
-            "backfill",
-            "--chain-id",
-            "31337",
-            "--start",
-            "0",
-            "--end",
-            "49",
-            "--datasets",
-            "blocks,transactions",
-            "--rpc",
-            url,
-            "--root",
-            str(root),
-            "--chunk-size",
-            str(CHUNK),
-            "--json",
-            "-v",
-            env={"TMPDIR": str(staging)},
-        )
+        run = backfill(root, url, "--json", "-v", end=49, datasets="blocks,transactions", env={"TMPDIR": str(staging)})
     assert run.code == (0 if scenario == "success" else 1), run.text
     assert CANARY not in run.text
     written = [*root.rglob("*"), *staging.rglob("*")]

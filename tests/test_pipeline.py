@@ -5,38 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from conftest import CANARY, CHUNK, DEVNET_BLOCKS, Devnet, Run, cli, files_under, manifest, rpc
+from conftest import CANARY, CHUNK, DEVNET_BLOCKS, Devnet, backfill, backfill_command, files_under, manifest, rpc
 from servers import FaultProxy
 
 from cryo_ingest import devnet
 
 DATASETS = ("blocks", "transactions", "logs", "traces")
 END = DEVNET_BLOCKS - 1
-
-
-def backfill(root: Path, url: str, *extra: str, start: int = 0, end: int = END, datasets: str = ",".join(DATASETS)) -> Run:
-    return cli(
-        "backfill",
-        "--chain-id",
-        "31337",
-        "--start",
-        str(start),
-        "--end",
-        str(end),
-        "--datasets",
-        datasets,
-        "--rpc",
-        url,
-        "--root",
-        str(root),
-        "--chunk-size",
-        str(CHUNK),
-        *extra,
-    )
 
 
 def node_counts(url: str, end: int) -> dict[str, int]:
@@ -52,27 +30,7 @@ def test_end_to_end_all_datasets(chain: Devnet, tmp_path: Path) -> None:
     staging.mkdir()
     with FaultProxy(chain.url) as proxy:  # a clean proxy, so the RPC URL can carry a canary key
         url = proxy.url(f"/v2/{CANARY}")
-        run = cli(
-            "backfill",
-            "--chain-id",
-            "31337",
-            "--start",
-            "0",
-            "--end",
-            str(END),
-            "--datasets",
-            ",".join(DATASETS),
-            "--rpc",
-            url,
-            "--root",
-            str(root),
-            "--chunk-size",
-            str(CHUNK),
-            "--json",
-            "--events-file",
-            str(tmp_path / "events.jsonl"),
-            env={"TMPDIR": str(staging)},
-        )
+        run = backfill(root, url, "--json", "--events-file", str(tmp_path / "events.jsonl"), env={"TMPDIR": str(staging)})
     assert run.code == 0, run.text
     expected = node_counts(chain.url, END)
     assert expected["logs"] > 0 and expected["traces"] > expected["transactions"]  # internal calls are there
@@ -150,21 +108,7 @@ def test_conflict_is_reported_and_changes_nothing(chain: Devnet, tmp_path: Path)
 
 def test_chain_id_mismatch_writes_nothing(chain: Devnet, tmp_path: Path) -> None:
     root = tmp_path / "m"
-    run = cli(
-        "backfill",
-        "--chain-id",
-        "1",
-        "--start",
-        "0",
-        "--end",
-        "9",
-        "--datasets",
-        "blocks",
-        "--rpc",
-        chain.url,
-        "--root",
-        str(root),
-    )
+    run = backfill(root, chain.url, chain_id=1, end=9, datasets="blocks")
     assert run.code == 1
     assert "chain id mismatch" in run.text and "31337" in run.text
     assert not root.exists()
@@ -173,9 +117,7 @@ def test_chain_id_mismatch_writes_nothing(chain: Devnet, tmp_path: Path) -> None
 def test_unreachable_rpc_is_a_clear_error(tmp_path: Path) -> None:
     root = tmp_path / "u"
     url = f"http://127.0.0.1:{devnet.free_port()}/v2/{CANARY}"
-    run = cli(
-        "backfill", "--chain-id", "1", "--start", "0", "--end", "9", "--datasets", "blocks", "--rpc", url, "--root", str(root)
-    )
+    run = backfill(root, url, chain_id=1, end=9, datasets="blocks")
     assert run.code == 1
     assert "no endpoint reachable" in run.text and "rpc-0" in run.text
     assert "TypeError" not in run.text and CANARY not in run.text
@@ -184,27 +126,9 @@ def test_unreachable_rpc_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_concurrent_processes_lose_no_manifest_entry(chain: Devnet, tmp_path: Path) -> None:
     root = tmp_path / "p"
-    exe = Path(sys.executable).parent / "cryo-ingest"
     procs = [
         subprocess.Popen(
-            [
-                str(exe),
-                "backfill",
-                "--chain-id",
-                "31337",
-                "--start",
-                str(s),
-                "--end",
-                str(s + CHUNK - 1),
-                "--datasets",
-                "logs",
-                "--rpc",
-                chain.url,
-                "--root",
-                str(root),
-                "--chunk-size",
-                str(CHUNK),
-            ],
+            backfill_command(root, chain.url, start=s, end=s + CHUNK - 1, datasets="logs"),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )

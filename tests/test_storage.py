@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import boto3
+import conftest
 import pytest
-from conftest import S3, Backend, Devnet, Run, cli
+from conftest import S3, Backend, Devnet, Run, backfill_command, cli
 from servers import S3FaultProxy
 
 from cryo_ingest import devnet, manifest, storage
@@ -21,31 +22,12 @@ from cryo_ingest.publish import CRASH_ENV, CRASH_POINTS
 from cryo_ingest.storage import open_store
 
 DATASETS = "blocks,transactions,logs,traces"
-CHUNK = 50
 
 
 def backfill(
     backend: Backend, url: str, *extra: str, end: int = 149, datasets: str = DATASETS, env: dict[str, str] | None = None
 ) -> Run:
-    return cli(
-        "backfill",
-        "--chain-id",
-        "31337",
-        "--start",
-        "0",
-        "--end",
-        str(end),
-        "--datasets",
-        datasets,
-        "--rpc",
-        url,
-        "--root",
-        backend.root,
-        "--chunk-size",
-        str(CHUNK),
-        *extra,
-        env={**backend.env, **(env or {})},
-    )
+    return conftest.backfill(backend.root, url, *extra, end=end, datasets=datasets, env={**backend.env, **(env or {})})
 
 
 @pytest.fixture(scope="module")
@@ -109,30 +91,19 @@ def test_stored_object_with_other_bytes_is_a_conflict(backend: Backend, chain: D
 
 def test_twenty_concurrent_writers_one_manifest(s3: S3, chain: Devnet) -> None:
     bucket = s3.bucket("cold-concurrent")
-    exe = Path(sys.executable).parent / "cryo-ingest"
     procs = [
         subprocess.Popen(
-            [
-                str(exe),
-                "backfill",
-                "--chain-id",
-                "31337",
-                "--start",
-                str(10 * i),
-                "--end",
-                str(10 * i + 9),
-                "--datasets",
-                "blocks",
-                "--rpc",
-                chain.url,
-                "--root",
+            backfill_command(
                 f"s3://{bucket}",
-                "--chunk-size",
-                "10",
+                chain.url,
                 "--json",
                 "--max-concurrency",
                 "1",
-            ],
+                start=10 * i,
+                end=10 * i + 9,
+                datasets="blocks",
+                chunk=10,
+            ),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

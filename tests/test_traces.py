@@ -8,7 +8,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import Devnet, cli, manifest
+from conftest import Devnet, backfill, manifest
 from servers import FIXTURES, FaultProxy, Faults, MainnetReplay
 
 from cryo_ingest import traces
@@ -77,23 +77,7 @@ def test_every_difference_is_documented() -> None:
 def test_bare_selfdestruct_is_archived_with_nulls(tmp_path: Path) -> None:
     """Block 1011973 through the whole pipeline from debug_traceBlockByNumber only."""
     with MainnetReplay() as replay, FaultProxy(replay.url, Faults(block_methods={"trace_block"})) as proxy:
-        run = cli(
-            "backfill",
-            "--chain-id",
-            "1",
-            "--start",
-            "1011973",
-            "--end",
-            "1011973",
-            "--datasets",
-            "traces",
-            "--rpc",
-            proxy.url(),
-            "--root",
-            str(tmp_path),
-            "--chunk-size",
-            "1",
-        )
+        run = backfill(tmp_path, proxy.url(), start=1011973, end=1011973, datasets="traces", chunk=1, chain_id=1)
     assert run.code == 0, run.text
     rows = pq.read_table(tmp_path / "cold/1/traces/traces_01011973_01011973.parquet").to_pylist()
     parity = json.loads((FIXTURES / "trace_block" / "1011973.json").read_text())["result"]
@@ -107,23 +91,7 @@ def test_bare_selfdestruct_is_archived_with_nulls(tmp_path: Path) -> None:
 
 
 def archive_traces(url: str, root: Path) -> list[dict[str, Any]]:
-    run = cli(
-        "backfill",
-        "--chain-id",
-        "31337",
-        "--start",
-        "0",
-        "--end",
-        "149",
-        "--datasets",
-        "traces",
-        "--rpc",
-        url,
-        "--root",
-        str(root),
-        "--chunk-size",
-        "50",
-    )
+    run = backfill(root, url, end=149, datasets="traces")
     assert run.code == 0, run.text
     rows = []
     for entry in manifest(root, 31337, "traces")["files"]:
@@ -152,11 +120,10 @@ def test_devnet_without_trace_block_gives_the_same_traces(chain: Devnet, tmp_pat
 def test_pool_without_any_trace_method_fails_before_extracting(chain: Devnet, tmp_path: Path) -> None:
     faults = Faults(block_methods={"trace_block", "debug_traceBlockByNumber"})
     with FaultProxy(chain.url, faults) as proxy:
-        common = ["--chain-id", "31337", "--start", "0", "--end", "49", "--rpc", proxy.url(), "--chunk-size", "50"]
-        run = cli("backfill", *common, "--datasets", "traces", "--root", str(tmp_path / "t"))
+        run = backfill(tmp_path / "t", proxy.url(), end=49, datasets="traces")
         assert run.code == 1
         assert "trace_block" in run.text and "debug_traceBlockByNumber" in run.text
         assert not (tmp_path / "t").exists()
         assert proxy.methods["eth_getBlockByNumber"] <= 1  # only the finality check: nothing extracted
-        blocks = cli("backfill", *common, "--datasets", "blocks", "--root", str(tmp_path / "b"))
+        blocks = backfill(tmp_path / "b", proxy.url(), end=49, datasets="blocks")
         assert blocks.code == 0, blocks.text
