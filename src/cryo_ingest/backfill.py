@@ -84,7 +84,7 @@ def _in_worker(task: Task) -> PartitionResult:
 def backfill(
     job: Job,
     events_file: Path | None = None,
-    on_partition: Callable[[PartitionResult, int], None] | None = None,
+    on_partition: Callable[[PartitionResult], None] | None = None,
 ) -> Result:
     """Archive job.start_block..job.end_block (widened to the grid, capped at the final head)."""
     started = time.monotonic()
@@ -148,7 +148,7 @@ def _warm_up() -> None:
 
 
 def _run_tasks(
-    pool: ProcessPoolExecutor, tasks: list[Task], result: Result, on_partition: Callable[[PartitionResult, int], None] | None
+    pool: ProcessPoolExecutor, tasks: list[Task], result: Result, on_partition: Callable[[PartitionResult], None] | None
 ) -> None:
     futures: dict[Future[PartitionResult], Task] = {pool.submit(_in_worker, t): t for t in tasks}
     for future in as_completed(futures):
@@ -162,5 +162,5 @@ def _run_tasks(
         if pr.error:
             (result.conflicts if pr.conflict else result.failed).append(pr.error)
         if on_partition:
-            on_partition(pr, len(tasks))
+            on_partition(pr)
     result.published.sort(key=lambda e: (e.dataset, e.start_block))

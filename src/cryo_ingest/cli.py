@@ -167,7 +167,7 @@ def _report(result: Result) -> None:
         console.print(f"[red]error:[/red] {redact(msg)}", highlight=False, soft_wrap=True)
 
 
-def _on_partition(pr: PartitionResult, total: int) -> None:
+def _on_partition(pr: PartitionResult) -> None:
     state = "[red]failed[/red]" if pr.error else "[green]ok[/green]"
     stages = ", ".join(f"{stage} {s:.1f} s" for stage, s in pr.seconds.items())
     console.print(

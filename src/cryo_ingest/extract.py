@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,6 @@ import pyarrow.parquet as pq
 from .errors import ChunkError
 from .gateway import TRACE_SOURCE_PATH, UNKNOWN_PATH
 from .plan import Chunk, Partition
-
-log = logging.getLogger("cryo_ingest.extract")
 
 
 def extract(partition: Partition, gateway_url: str, chunk_size: int, staging: Path) -> dict[tuple[str, Chunk], Path]:

@@ -45,10 +45,6 @@ class Plan:
     done: list[Chunk] = field(default_factory=list)  # already archived for every dataset
     pending: list[Chunk] = field(default_factory=list)  # not final yet
 
-    @property
-    def chunks(self) -> list[Chunk]:
-        return [c for p in self.partitions for c in p.chunks]
-
 
 def make_plan(
     start: int,
