@@ -16,39 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import events, manifest
+from . import chains, events, manifest
 from .config import Job
 from .gateway import Gateway
-from .plan import Chunk, Partition, make_plan
+from .plan import Chunk, make_plan
 from .storage import open_store
+from .task import PartitionResult, Task
 
 log = logging.getLogger("cryo_ingest")
-
-
-@dataclass(frozen=True)
-class Task:
-    """What a worker needs for one partition: no RPC URL among it."""
-
-    partition: Partition
-    gateway_url: str
-    root: str
-    storage_options: dict[str, str]
-    chain_id: int
-    chunk_size: int
-    overwrite_conflicts: bool
-    output_dataset: str
-    events_file: Path | None
-    attempts: int = 3
-
-
-@dataclass
-class PartitionResult:
-    partition: Partition
-    published: list[events.Event] = field(default_factory=list)
-    error: str | None = None
-    conflict: bool = False
-    cas_retries: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)  # by stage: extract, validate, publish
 
 
 @dataclass
@@ -59,6 +34,7 @@ class Result:
     end_block: int
     final_head: int = -1
     published: list[events.Event] = field(default_factory=list)
+    emitted: int = 0
     done: list[Chunk] = field(default_factory=list)
     pending: list[Chunk] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
@@ -98,7 +74,7 @@ def backfill(
     pool = ProcessPoolExecutor(max_workers=job.max_concurrency, mp_context=multiprocessing.get_context("spawn"))
     with pool, Gateway(job.rpc, job.chain_id) as gw:
         warm = pool.submit(_warm_up)  # a worker starts and imports Cryo while the gateway checks the endpoints
-        result.final_head = gw.final_head(job.reorg_buffer)
+        result.final_head = chains.final_head(gw, job.chain_id, job.reorg_buffer)
         plan = make_plan(
             job.start_block,
             job.end_block,
@@ -121,6 +97,7 @@ def backfill(
                 plan.pending[0].start,
                 result.final_head,
             )
+        sinks = events.Sinks(job.output_dataset or f"cold_{'_'.join(job.datasets)}", job.root, events_file)
         tasks = [
             Task(
                 p,
@@ -130,8 +107,7 @@ def backfill(
                 job.chain_id,
                 job.chunk_size,
                 job.overwrite_conflicts,
-                job.output_dataset or f"cold_{'_'.join(job.datasets)}",
-                events_file,
+                sinks,
             )
             for p in plan.partitions
         ]
@@ -139,6 +115,12 @@ def backfill(
             warm.result()  # idle now: the first partition reuses it rather than spawning a second worker
             _run_tasks(pool, tasks, result, on_partition)
         result.gateway = gw.metrics()
+    # Entries recorded by an earlier run that died before emitting their events (the plan skips their chunks).
+    result.emitted += len(
+        events.reconcile(
+            store, sinks, job.chain_id, job.datasets, job.start_block - job.start_block % job.chunk_size, job.end_block
+        )
+    )
     result.seconds = time.monotonic() - started
     return result
 
@@ -158,6 +140,7 @@ def _run_tasks(
         except BrokenProcessPool:
             pr = PartitionResult(part, error=f"partition {part.start}-{part.end}: worker process died")
         result.published += pr.published
+        result.emitted += pr.emitted
         result.cas_retries += pr.cas_retries
         if pr.error:
             (result.conflicts if pr.conflict else result.failed).append(pr.error)

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -16,10 +17,15 @@ from rich.logging import RichHandler
 from rich.table import Table
 
 from . import devnet, manifest
-from .backfill import PartitionResult, Result, backfill
+from .backfill import Result, backfill
 from .config import DATASETS, Job, load_node, make_job, resolve_pool
 from .errors import ConfigError, IngestError, RedactingFilter, redact
+from .operator import datasets as requests_
+from .operator.dag import Dag, Pools, load_dag
+from .operator.service import install_sigterm, run_dag
+from .operator.status import node_status
 from .storage import open_store
+from .task import PartitionResult
 
 console = Console(stderr=True)
 out = Console()
@@ -68,7 +74,102 @@ def _parser() -> argparse.ArgumentParser:
     ls.add_argument("--chain-id", type=int, required=True)
     ls.add_argument("--dataset", choices=DATASETS)
     ls.add_argument("--files", action="store_true", help="one line per file")
+    dag_args = _Parser(add_help=False, parents=[common])
+    dag_args.add_argument("--config", type=Path, required=True, help="DAG file: the spec's node(s) and optional sources")
+    dag_args.add_argument("--root", help="archive root for every node (overrides config.root)")
+    dag_args.add_argument("--rpc", action="append", help="RPC URL (repeatable): overrides every node's pool")
+    dag_args.add_argument("--rpc-pool-file", type=Path, help="YAML/JSON pools file; values may use ${ENV}")
+    dag_args.add_argument("--rpc-pool-secret", help="AWS Secrets Manager secret holding the pool document")
+
+    r = sub.add_parser("request", help="the manual source: enqueue one backfill request", parents=[dag_args])
+    r.add_argument("--node", help="the cryo_ingest node whose input dataset gets the request")
+    r.add_argument("--start", type=int, required=True)
+    r.add_argument("--end", type=int, required=True, help="last block, inclusive")
+    r.add_argument("--datasets", help="a subset of the node's datasets (default: all of them)")
+    r.add_argument("--chain-id", type=int, help="checked against the node's chain")
+    r.add_argument("--id", help="request id (default: from its content, so the same request twice is one)")
+    r.add_argument("--json", action="store_true")
+
+    run = sub.add_parser("run", help="run the DAG's nodes (or one, with --node) until idle or SIGTERM", parents=[dag_args])
+    run.add_argument("--node", help="run only this node (a cryo_ingest node or a source)")
+
+    st = sub.add_parser("status", help="requests, partitions in flight, coverage, lag, last events", parents=[dag_args])
+    st.add_argument("--node", help="one cryo_ingest node (default: all)")
+    st.add_argument("--no-rpc", action="store_true", help="do not ask the RPC for the final head (no lag)")
+    st.add_argument("--json", action="store_true")
     return p
+
+
+def _dag(a: argparse.Namespace) -> tuple[Dag, Pools]:
+    return load_dag(a.config, a.root), Pools(a.rpc_pool_file, a.rpc_pool_secret, a.rpc)
+
+
+def cmd_request(a: argparse.Namespace) -> int:
+    dag, _ = _dag(a)
+    node = dag.node(a.node)
+    cfg = node.config
+    if not node.input_datasets:
+        raise ConfigError(f"invalid config: {node.name}: the node has no input_datasets to request into")
+    if a.chain_id is not None and a.chain_id != cfg.chain_id:
+        raise ConfigError(f"invalid request: chain_id: {a.chain_id}, but node {node.name} archives chain {cfg.chain_id}")
+    fields: dict[str, Any] = {"chain_id": cfg.chain_id, "start_block": a.start, "end_block": a.end}
+    if a.datasets is not None:
+        fields["datasets"] = a.datasets
+    probe = requests_.make_request(id="probe", kind="manual", source="cli", created_at="", **fields)  # validates
+    if probe.datasets and (extra := [d for d in probe.datasets if d not in cfg.datasets]):
+        raise ConfigError(f"invalid request: datasets: {extra[0]} is not among node {node.name}'s ({', '.join(cfg.datasets)})")
+    content = {
+        k: v for k, v in probe.model_dump(mode="json").items() if k in ("chain_id", "start_block", "end_block", "datasets")
+    }
+    request_id = a.id or requests_.content_id("manual", content)
+    request = requests_.make_request(
+        id=request_id, kind="manual", source="cli", created_at=requests_.now_iso(), **{**fields, "datasets": probe.datasets}
+    )
+    store = open_store(dag.root(node))
+    new = requests_.put(store, node.input_datasets[0], request)
+    if a.json:
+        out.print_json(json.dumps({"id": request_id, "new": new, "dataset": node.input_datasets[0], "root": dag.root(node)}))
+    else:
+        out.print(request_id if new else f"{request_id} (already requested)", highlight=False)
+    return 0
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    dag, pools = _dag(a)
+    stop = threading.Event()
+    install_sigterm(stop)
+    return run_dag(dag, pools, a.node, stop)
+
+
+def cmd_status(a: argparse.Namespace) -> int:
+    dag, pools = _dag(a)
+    names = [dag.node(a.node).name] if a.node else list(dag.nodes)
+    docs = [node_status(dag, name, pools, with_rpc=not a.no_rpc) for name in names]
+    if a.json:
+        out.print_json(redact(json.dumps({"nodes": docs})))
+        return 0
+    for doc in docs:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(doc["requests"]["counts"].items())) or "none"
+        head = doc["final_head"] if doc["final_head"] is not None else f"unknown ({doc['rpc_error'] or 'not asked'})"
+        out.print(f"node {doc['node']} chain {doc['chain_id']} root {doc['root']}: final head {head}", highlight=False)
+        out.print(f"requests: {counts}; partitions in flight: {len(doc['partitions_in_flight'])}", highlight=False)
+        t = Table(title="requests")
+        for col in ("id", "state", "blocks", "reason"):
+            t.add_column(col)
+        for item in doc["requests"]["items"]:
+            t.add_row(item["id"], item["state"], f"{item.get('start_block', '?')}-{item.get('end_block', '?')}", item["reason"])
+        out.print(t)
+        c = Table(title="coverage")
+        for col in ("dataset", "archived", "gaps", "lag (blocks)"):
+            c.add_column(col)
+        for dataset, cov in doc["datasets"].items():
+            runs = ", ".join(f"{x}..{y}" for x, y in cov["archived"]) or "-"
+            gaps = ", ".join(f"{x}..{y}" for x, y in cov["gaps"]) or "-"
+            c.add_row(dataset, runs, gaps, "?" if cov["lag_blocks"] is None else f"{cov['lag_blocks']:,}")
+        out.print(c)
+        for e in doc["last_events"]:
+            out.print(f"event {e.get('dataset')} {e.get('start_block')}-{e.get('end_block')} request {e.get('request_id')}")
+    return 0
 
 
 def job_from_args(a: argparse.Namespace) -> Job:
@@ -232,7 +333,14 @@ def main(argv: list[str] | None = None) -> int:
     handler.addFilter(RedactingFilter())
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler], format="%(message)s")
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
-    commands = {"backfill": cmd_backfill, "demo": cmd_demo, "ls": cmd_ls}
+    commands = {
+        "backfill": cmd_backfill,
+        "demo": cmd_demo,
+        "ls": cmd_ls,
+        "request": cmd_request,
+        "run": cmd_run,
+        "status": cmd_status,
+    }
     try:
         return commands[args.command](args)
     except IngestError as err:

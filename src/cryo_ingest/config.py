@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -88,6 +91,10 @@ class Endpoint(BaseModel):
             # The message must not echo the URL: it may carry a key.
             raise ValueError("RPC URL must be an http(s) URL with a host")
         register_secret_url(raw)
+        try:
+            parts.port  # noqa: B018 (parsed on access: out of range or not a number raises)
+        except ValueError:
+            raise ValueError("RPC URL has an invalid port") from None
         return v
 
     @model_validator(mode="after")
@@ -194,6 +201,11 @@ class NodeConfig(BaseModel):
     chunk_size: PositiveInt | None = None
     reorg_buffer: NonNegativeInt | None = None
     chunks_per_partition: PositiveInt | None = None
+    # the operator's (docs/operator.md)
+    attempts: PositiveInt = 3  # per partition, each in its own process, killed at timeout_seconds
+    lease_seconds: float = Field(default=30.0, ge=1.0)  # a dead runner's partitions are taken over after this
+    poll_seconds: float = Field(default=2.0, gt=0)  # how often an idle runner looks for requests
+    grace_seconds: float = Field(default=20.0, ge=0)  # after SIGTERM: time for running partitions (ECS kills at 30)
 
 
 class Scaling(BaseModel):
@@ -290,7 +302,8 @@ def resolve_pool(name: str, pool_file: Path | None = None, secret: str | None = 
         import botocore.exceptions
 
         try:
-            value = boto3.client("secretsmanager").get_secret_value(SecretId=secret)["SecretString"]
+            with _quiet("botocore"):
+                value = boto3.client("secretsmanager").get_secret_value(SecretId=secret)["SecretString"]
         except botocore.exceptions.BotoCoreError as err:
             raise ConfigError(f"invalid config: --rpc-pool-secret: {type(err).__name__}") from None
         except botocore.exceptions.ClientError as err:
@@ -300,6 +313,18 @@ def resolve_pool(name: str, pool_file: Path | None = None, secret: str | None = 
     raise ConfigError(
         f"invalid config: rpc_pool: pool {name!r} not found (set {var}, or give --rpc-pool-file or --rpc-pool-secret)"
     )
+
+
+@contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """botocore logs response bodies at DEBUG (with -v): the secret's, holding URLs not registered yet."""
+    log = logging.getLogger(logger)
+    level = log.level
+    log.setLevel(max(logging.INFO, log.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _parse_pool_doc(text: str, where: str) -> Any:

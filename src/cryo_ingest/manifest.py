@@ -18,6 +18,7 @@ from importlib.metadata import version
 from typing import Any
 
 from .errors import ConfigError, ConflictError, IngestError
+from .faults import crash_point
 from .storage import Store
 
 FORMAT = "cryo-ingest-manifest"
@@ -195,6 +196,8 @@ def add(
     changed: list[Entry] = []
     for shard, items in sorted(by_shard.items()):
         changed += _add_to_shard(store, meta, shard, items, overwrite_conflicts)
+    if not by_shard.keys() <= set(index["shards"] if index else ()):
+        crash_point("mid-index")  # a shard holds the entries; the index does not list it yet
 
     def list_shards(current: bytes | None) -> bytes | None:
         doc = _parse(current, FORMAT, key(chain_id, dataset)) if current is not None else None

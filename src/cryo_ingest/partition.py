@@ -8,11 +8,11 @@ import time
 from pathlib import Path
 
 from . import events, manifest
-from .backfill import PartitionResult, Task
 from .errors import ChunkError, ConflictError, IngestError
 from .extract import extract, trace_source
-from .publish import Staged, object_key, publish
+from .publish import Staged, crash_point, publish
 from .storage import Store, open_store
+from .task import PartitionResult, Task
 from .validate import validate_chunk
 
 log = logging.getLogger("cryo_ingest")
@@ -24,8 +24,8 @@ def run_partition(task: Task) -> PartitionResult:
     store = open_store(task.root, task.storage_options)
     for attempt in range(1, task.attempts + 1):
         try:
-            with tempfile.TemporaryDirectory(prefix="cryo-ingest-staging-") as tmp:
-                result.published = _run_once(task, store, Path(tmp), result.seconds)
+            with tempfile.TemporaryDirectory(prefix="cryo-ingest-staging-", dir=task.staging_dir) as tmp:
+                result.published, result.emitted = _run_once(task, store, Path(tmp), result.seconds)
             result.error = None
             break
         except ConflictError as err:
@@ -43,7 +43,8 @@ def run_partition(task: Task) -> PartitionResult:
     return result
 
 
-def _run_once(task: Task, store: Store, staging: Path, seconds: dict[str, float]) -> list[events.Event]:
+def _run_once(task: Task, store: Store, staging: Path, seconds: dict[str, float]) -> tuple[list[events.Event], int]:
+    """Returns the events of the entries this run changed, and how many events were new to the sinks."""
     part = task.partition
     started = time.monotonic()
     files = extract(part, task.gateway_url, task.chunk_size, staging)
@@ -68,18 +69,13 @@ def _run_once(task: Task, store: Store, staging: Path, seconds: dict[str, float]
     seconds["validate"] = time.monotonic() - started - seconds["extract"]
     changed = publish(store, task.chain_id, task.chunk_size, staged, archived, task.overwrite_conflicts)
     seconds["publish"] = time.monotonic() - started - seconds["extract"] - seconds["validate"]
-    out = [
-        events.Event(
-            output_dataset=task.output_dataset,
-            chain_id=task.chain_id,
-            dataset=dataset,
-            start_block=entry.start_block,
-            end_block=entry.end_block,
-            uri=f"{task.root.rstrip('/')}/{object_key(task.chain_id, dataset, entry.path)}",
-            rows=entry.rows,
-            sha256=entry.sha256,
-        )
-        for dataset, entry in changed
-    ]
-    events.emit(out, task.events_file)
-    return out
+    by_dataset: dict[str, list[manifest.Entry]] = {}
+    for dataset, entry in changed:
+        by_dataset.setdefault(dataset, []).append(entry)
+    published = [e for d, entries in by_dataset.items() for e in events.for_entries(task.sinks, task.chain_id, d, entries)]
+    crash_point("before-events")
+    # Every entry of these chunks, changed now or by an earlier run that died before its events.
+    emitted = events.reconcile(store, task.sinks, task.chain_id, part.datasets, part.start, part.end)
+    if not task.sinks:
+        events.emit(published, task.sinks, store)  # logged only
+    return published, len(emitted)

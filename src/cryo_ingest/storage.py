@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import obstore
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from obstore.exceptions import (
     AlreadyExistsError,
     BaseError,
@@ -48,6 +48,7 @@ class Store:
     remote: Any  # the obstore store of a bucket; None for the local filesystem
     local_dir: Path | None  # set for the local filesystem
     cas_retries: int = 0  # precondition failures retried by `update`, for the run's metrics
+    lock_waits: int = 0  # local filesystem: times `update` found another writer holding the key's lock
     _local: Any = None
 
     @property
@@ -155,8 +156,16 @@ class Store:
         assert self.local_dir is not None
         path = self.local_dir / ".locks" / (key + ".lock")
         path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(path, timeout=120):
+        lock = FileLock(path, timeout=120, poll_interval=0.01)
+        try:
+            lock.acquire(blocking=False)
+        except Timeout:
+            self.lock_waits += 1
+            lock.acquire()
+        try:
             yield
+        finally:
+            lock.release()
 
     def list(self, prefix: str) -> list[str]:
         if self._absent_locally():

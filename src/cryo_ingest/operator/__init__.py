@@ -1,0 +1,1 @@
+"""The DAG side: event datasets, requests and leases, sources, the dispatcher, and the node that ties them."""

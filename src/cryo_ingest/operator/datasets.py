@@ -1,0 +1,101 @@
+"""Event datasets on the archive's store: `backfill_requests` in, `cold_blocks` (etc.) out.
+
+Layout (docs/operator.md): `{root}/datasets/{name}/events/{id}.json`, one immutable object per
+event, written with If-None-Match so that emitting the same event twice stores it once. Anyone
+with read access to the root can list and read a dataset; nothing here needs a database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, model_validator
+
+from ..config import Datasets
+from ..errors import ConfigError
+from ..events import dataset_prefix
+from ..storage import Store
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Request(BaseModel):
+    """A backfill request: one event of an input dataset (schema in docs/operator.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=ID_PATTERN)
+    kind: Literal["manual", "cron", "threshold"]
+    source: str
+    chain_id: PositiveInt
+    start_block: NonNegativeInt
+    end_block: NonNegativeInt
+    datasets: Datasets | None = None  # None: every dataset of the consuming node
+    created_at: str
+
+    @model_validator(mode="after")
+    def _range(self) -> Request:
+        if self.end_block < self.start_block:
+            raise ValueError(f"end_block ({self.end_block}) is before start_block ({self.start_block})")
+        return self
+
+
+def content_id(kind: str, fields: dict[str, Any]) -> str:
+    """An id from what a request asks for, so that the same manual request made twice is one request."""
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=list).encode()).hexdigest()[:16]
+    return f"{kind}-{digest}"
+
+
+def make_request(**fields: Any) -> Request:
+    try:
+        return Request(**fields)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = "".join(f"{p}: " for p in first["loc"][:1])
+        raise ConfigError(f"invalid request: {where}{first['msg'].removeprefix('Value error, ')}") from None
+
+
+def key(dataset: str, request_id: str) -> str:
+    return f"{dataset_prefix(dataset)}{request_id}.json"
+
+
+def put(store: Store, dataset: str, request: Request) -> bool:
+    """Store the request unless one with its id exists; True if it is new."""
+    if not re.match(ID_PATTERN, request.id):
+        raise ConfigError(f"invalid request: id: {request.id!r} must match {ID_PATTERN}")
+    body = json.dumps(request.model_dump(mode="json"), sort_keys=True).encode() + b"\n"
+    return store.put_new(key(dataset, request.id), body)
+
+
+def read(store: Store, dataset: str) -> list[tuple[str, Request | str]]:
+    """Every event of the dataset by id: the request, or why it is not one (someone else wrote it)."""
+    prefix = dataset_prefix(dataset)
+    out: list[tuple[str, Request | str]] = []
+    for path in sorted(store.list(prefix)):
+        name = path.removeprefix(prefix)
+        if not name.endswith(".json") or "/" in name:
+            continue
+        event_id = name.removesuffix(".json")
+        data = store.get(path)
+        try:
+            doc = json.loads(data or b"")
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+            request = Request(**doc)
+            if request.id != event_id:
+                raise ValueError(f"id {request.id!r} differs from the object's name")
+            out.append((event_id, request))
+        except ValidationError as err:
+            first = err.errors()[0]
+            out.append((event_id, f"{'.'.join(str(p) for p in first['loc']) or 'event'}: {first['msg']}"))
+        except ValueError as err:
+            out.append((event_id, f"malformed event: {str(err)[:200]}"))
+    return out

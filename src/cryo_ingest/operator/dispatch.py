@@ -1,0 +1,98 @@
+"""Partitions in their own processes, each killed at its deadline.
+
+A process pool cannot kill one task (concurrent.futures and Dask alike), so each partition gets
+a spawned process and a pipe for its result. The parent owns the staging folder and removes it
+whatever happens to the child, so a killed partition leaves nothing behind locally; objects go
+up whole or not at all (publish), so it leaves nothing partial in the archive either.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from ..task import PartitionResult, Task
+
+
+def _child(task: Task, conn: Connection) -> None:
+    from ..partition import run_partition  # Cryo and pyarrow load in the child only
+
+    conn.send(run_partition(task))
+    conn.close()
+
+
+@dataclass
+class Running:
+    task: Task
+    process: BaseProcess
+    conn: Connection
+    staging: str
+    deadline: float
+    started: float = field(default_factory=time.monotonic)
+    tag: Any = None  # the caller's (its lease)
+
+
+class Dispatcher:
+    def __init__(self) -> None:
+        # spawn, not fork: the parent runs the gateway's thread, which a fork would copy half-way.
+        self._ctx = multiprocessing.get_context("spawn")
+        self.running: list[Running] = []
+
+    def start(self, task: Task, timeout: float | None, tag: Any = None) -> Running:
+        staging = tempfile.mkdtemp(prefix="cryo-ingest-partition-")
+        task = Task(**{**task.__dict__, "staging_dir": staging})
+        recv, send = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(target=_child, args=(task, send), daemon=True)
+        process.start()
+        send.close()
+        run = Running(task, process, recv, staging, time.monotonic() + timeout if timeout else float("inf"), tag=tag)
+        self.running.append(run)
+        return run
+
+    def wait(self, seconds: float) -> list[tuple[Running, PartitionResult]]:
+        """Wait up to `seconds` for partitions to end (or to pass their deadline); return those that ended."""
+        if self.running:
+            nearest = min(r.deadline for r in self.running) - time.monotonic()
+            wait([r.conn for r in self.running] + [r.process.sentinel for r in self.running], max(0.0, min(seconds, nearest)))
+        elif seconds > 0:
+            time.sleep(seconds)
+        ended = []
+        for run in list(self.running):
+            result = self._outcome(run)
+            if result is not None:
+                ended.append((run, result))
+        return ended
+
+    def _outcome(self, run: Running) -> PartitionResult | None:
+        part = run.task.partition
+        result: PartitionResult | None = None
+        if run.conn.poll():
+            try:
+                result = run.conn.recv()
+            except EOFError:
+                result = PartitionResult(part, error=f"partition {part.start}-{part.end}: worker process died")
+        elif not run.process.is_alive():
+            code = run.process.exitcode
+            result = PartitionResult(part, error=f"partition {part.start}-{part.end}: worker process died (exit code {code})")
+        elif time.monotonic() > run.deadline:
+            seconds = time.monotonic() - run.started
+            result = PartitionResult(part, error=f"partition {part.start}-{part.end}: timed out after {seconds:.0f} s, killed")
+        if result is not None:
+            self.stop(run)
+        return result
+
+    def stop(self, run: Running) -> None:
+        """Kill (if still alive), reap, and remove the staging folder."""
+        if run.process.is_alive():
+            run.process.kill()
+        run.process.join(timeout=10)
+        run.conn.close()
+        shutil.rmtree(run.staging, ignore_errors=True)
+        if run in self.running:
+            self.running.remove(run)

@@ -1,0 +1,113 @@
+"""The two sources that emit backfill requests: cron (scheduled catch-up) and threshold (hot window full).
+
+Both are idempotent by construction: a request's id is its scheduled time (cron) or its range
+(threshold), and datasets store an id once. A cursor on the store (`operator/{source}/cursor.json`)
+is written only after the request is stored, so a restarted source neither re-emits nor skips.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from croniter import croniter
+
+from .. import chains, manifest
+from ..config import Job
+from ..gateway import Gateway
+from ..plan import grid
+from ..storage import Store
+from . import datasets
+from .dag import SourceNode
+
+log = logging.getLogger("cryo_ingest.sources")
+
+
+def high_water(store: Store, job: Job, base: int) -> int:
+    """The last block of the contiguous run of chunks, from `base`'s chunk on, that every dataset archived (base-1 if none)."""
+    held = [set(m.files) if (m := manifest.load(store, job.chain_id, d)) else set() for d in job.datasets]
+    start = base - base % job.chunk_size
+    while all(start in h for h in held):
+        start += job.chunk_size
+    return max(start - 1, base - 1)
+
+
+def _cursor_key(source: str) -> str:
+    return f"operator/{source}/cursor.json"
+
+
+def read_cursor(store: Store, source: str) -> dict[str, Any]:
+    data = store.get(_cursor_key(source))
+    return dict(json.loads(data)) if data else {}
+
+
+def write_cursor(store: Store, source: str, cursor: dict[str, Any]) -> None:
+    body = (json.dumps(cursor, sort_keys=True) + "\n").encode()
+    store.update(_cursor_key(source), lambda current: None if current == body else body)
+
+
+def catch_up_range(store: Store, job: Job, gw: Gateway, base: int) -> tuple[int, int]:
+    """From the archive's high-water mark to the last whole final chunk."""
+    final = chains.final_head(gw, job.chain_id, job.reorg_buffer)
+    chunks = grid(0, max(final, 0), job.chunk_size)
+    last_whole = max((c.end for c in chunks if c.end <= final), default=-1)
+    return high_water(store, job, base) + 1, last_whole
+
+
+def _emit(store: Store, source: SourceNode, job: Job, request_id: str, kind: str, start: int, end: int) -> None:
+    request = datasets.make_request(
+        id=request_id,
+        kind=kind,
+        source=source.name,
+        chain_id=job.chain_id,
+        start_block=start,
+        end_block=end,
+        created_at=datasets.now_iso(),
+    )
+    new = datasets.put(store, source.output_dataset, request)
+    log.info("%s: request %s blocks %d-%d%s", source.name, request_id, start, end, "" if new else " (already emitted)")
+
+
+def run_cron(
+    source: SourceNode, job: Job, store: Store, stop: threading.Event, gateway: Callable[[], Gateway], now: Callable[[], datetime]
+) -> None:
+    """At each scheduled tick, one catch-up request; ticks missed while down give one catch-up, not one each."""
+    schedule = str(source.config.schedule)
+    base = source.config.start_block or 0
+    cursor = read_cursor(store, source.name)
+    if "last_tick" not in cursor:  # first start: from the next tick on, not every tick in the past
+        cursor = {"last_tick": croniter(schedule, now()).get_prev(datetime).isoformat()}
+        write_cursor(store, source.name, cursor)
+    while not stop.is_set():
+        due = croniter(schedule, now()).get_prev(datetime)
+        if due > datetime.fromisoformat(cursor["last_tick"]):
+            with gateway() as gw:
+                start, end = catch_up_range(store, job, gw, base)
+            tick = due.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+            if end >= start:
+                _emit(store, source, job, f"cron-{source.name}-{tick}", "cron", start, end)
+            else:
+                log.info("%s: tick %s: nothing final to archive (archived through %d)", source.name, tick, start - 1)
+            cursor = {"last_tick": due.isoformat()}
+            write_cursor(store, source.name, cursor)
+        wait = (croniter(schedule, now()).get_next(datetime) - now()).total_seconds()
+        stop.wait(max(0.05, min(wait, 60.0)))
+
+
+def run_threshold(source: SourceNode, job: Job, store: Store, stop: threading.Event, gateway: Callable[[], Gateway]) -> None:
+    """When the final blocks not yet archived reach `blocks`, one request for the whole chunks among them."""
+    blocks = int(source.config.blocks or 0)
+    base = source.config.start_block or 0
+    with gateway() as gw:
+        while not stop.is_set():
+            start, end = catch_up_range(store, job, gw, base)
+            asked = int(read_cursor(store, source.name).get("requested_through", -1))
+            start = max(start, asked + 1)
+            if end - start + 1 >= blocks:
+                _emit(store, source, job, f"threshold-{source.name}-{start}-{end}", "threshold", start, end)
+                write_cursor(store, source.name, {"requested_through": end})
+            stop.wait(source.config.poll_seconds)

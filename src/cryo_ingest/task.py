@@ -1,0 +1,39 @@
+"""What a worker gets for one partition and what it gives back.
+
+Kept apart from partition.py (which imports Cryo and pyarrow) so that the processes that only
+dispatch partitions, backfill's main process and the operator's runners, stay light.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .events import Event, Sinks
+from .plan import Partition
+
+
+@dataclass(frozen=True)
+class Task:
+    """Everything a worker needs for one partition: no RPC URL among it."""
+
+    partition: Partition
+    gateway_url: str
+    root: str
+    storage_options: dict[str, str]
+    chain_id: int
+    chunk_size: int
+    overwrite_conflicts: bool
+    sinks: Sinks
+    attempts: int = 3
+    staging_dir: str | None = None  # where the worker makes its staging folder; the system's temp dir if None
+
+
+@dataclass
+class PartitionResult:
+    partition: Partition
+    published: list[Event] = field(default_factory=list)  # entries this partition added or replaced
+    emitted: int = 0  # events new to the sinks (including those of entries an earlier, killed run recorded)
+    error: str | None = None
+    conflict: bool = False
+    cas_retries: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)  # by stage: extract, validate, publish
