@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import Devnet, backfill, manifest
 
+from cryo_ingest.faults import CRASH_SCOPE_ENV
 from cryo_ingest.publish import CRASH_ENV
 
 DATASETS = ("blocks", "transactions", "logs", "traces")
@@ -27,11 +28,17 @@ def entry_keys(root: Path) -> list[tuple[str, int, str]]:
     ]
 
 
+@pytest.mark.parametrize("scope", ["worker", "job"])
 @pytest.mark.parametrize("point", ["mid-manifest", "before-events"])
-def test_killed_before_its_events_loses_none(point: str, chain: Devnet, tmp_path: Path) -> None:
+def test_killed_before_its_events_loses_none(point: str, scope: str, chain: Devnet, tmp_path: Path) -> None:
+    """Killed after recording entries and before their events: the worker alone, or the whole job."""
     root, sink = tmp_path / "archive", tmp_path / "events.jsonl"
-    killed = backfill(root, chain.url, "--events-file", str(sink), end=149, env={CRASH_ENV: point})
-    assert killed.code == 1 and "worker process died" in killed.text
+    killed = backfill(root, chain.url, "--events-file", str(sink), end=149, env={CRASH_ENV: point, CRASH_SCOPE_ENV: scope})
+    if scope == "worker":
+        assert killed.code == 1 and "worker process died" in killed.text
+    else:
+        assert killed.code == -9
+        assert not set(entry_keys(root)) <= set(event_keys(sink)), "entries left without events: the case under test"
     recorded = entry_keys(root)
     assert recorded, "the kill came after some entries were recorded"
 

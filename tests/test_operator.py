@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -232,12 +233,17 @@ def test_two_runners_one_killed_lose_nothing_and_never_share_a_partition(chain: 
     )
     bucket = s3.bucket("operator-two-runners")
     root = f"s3://{bucket}/archive"
-    with StallProxy(chain.url, delay=0.01) as proxy:
+    with StallProxy(chain.url, delay=0.02) as proxy:
         env_a, env_b = {**s3.env, **pool_env(proxy.url("/a"))}, {**s3.env, **pool_env(proxy.url("/b"))}
         request_id = request(config, root, 0, 249, env_a)
         a = start("run", "--config", str(config), "--root", root, env=env_a)
-        wait_for(lambda: sum(1 for p, _, _ in proxy.seen if p == "/a") > 30, 60, "runner a to be mid-partition")
         b = start("run", "--config", str(config), "--root", root, env=env_b)
+
+        def both_mid_partition() -> bool:
+            now = time.monotonic()
+            return all(any(p == who and now - t < 0.2 for p, _, t in proxy.seen) for who in ("/a", "/b"))
+
+        wait_for(both_mid_partition, 60, "both runners extracting at once")
         os.killpg(a.pid, signal.SIGKILL)
         killed_at = time.monotonic()
         a.wait()
@@ -350,7 +356,7 @@ def test_threshold_keeps_the_archive_near_the_head(tmp_path: Path) -> None:
     assert requests and all(r.stem.startswith("threshold-hot-") for r in requests)
 
 
-def test_idle_timeout_waits_for_work_then_exits(chain: Devnet, tmp_path: Path) -> None:
+def test_idle_timeout_waits_for_work_then_exits_and_serves_metrics(chain: Devnet, tmp_path: Path) -> None:
     root = tmp_path / "archive"
     batch = dag_file(tmp_path, devnet_dag())
     t = time.monotonic()
@@ -358,16 +364,35 @@ def test_idle_timeout_waits_for_work_then_exits(chain: Devnet, tmp_path: Path) -
     batch_seconds = time.monotonic() - t
     config = dag_file(tmp_path, devnet_dag("    poll_seconds: 0.5\n").replace("idle_timeout: 0", "idle_timeout: 6"))
     env = pool_env(chain.url)
+    port = devnet.free_port()
     t = time.monotonic()
-    p = start("run", "--config", str(config), "--root", str(root), env=env)
+    p = start("run", "--config", str(config), "--root", str(root), "--metrics-port", str(port), env=env)
     time.sleep(2)
     request_id = request(config, root, 0, 49, env)
+    scraped: dict[str, str] = {}
+
+    def archived() -> bool:
+        for path in ("/metrics", "/healthz"):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
+                    scraped[path] = resp.read().decode()
+            except OSError:
+                return False
+        return 'cryo_ingest_blocks_archived_total{node="cryo_backfill"} 50.0' in scraped["/metrics"]
+
+    wait_for(archived, 30, "the partition in the metrics")
     run = finish(p, 60)
     waited = time.monotonic() - t
     assert run.code == 0, run.text
     assert f"request {request_id} done" in run.text
     assert waited >= 2 + 6 and waited < 2 + 6 + 15, waited
     assert batch_seconds < waited - 6
+    text = scraped["/metrics"]
+    assert 'cryo_ingest_partitions_total{node="cryo_backfill",state="ok"} 1.0' in text
+    assert 'cryo_ingest_rpc_requests_total{endpoint="local",node="cryo_backfill"}' in text
+    assert 'cryo_ingest_lag_blocks{dataset="blocks",node="cryo_backfill"}' in text
+    assert scraped["/healthz"] == "ok\n"
+    assert chain.url.split("//")[1] not in text, "metrics name endpoints, never URLs"
 
 
 def test_sigterm_mid_partition_then_a_fresh_runner_loses_nothing(chain: Devnet, tmp_path: Path) -> None:

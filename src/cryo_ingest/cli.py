@@ -92,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the DAG's nodes (or one, with --node) until idle or SIGTERM", parents=[dag_args])
     run.add_argument("--node", help="run only this node (a cryo_ingest node or a source)")
+    run.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on /metrics and health on /healthz")
 
     st = sub.add_parser("status", help="requests, partitions in flight, coverage, lag, last events", parents=[dag_args])
     st.add_argument("--node", help="one cryo_ingest node (default: all)")
@@ -138,7 +139,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     dag, pools = _dag(a)
     stop = threading.Event()
     install_sigterm(stop)
-    return run_dag(dag, pools, a.node, stop)
+    return run_dag(dag, pools, a.node, stop, a.metrics_port)
 
 
 def cmd_status(a: argparse.Namespace) -> int:

@@ -15,6 +15,13 @@ CRASH_ENV = "CRYO_INGEST_CRASH_AT"
 CRASH_POINTS = ("after-staging", "mid-upload", "after-upload", "mid-index", "mid-manifest")
 
 
+# "job": the worker's parent (backfill's main process, the operator's runner) dies too, as when a
+# container is killed; by default only the worker dies and its parent carries on.
+CRASH_SCOPE_ENV = "CRYO_INGEST_CRASH_SCOPE"
+
+
 def crash_point(step: str) -> None:
     if os.environ.get(CRASH_ENV) == step:
+        if os.environ.get(CRASH_SCOPE_ENV) == "job":
+            os.kill(os.getppid(), signal.SIGKILL)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -80,3 +80,13 @@ def make_plan(
     if current:
         plan.partitions.append(Partition(tuple(current), current_ds))
     return plan
+
+
+def high_water(held: list[set[int]], chunk_size: int, base: int | None = None) -> int:
+    """The last block of the run of chunks, from `base`'s chunk (default: the first one held) on,
+    that every set of chunk starts holds; the block before that chunk if none."""
+    common = set.intersection(*held) if held else set()
+    start = min(common, default=0) if base is None else base - base % chunk_size
+    while start in common:
+        start += chunk_size
+    return start - 1

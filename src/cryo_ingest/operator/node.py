@@ -17,12 +17,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from .. import chains, events, manifest
 from ..config import DagNode, Job
 from ..errors import IngestError, redact
 from ..gateway import Gateway
-from ..plan import Chunk, Partition, make_plan
+from ..plan import Chunk, Partition, high_water, make_plan
 from ..storage import Store, open_store
 from ..task import PartitionResult, Task
 from . import datasets, requests
@@ -42,8 +43,12 @@ class Stats:
 
     partitions: dict[str, int] = field(default_factory=lambda: {"ok": 0, "failed": 0, "timed_out": 0, "stopped": 0})
     blocks: int = 0
+    remaining_blocks: int = 0  # in the open requests, as the last pass planned them
     failed_requests: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    heartbeat: float = field(default_factory=time.monotonic)  # the loop's last turn, for /healthz
+    lag: dict[str, int] = field(default_factory=dict)  # by dataset: final head - contiguous high-water mark
+    requests: dict[str, int] = field(default_factory=dict)  # by state
 
 
 @dataclass
@@ -70,6 +75,14 @@ class Runner:
     def cell_span(self) -> int:
         return self.job.chunk_size * self.job.chunks_per_partition
 
+    @property
+    def stall_seconds(self) -> float:
+        """A loop that has not turned for this long is stuck (a pass can take a while on a big archive)."""
+        return 3 * self.cfg.poll_seconds + self.cfg.lease_seconds
+
+    def gateway_metrics(self) -> dict[str, Any]:
+        return self._gw.metrics() if self._gw is not None else {}
+
     # ---- the loop -----------------------------------------------------------------------------
 
     def run(self) -> int:
@@ -79,6 +92,7 @@ class Runner:
             self._gw = gw
             idle_since, next_tick = time.monotonic(), 0.0
             while not self.stop.is_set():
+                self.stats.heartbeat = time.monotonic()
                 ended = self.dispatcher.wait(min(self.cfg.poll_seconds, self.cfg.lease_seconds / 3))
                 for run, result in ended:
                     self._finish(run, result)
@@ -136,10 +150,14 @@ class Runner:
             d: set(m.files) if (m := manifest.load(self.store, self.job.chain_id, d)) else set() for d in self.job.datasets
         }
         states = requests.load_states(self.store, self.node.name)
+        self.stats.lag = {d: final - high_water([held], self.job.chunk_size) for d, held in archived.items()}
+        self.stats.requests = {}
+        self.stats.remaining_blocks = 0
         open_work = False
         for name in self.node.input_datasets:
             for request_id, request in datasets.read(self.store, name):
                 state = states.get(request_id) or requests.State(request_id)
+                self.stats.requests[state.state] = self.stats.requests.get(state.state, 0) + 1
                 if state.terminal:
                     continue
                 problem = request if isinstance(request, str) else self._mismatch(request)
@@ -161,6 +179,7 @@ class Runner:
         datasets_ = tuple(r.datasets or self.job.datasets)
         plan = make_plan(r.start_block, r.end_block, self.job.chunk_size, datasets_, archived, final, False, 1)
         cells: dict[int, list[Partition]] = {}
+        self.stats.remaining_blocks += sum(p.end - p.start + 1 for p in plan.partitions)
         for p in plan.partitions:
             cells.setdefault(p.start // self.cell_span, []).append(p)
         here = {c.tag.cell for c in self.dispatcher.running if c.tag.request.id == r.id}
@@ -218,17 +237,16 @@ class Runner:
             requests.release(self.store, self.node.name, claim.cell, self.id, "done")
             self.stats.partitions["ok"] += 1
             self.stats.blocks += claim.partition.end - claim.partition.start + 1
-            rate = self.stats.blocks / max(1e-9, time.monotonic() - self.stats.started)
+            self.stats.remaining_blocks = max(0, self.stats.remaining_blocks - (claim.partition.end - claim.partition.start + 1))
             stages = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
             log.info(
-                "%s: request %s: partition %s ok (%s; %d event(s)); %d blocks at %.0f blocks/s",
+                "%s: request %s: partition %s ok (%s; %d event(s)); %s",
                 self.node.name,
                 claim.request.id,
                 span,
                 stages,
                 result.emitted,
-                self.stats.blocks,
-                rate,
+                self._progress(),
             )
             return
         kind = "timed_out" if "timed out" in result.error else "failed"
@@ -241,6 +259,17 @@ class Runner:
             reason = redact(result.error)
             if requests.set_state(self.store, self.node.name, claim.request.id, "failed", reason, self.id).state == "failed":
                 self.stats.failed_requests.append(claim.request.id)
+
+    def _progress(self) -> str:
+        """Blocks done of total, rate, ETA, and per endpoint requests/s and 429s: one line, for logs and terminals."""
+        elapsed = max(1e-9, time.monotonic() - self.stats.started)
+        rate = self.stats.blocks / elapsed
+        total = self.stats.blocks + self.stats.remaining_blocks
+        eta = f"{self.stats.remaining_blocks / rate:.0f} s" if rate > 0 else "?"
+        rpc = "; ".join(
+            f"{name} {m['requests'] / elapsed:.0f} req/s, {m['http_429']} 429s" for name, m in self.gateway_metrics().items()
+        )
+        return f"{self.stats.blocks:,}/{total:,} blocks, {rate:.0f} blocks/s, ETA {eta}; {rpc}"
 
     def _complete(self, r: Request, datasets_: tuple[str, ...]) -> None:
         """Every chunk archived: make sure every entry in range has its event, then done."""

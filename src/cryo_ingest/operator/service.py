@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import IngestError
 from ..gateway import Gateway
 from ..storage import open_store
-from . import sources
+from . import metrics, sources
 from .dag import Dag, Pools, SourceNode
 from .node import Runner
 
@@ -32,7 +32,7 @@ def install_sigterm(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def run_dag(dag: Dag, pools: Pools, only: str | None, stop: threading.Event) -> int:
+def run_dag(dag: Dag, pools: Pools, only: str | None, stop: threading.Event, metrics_port: int | None = None) -> int:
     """Run one node (`only`) or all; returns the exit code (0, 1 if a request failed or a node crashed)."""
     names = [only] if only else [*dag.sources, *dag.nodes]
     for name in names:
@@ -40,6 +40,7 @@ def run_dag(dag: Dag, pools: Pools, only: str | None, stop: threading.Event) -> 
             raise IngestError(f"invalid config: --node: no node named {name!r} in {dag.path}")
     feeds = {s.output_dataset for n, s in dag.sources.items() if n in names}
     targets: list[Callable[[], int]] = []
+    runners: list[Runner] = []
     for name in names:
         if name in dag.sources:
             targets.append(_source_target(dag, dag.sources[name], pools, stop))
@@ -47,7 +48,10 @@ def run_dag(dag: Dag, pools: Pools, only: str | None, stop: threading.Event) -> 
             node = dag.nodes[name]
             fed = any(d in feeds for d in node.input_datasets)
             runner = Runner(node, dag.job(node, pools), stop, None if fed else float(node.idle_timeout or 0))
+            runners.append(runner)
             targets.append(runner.run)
+    if metrics_port is not None:
+        metrics.serve(metrics_port, runners)
     if len(targets) == 1:
         return targets[0]()
     codes: list[int] = []

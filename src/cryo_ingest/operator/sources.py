@@ -19,7 +19,7 @@ from croniter import croniter
 from .. import chains, manifest
 from ..config import Job
 from ..gateway import Gateway
-from ..plan import grid
+from ..plan import grid, high_water
 from ..storage import Store
 from . import datasets
 from .dag import SourceNode
@@ -27,13 +27,10 @@ from .dag import SourceNode
 log = logging.getLogger("cryo_ingest.sources")
 
 
-def high_water(store: Store, job: Job, base: int) -> int:
-    """The last block of the contiguous run of chunks, from `base`'s chunk on, that every dataset archived (base-1 if none)."""
+def archived_through(store: Store, job: Job, base: int) -> int:
+    """The high-water mark of the job's datasets together, from `base` on."""
     held = [set(m.files) if (m := manifest.load(store, job.chain_id, d)) else set() for d in job.datasets]
-    start = base - base % job.chunk_size
-    while all(start in h for h in held):
-        start += job.chunk_size
-    return max(start - 1, base - 1)
+    return max(high_water(held, job.chunk_size, base), base - 1)
 
 
 def _cursor_key(source: str) -> str:
@@ -55,7 +52,7 @@ def catch_up_range(store: Store, job: Job, gw: Gateway, base: int) -> tuple[int,
     final = chains.final_head(gw, job.chain_id, job.reorg_buffer)
     chunks = grid(0, max(final, 0), job.chunk_size)
     last_whole = max((c.end for c in chunks if c.end <= final), default=-1)
-    return high_water(store, job, base) + 1, last_whole
+    return archived_through(store, job, base) + 1, last_whole
 
 
 def _emit(store: Store, source: SourceNode, job: Job, request_id: str, kind: str, start: int, end: int) -> None:

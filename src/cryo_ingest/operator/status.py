@@ -12,6 +12,7 @@ from ..config import Job
 from ..errors import IngestError
 from ..events import dataset_prefix
 from ..gateway import Gateway
+from ..plan import high_water
 from ..storage import open_store
 from . import datasets, requests
 from .dag import Dag, Pools
@@ -68,9 +69,10 @@ def node_status(dag: Dag, name: str, pools: Pools, with_rpc: bool = True) -> dic
     coverage = {}
     for dataset in job.datasets:
         m = manifest.load(store, job.chain_id, dataset)
-        runs = ranges(list(m.files) if m else [], job.chunk_size)
+        held = set(m.files) if m else set()
+        runs = ranges(list(held), job.chunk_size)
         gaps = [(a[1] + 1, b[0] - 1) for a, b in itertools.pairwise(runs)]
-        high = runs[0][1] if runs else -1
+        high = high_water([held], job.chunk_size)
         coverage[dataset] = {
             "archived": runs,
             "gaps": gaps,
