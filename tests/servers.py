@@ -7,10 +7,16 @@ endpoint URL can carry a canary "key" in its path).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -97,6 +103,11 @@ class Faults:
     die_after: int | None = None  # dead from this many requests on
     rate_limit: int | None = None  # a provider's limit: requests per 1-second window, HTTP 429 beyond it
     block_methods: set[str] = field(default_factory=set)  # answer these with -32601
+    # Answer these calls ("method", or "method:first param" such as "eth_getBlockByNumber:0x7") with
+    # a JSON-RPC error quoting the request's full URL, user info and key included, as some providers do.
+    echo_url: set[str] = field(default_factory=set)
+    # (method, n, seconds): the first n calls of `method` get HTTP 429 with `Retry-After: seconds`.
+    throttle: tuple[str, int, int] | None = None
 
 
 class FaultProxy(Proxy):
@@ -110,6 +121,9 @@ class FaultProxy(Proxy):
         self.methods: Counter[str] = Counter()
         self.injected: Counter[str] = Counter()
         self.times: list[float] = []
+        self.calls: list[tuple[float, str]] = []  # (arrival, method) of every single request
+        self.throttled: list[float] = []  # when each HTTP 429 of `throttle` was sent
+        self.echoed: list[str] = []  # the error messages of `echo_url`, key and all
         self.answered: list[float] = []  # when requests were forwarded and answered by the node
         self.window = (0, 0)  # (second, requests in it), for rate_limit
 
@@ -126,6 +140,7 @@ class FaultProxy(Proxy):
         if isinstance(body, list):
             return await self._forward(raw)  # batches (ethereum-etl sends them) are counted per call, never faulted
         method = str(body.get("method"))
+        self.calls.append((self.times[-1], method))
         if f.die_after is not None and sum(self.methods.values()) > f.die_after:
             f.dead = True
         if f.dead:
@@ -141,6 +156,14 @@ class FaultProxy(Proxy):
             if count > f.rate_limit:
                 self.injected["http_429"] += 1
                 return web.Response(status=429, text="rate limited", headers={"Retry-After": "1"})
+        if f.throttle is not None and method == f.throttle[0] and len(self.throttled) < f.throttle[1]:
+            self.throttled.append(time.monotonic())
+            return web.Response(status=429, text="slow down", headers={"Retry-After": str(f.throttle[2])})
+        first = (body.get("params") or [None])[0]
+        if method in f.echo_url or f"{method}:{first}" in f.echo_url:
+            message = f"request {request_url(request)} rejected: {method} is not served for this key"
+            self.echoed.append(message)
+            return web.json_response({"jsonrpc": "2.0", "id": body["id"], "error": {"code": -32000, "message": message}})
         if f.chain_id is not None and method == "eth_chainId":
             return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": hex(f.chain_id)})
         if method in f.block_methods:
@@ -177,6 +200,13 @@ class FaultProxy(Proxy):
         assert request.transport is not None
         request.transport.close()
         raise ConnectionResetError
+
+
+def request_url(request: web.Request) -> str:
+    """The URL the client asked for, as a provider sees it: user info (from Basic auth), host, path, query."""
+    auth = request.headers.get("Authorization", "")
+    userinfo = base64.b64decode(auth[6:]).decode().removesuffix(":") + "@" if auth.startswith("Basic ") else ""
+    return f"http://{userinfo}{request.host}{request.raw_path}"
 
 
 def _result(path: Path) -> Any:
@@ -354,3 +384,43 @@ class S3Server:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.thread.join(5)
+
+
+class AuthS3Server:
+    """moto's S3 in its own process, enforcing authentication from the first request (unknown keys get
+    403 InvalidAccessKeyId). moto reads that setting once per process, so it cannot share S3Server's.
+    Entered only once it answers HTTP; a server that does not start is an error, not a wait."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.endpoint = f"http://127.0.0.1:{port}"
+
+    def __enter__(self) -> AuthS3Server:
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
+            env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            self._wait_until_up(time.monotonic() + 20)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _wait_until_up(self, deadline: float) -> None:
+        while True:
+            try:
+                urllib.request.urlopen(self.endpoint, timeout=1).close()
+                return
+            except urllib.error.HTTPError:  # it answers (anonymous requests are refused): up
+                return
+            except OSError:  # not listening yet
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto_server did not start (exit code {self.process.poll()})") from None
+                time.sleep(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.terminate()
+        self.process.wait(10)

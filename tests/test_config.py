@@ -50,6 +50,8 @@ def with_flag(flag: str, value: str) -> list[str]:
         (with_flag("--start", "-1"), "start_block", "greater than or equal to 0"),
         (with_flag("--chunk-size", "0"), "chunk_size", "greater than 0"),
         (with_flag("--rpc", f"ftp://host/{CANARY}"), "rpc.0.url", "must be an http(s) URL"),
+        (with_flag("--rpc", f"http://127.0.0.1:99999/{CANARY}"), "rpc.0.url", "RPC URL has an invalid port"),
+        (with_flag("--rpc", f"http://127.0.0.1:x/{CANARY}"), "rpc.0.url", "RPC URL has an invalid port"),
         (with_flag("--root", "ftp://bucket/x"), "root", "unsupported root scheme 'ftp'"),
         (with_flag("--root", "s3://"), "root", "needs a bucket"),
         (with_flag("--chain-id", "0"), "chain_id", "greater than 0"),
@@ -66,6 +68,20 @@ def test_invalid_input(args: list[str], field: str, reason: str, tmp_path: Path,
     assert f"invalid config: {field}: " in err and reason in err
     assert CANARY not in err
     assert not root.exists()
+
+
+def test_key_in_an_invalid_field_is_redacted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A validation message that quotes its input: a URL pasted into --datasets, lower-cased there like
+    every dataset name. Its key is known from --rpc by then, and redacted in any case."""
+    url = f"https://{CANARY}.rpc.example/v2/{CANARY}"
+    args = [*with_flag("--rpc", url), "--root", str(tmp_path / "root")]
+    args[args.index("--datasets") + 1] = f"blocks,{url}"
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert CANARY.lower() not in err.lower()
+    choices = "(choose from blocks, transactions, logs, traces; aliases txs, events)"
+    assert err == f"error: invalid config: datasets: unknown dataset '<redacted>' {choices}"
+    assert not (tmp_path / "root").exists()
 
 
 def test_chain_id_not_a_number(capsys: pytest.CaptureFixture[str]) -> None:
@@ -127,3 +143,18 @@ def test_spec_dag_yaml_with_pool_from_environment(tmp_path: Path) -> None:
     assert not (root / "cold" / "10143" / "traces").exists()
     events = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
     assert {e["output_dataset"] for e in events} == {"cold_blocks"} and len(events) == 6
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["backfill", "--rpc", f"http://127.0.0.1:9/v2/{CANARY}", f"http://127.0.0.1:9/v2/{CANARY}"],
+        ["backfill", "--chain-id", f"https://rpc.example/v2/{CANARY}"],
+        ["status", "--config", "dag.yaml", f"--rpc=http://127.0.0.1:9/{CANARY}", f"http://127.0.0.1:9/{CANARY}?x=1"],
+    ],
+)
+def test_argument_errors_do_not_echo_keys(args: list[str]) -> None:
+    """argparse echoes the bad argument: a URL among them is redacted."""
+    run = cli(*args)
+    assert run.code == 2 and "invalid arguments" in run.text and "<redacted>" in run.text, run.text
+    assert CANARY not in run.text

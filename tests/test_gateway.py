@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -27,6 +29,14 @@ def run_pool(root: Path, env: dict[str, str], *extra: str, end: int = END) -> Ru
     return backfill(root, None, "--rpc-pool", "test", "--json", *extra, end=end, env=env)
 
 
+def assert_no_canary(run: Run, *folders: Path) -> None:
+    """Not in the output, not in any file under the folders; in any case (a key in a host name comes back lower-cased)."""
+    assert CANARY.lower() not in run.text.lower(), run.text
+    for folder in folders:
+        for p in folder.rglob("*"):
+            assert not p.is_file() or CANARY.lower().encode() not in p.read_bytes().lower(), p
+
+
 @pytest.fixture(scope="module")
 def clean_archive(chain: Devnet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     root = tmp_path_factory.mktemp("clean")
@@ -49,7 +59,7 @@ def test_30_percent_faults_still_give_the_clean_archive(
     doc = json.loads(run.out)
     assert doc["gateway"]["flaky"]["retries"] >= proxy.injected[kind] * 0.9
     assert files_under(root) == clean_archive
-    assert CANARY not in run.text
+    assert_no_canary(run, root)
 
 
 def test_rate_limit_is_respected(chain: Devnet, tmp_path: Path) -> None:
@@ -65,11 +75,47 @@ def test_rate_limit_is_respected(chain: Devnet, tmp_path: Path) -> None:
     assert run.code == 0, run.text
     for p in proxies:
         times = sorted(p.times)
-        assert len(times) > 50
-        # any one-second window: the rate, plus the bucket's burst (a tenth of a second's worth), plus
-        # 100 ms of arrival jitter between the gateway and this proxy's clock. A one-second bucket gave 101.
-        worst = max(sum(1 for t in times[i:] if t - s < 1.0) for i, s in enumerate(times))
-        assert worst <= 50 + 5 + 5, worst
+        assert len(times) > 100
+        # docs/rpc-pool.md: a token bucket of a tenth of a second's requests (5 at 50/s), refilled at
+        # 50/s. So in any window of T seconds the gateway sends at most 5 + 50 T: 55 in one second,
+        # 30 in half a second. Counted where the requests arrive, plus one: a request whose trip to
+        # this proxy took up to 20 ms less than its predecessor's (1/50 s) can fall into the window.
+        # A one-second bucket gave 101; a doubled rate 110, a doubled burst 60.
+        for window, limit in ((1.0, 55), (0.5, 30)):
+            worst = max(sum(1 for t in times[i:] if t - s < window) for i, s in enumerate(times))
+            assert worst <= limit + 1, (window, worst)
+            # and the demand was above the limit, or this would prove nothing
+            assert worst >= limit - 5, (window, worst)
+
+
+def test_retry_after_holds_the_endpoint(chain: Devnet) -> None:
+    """A 429 with `Retry-After: 2`: nothing goes to that endpoint for 2 s, neither the retry nor a
+    request that comes along meanwhile. Times are the proxy's, where requests arrive."""
+    faults = Faults(throttle=("eth_getBlockByNumber", 1, 2))
+    with (
+        FaultProxy(chain.url, faults) as proxy,
+        Gateway([Endpoint.model_validate({"url": proxy.url(), "name": "held"})], 31337) as gw,
+    ):
+        replies: list[object] = []
+        first = threading.Thread(target=lambda: replies.append(rpc(gw.url, "eth_getBlockByNumber", "0x1", False)))
+        first.start()
+        deadline = time.monotonic() + 10
+        while not proxy.throttled and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert proxy.throttled, "the first request never reached the proxy"
+        time.sleep(0.3)
+        second = rpc(gw.url, "eth_getBlockByNumber", "0x2", False)  # while the endpoint is held
+        first.join(10)
+        metrics = gw.metrics()["held"]
+    assert replies == [rpc(chain.url, "eth_getBlockByNumber", "0x1", False)]
+    assert second == rpc(chain.url, "eth_getBlockByNumber", "0x2", False)
+    held_from = proxy.throttled[0]
+    after = [t for t, _ in proxy.calls if t > held_from]
+    assert len(after) == 2  # the retry and the second request
+    # both at least 2 s after the 429 was sent (the gateway counts from when it read it, later);
+    # 10 ms for the event loop's timer granularity
+    assert min(after) - held_from >= 2.0 - 0.01, [round(t - held_from, 3) for t in after]
+    assert metrics["http_429"] == 1 and metrics["retries"] == 1
 
 
 def test_failover_completes_on_the_healthy_endpoints(chain: Devnet, clean_archive: dict[str, bytes], tmp_path: Path) -> None:
@@ -96,7 +142,7 @@ def test_failover_completes_on_the_healthy_endpoints(chain: Devnet, clean_archiv
     assert doc["good"]["requests"] > 0
     assert dying.faults.dead and doc["dying"]["errors"].get("connection", 0) + doc["dying"]["errors"].get("connect", 0) > 0
     assert "wrongchain serves chain 1" in run.text.replace("endpoint ", "")
-    assert CANARY not in run.text
+    assert_no_canary(run, root)
 
 
 def test_all_endpoints_dead_fails_cleanly(chain: Devnet, tmp_path: Path) -> None:
@@ -105,13 +151,21 @@ def test_all_endpoints_dead_fails_cleanly(chain: Devnet, tmp_path: Path) -> None
     staging.mkdir()
     with FaultProxy(chain.url, Faults(die_after=3)) as proxy:  # chain id, head and finality pass; then it dies
         env = {**pool_env({"name": "only", "url": proxy.url(f"/v2/{CANARY}")}), "TMPDIR": str(staging)}
-        run = backfill(root, None, "--rpc-pool", "test", end=49, datasets="blocks", env=env)
-    assert run.code == 1
-    assert "retry budget spent" in run.text or "Cryo" in run.text
-    assert not (root / "cold" / "31337" / "blocks" / "manifest.json").exists()
-    assert not list(root.rglob("*.parquet"))
+        run = backfill(root, None, "--rpc-pool", "test", "--json", end=49, datasets="blocks", env=env)
+    assert run.code == 1, run.text
+    # The pool's state once, naming its endpoint and what it does (the proxy closes connections: aiohttp
+    # calls that ServerDisconnectedError or a reset); then the one chunk, which got nothing, failed.
+    err = " ".join(run.err.split())  # log lines wrap at the terminal's width
+    assert err.count("ERROR rpc pool down: every endpoint keeps failing (only: connection (") == 1, run.err
+    assert "requests fail at once until one answers" in err
+    doc = json.loads(run.out)
+    assert doc["ok"] is False and doc["published"] == [] and doc["conflicts"] == []
+    assert doc["failed"] == ["extract: blocks 0-49: 1 Cryo chunk(s) errored; missing blocks 0-49"]
+    assert "error: extract: blocks 0-49: 1 Cryo chunk(s) errored; missing blocks 0-49" in err
+    assert set(doc["gateway"]["only"]["errors"]) == {"connection"}
+    assert not root.exists()  # nothing written, not even the root
     assert list(staging.iterdir()) == []
-    assert CANARY not in run.text
+    assert_no_canary(run, staging)
 
 
 def test_pool_file_with_env_reference(chain: Devnet, tmp_path: Path) -> None:
@@ -156,6 +210,122 @@ def test_batch_requests_are_split_retried_and_reassembled_in_order(chain: Devnet
     assert replies[30]["error"]["code"] == -32601  # a definite answer is passed on, not retried
 
 
+def closed_port() -> int:
+    return devnet.free_port()  # nothing listens there
+
+
+# Each scenario puts the canary key into text the run prints: a provider's error that quotes the request
+# URL (with the key in the path and query, or in the user info, as aiohttp sends it: Basic auth), an
+# aiohttp exception naming a host whose first label is the key (it does not resolve here; where
+# *.localhost does, nothing listens on its port: the message names the host either way), shown as
+# the reason the pool is unusable or with -v. The run must show "<redacted>" where the key was.
+KEY_IN_TEXT: dict[str, tuple[Faults, str, list[str], int, list[str]]] = {
+    # scenario: (proxy faults, endpoint URL ({proxy} = the proxy's address), extra args, exit code, expected)
+    "provider_echo": (
+        Faults(echo_url={"eth_blockNumber"}),
+        f"http://{{proxy}}/v2/{CANARY}?key={CANARY}",
+        [],
+        1,
+        ["error: rpc: eth_blockNumber failed: request <redacted> rejected: eth_blockNumber is not served for this key"],
+    ),
+    "cryo_error_userinfo_verbose": (
+        Faults(echo_url={"eth_getBlockByNumber:0x7"}),
+        f"http://{CANARY}@{{proxy}}/v2/",
+        ["-v"],
+        1,
+        [
+            "DEBUG eth_getBlockByNumber on only: answered error -32000: request <redacted> rejected:",
+            "WARNING eth_getBlockByNumber: the pool answered error -32000: request <redacted> rejected: "
+            "eth_getBlockByNumber is not served for this key; passed on to Cryo",
+            "error: extract: blocks 0-49: 1 Cryo chunk(s) errored; missing blocks 0-49",
+        ],
+    ),
+    "startup_validation": (
+        Faults(echo_url={"eth_chainId"}),
+        f"http://{{proxy}}/v2/{CANARY}",
+        [],
+        1,
+        [
+            "error: rpc: no endpoint reachable: only: eth_chainId failed: error -32000: "
+            "request <redacted> rejected: eth_chainId is not served for this key"
+        ],
+    ),
+    "host_key": (
+        Faults(),
+        f"http://{CANARY}.localhost:{{closed}}/v2/",
+        [],
+        1,
+        ["error: rpc: no endpoint reachable: only: connect (ClientConnector", "Cannot connect to host <redacted>.localhost:"],
+    ),
+}
+
+
+@pytest.mark.parametrize("scenario", sorted(KEY_IN_TEXT))
+def test_key_that_reaches_a_message_is_redacted(scenario: str, chain: Devnet, tmp_path: Path) -> None:
+    faults, url, extra, code, expected = KEY_IN_TEXT[scenario]
+    root, staging = tmp_path / "root", tmp_path / "tmp"
+    staging.mkdir()
+    with FaultProxy(chain.url, faults) as proxy:
+        endpoint = url.format(proxy=proxy.url().removeprefix("http://"), closed=closed_port())
+        env = {**pool_env({"name": "only", "url": endpoint}), "TMPDIR": str(staging)}
+        run = backfill(root, None, "--rpc-pool", "test", *extra, end=49, datasets="blocks", env=env)
+    assert run.code == code, run.text
+    if faults.echo_url:  # the provider really did quote the key back
+        assert proxy.echoed and all(CANARY in m for m in proxy.echoed)
+    assert_no_canary(run, root, staging)
+    text = " ".join(run.text.split())  # log lines wrap at the terminal's width
+    for line in expected:
+        assert line in text, run.text
+    assert not list(root.rglob("*.parquet")) and list(staging.iterdir()) == []
+
+
+def test_failing_endpoint_shown_with_verbose_is_redacted(chain: Devnet, tmp_path: Path) -> None:
+    """-v shows why each attempt failed (the exception): here one endpoint's host is the key."""
+    root = tmp_path / "v"
+    with FaultProxy(chain.url) as proxy:
+        env = pool_env(
+            {"name": "hostkey", "url": f"http://{CANARY}.localhost:{closed_port()}/v2/"},
+            {"name": "good", "url": proxy.url(f"/v2/{CANARY}")},
+        )
+        run = backfill(root, None, "--rpc-pool", "test", "-v", end=49, datasets="blocks", env=env)
+    assert run.code == 0, run.text
+    assert_no_canary(run, root)
+    text = " ".join(run.text.split())
+    assert "DEBUG eth_chainId on hostkey failed: connect (ClientConnector" in text, run.text
+    assert "Cannot connect to host <redacted>.localhost:" in text
+    assert len(manifest(root, 31337, "blocks")["files"]) == 1
+
+
+def test_provider_error_is_redacted_before_cryo_gets_it(chain: Devnet) -> None:
+    """Cryo keeps what it is told to itself today; what it is told carries no key all the same."""
+    with (
+        FaultProxy(chain.url, Faults(echo_url={"eth_getBlockByNumber:0x7"})) as proxy,
+        Gateway([Endpoint.model_validate({"url": proxy.url(f"/v2/{CANARY}"), "name": "echo"})], 31337) as gw,
+    ):
+        call = {"jsonrpc": "2.0", "id": 7, "method": "eth_getBlockByNumber", "params": ["0x7", False]}
+        req = urllib.request.Request(gw.url, json.dumps(call).encode(), {"content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            raw = resp.read()
+    assert CANARY in proxy.echoed[0]
+    assert json.loads(raw) == {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "error": {"code": -32000, "message": "request <redacted> rejected: eth_getBlockByNumber is not served for this key"},
+    }
+
+
+def test_pool_secret_is_not_logged_with_verbose(s3: S3, chain: Devnet, tmp_path: Path) -> None:
+    """With -v, botocore logs the response bodies it reads: Secrets Manager's holds the pool's URLs."""
+    with FaultProxy(chain.url) as proxy:
+        pool = {"endpoints": [{"name": "from-secret", "url": proxy.url(f"/v2/{CANARY}")}]}
+        boto3.client("secretsmanager").create_secret(Name="cryo/verbose", SecretString=json.dumps(pool))
+        args = ["--rpc-pool", "verbose", "--rpc-pool-secret", "cryo/verbose", "-v"]
+        run = backfill(tmp_path / "a", None, *args, end=49, datasets="blocks", env=s3.env)
+    assert run.code == 0, run.text
+    assert "DEBUG" in run.err and "from-secret" in run.err
+    assert_no_canary(run, tmp_path / "a")
+
+
 @pytest.mark.parametrize("scenario", ["success", "auth", "dead", "wrong_chain", "failed_validation"])
 def test_canary_key_never_leaks(scenario: str, chain: Devnet, tmp_path: Path) -> None:
     root, staging = tmp_path / "root", tmp_path / "tmp"
@@ -168,7 +338,5 @@ def test_canary_key_never_leaks(scenario: str, chain: Devnet, tmp_path: Path) ->
             (root / "cold/31337/blocks/blocks_00000000_00000049.parquet").write_bytes(b"other bytes")
         run = backfill(root, url, "--json", "-v", end=49, datasets="blocks,transactions", env={"TMPDIR": str(staging)})
     assert run.code == (0 if scenario == "success" else 1), run.text
-    assert CANARY not in run.text
-    written = [*root.rglob("*"), *staging.rglob("*")]
-    assert all(CANARY.encode() not in p.read_bytes() for p in written if p.is_file())
+    assert_no_canary(run, root, staging)
     assert list(staging.iterdir()) == []

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Devnet, Run, cli, files_under, manifest, rpc
+from conftest import CANARY, Devnet, Run, cli, files_under, manifest, rpc
 from servers import FaultProxy
 from test_config import SPEC_YAML
 
@@ -204,7 +204,8 @@ def test_malformed_event_is_marked_invalid_and_the_node_goes_on(chain: Devnet, t
 
 
 def test_timeout_kills_the_partition_and_fails_the_request_without_blocking_others(chain: Devnet, tmp_path: Path) -> None:
-    config = dag_file(tmp_path, devnet_dag("    attempts: 2\n").replace("timeout_seconds: 3600", "timeout_seconds: 4"))
+    # 10 s: a healthy partition (spawn, imports, 50 blocks) ends in about 2 s even on a loaded machine
+    config = dag_file(tmp_path, devnet_dag("    attempts: 2\n").replace("timeout_seconds: 3600", "timeout_seconds: 10"))
     root, staging = tmp_path / "archive", tmp_path / "tmp"
     staging.mkdir()
     with StallProxy(chain.url, stall=range(50, 100)) as proxy:
@@ -214,8 +215,8 @@ def test_timeout_kills_the_partition_and_fails_the_request_without_blocking_othe
         run = cli("run", "--config", str(config), "--root", str(root), env=env)
         took = time.monotonic() - started
     assert run.code == 1, run.text
-    assert "timed out after 4 s, killed" in run.text
-    assert took < 4 * 2 + 1 + 20, (took, run.text)  # two attempts of 4 s, a 1 s backoff, start-up
+    assert "timed out after 10 s, killed" in run.text
+    assert took < 10 * 2 + 1 + 20, (took, run.text)  # two attempts of 10 s, a 1 s backoff, start-up
     st = status(config, root, pool_env(chain.url))
     [item] = st["requests"]["items"]
     assert item["id"] == request_id and item["state"] == "failed"
@@ -416,3 +417,21 @@ def test_sigterm_mid_partition_then_a_fresh_runner_loses_nothing(chain: Devnet, 
     for dataset in DATASETS:
         assert [f["start_block"] for f in manifest(root, 31337, dataset)["files"]] == [0, 50, 100, 150, 200]
     assert sorted((e["dataset"], e["start_block"], e["sha256"]) for e in events_in(root)) == entries(root, 31337)
+
+
+def test_canary_key_reaches_no_output_and_no_file(chain: Devnet, tmp_path: Path) -> None:
+    """The pool's URL carries a key; request, run (with a failing partition), status and every file must not show it."""
+    config = dag_file(tmp_path, devnet_dag("    attempts: 1\n").replace("timeout_seconds: 3600", "timeout_seconds: 6"))
+    root = tmp_path / "archive"
+    with StallProxy(chain.url, stall=range(50, 100)) as proxy:
+        env = pool_env(proxy.url(f"/v2/{CANARY}"))
+        texts = [cli("request", "--config", str(config), "--root", str(root), "--start", "0", "--end", "99", env=env).text]
+        run = cli("run", "--config", str(config), "--root", str(root), "-v", env=env)
+        texts += [run.text, cli("status", "--config", str(config), "--root", str(root), "--json", env=env).text]
+        texts.append(cli("status", "--config", str(config), "--root", str(root), env=env).text)
+    assert run.code == 1 and "timed out" in run.text, run.text
+    assert any(f"/v2/{CANARY}" in p for p, _, _ in proxy.seen), "the key did reach the provider"
+    for text in texts:
+        assert CANARY not in text
+    for name, data in files_under(root).items():
+        assert CANARY.encode() not in data, name

@@ -1,25 +1,30 @@
-"""Object storage: the same cases on the local filesystem and on a real S3 server (moto) on loopback."""
+"""Object storage: the same cases on the local filesystem and on S3 (moto), GCS and Azure emulators on loopback."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import subprocess
-import sys
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import boto3
 import conftest
+import obstore
 import pytest
 from conftest import S3, Backend, Devnet, Run, backfill_command, cli
-from servers import S3FaultProxy
+from obstore.exceptions import PreconditionError
+from servers import AuthS3Server, S3FaultProxy
 
 from cryo_ingest import devnet, manifest, storage
 from cryo_ingest.errors import ConfigError
 from cryo_ingest.publish import CRASH_ENV, CRASH_POINTS
 from cryo_ingest.storage import open_store
+
+if TYPE_CHECKING:
+    from obstore import UpdateVersion
 
 DATASETS = "blocks,transactions,logs,traces"
 
@@ -108,12 +113,11 @@ def test_stored_object_with_other_bytes_is_a_conflict(backend: Backend, chain: D
     check_consistent(backend)
 
 
-def test_twenty_concurrent_writers_one_manifest(s3: S3, chain: Devnet) -> None:
-    bucket = s3.bucket("cold-concurrent")
+def test_twenty_concurrent_writers_one_manifest(cloud: Backend, chain: Devnet) -> None:
     procs = [
         subprocess.Popen(
             backfill_command(
-                f"s3://{bucket}",
+                cloud.root,
                 chain.url,
                 "--json",
                 "--max-concurrency",
@@ -126,18 +130,33 @@ def test_twenty_concurrent_writers_one_manifest(s3: S3, chain: Devnet) -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, **s3.env},
+            env={**os.environ, **cloud.env},
         )
         for i in range(20)
     ]
     outputs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err for _, err in outputs]
     retries = [json.loads(out)["cas_retries"] for out, _ in outputs]
-    starts = [e["start_block"] for e in Backend("s3", f"s3://{bucket}", s3.env).manifest(31337, "blocks")["files"]]
+    starts = [e["start_block"] for e in cloud.manifest(31337, "blocks")["files"]]
     assert starts == [10 * i for i in range(20)]
     # the writers met on one shard and compare-and-swap turned writers away; else this proves nothing
     assert sum(retries) > 0, retries
-    print(f"20 concurrent writers: {sum(retries)} precondition retries")
+    print(f"20 concurrent writers on {cloud.name}: {sum(retries)} precondition retries")
+
+
+def test_the_server_enforces_conditional_writes(cloud: Backend) -> None:
+    """Create-only and replace-if-unchanged, asked of each server directly: compare-and-swap is its check, not ours."""
+    store = open_store(cloud.root)
+    assert store.put_new("cold/k", b"one") is True
+    assert store.put_new("cold/k", b"two") is False  # S3/Azure If-None-Match: *, GCS ifGenerationMatch=0
+    seen = obstore.get(store.store, "cold/k").meta
+    stale: UpdateVersion = {"e_tag": seen["e_tag"]}
+    if seen["version"] is not None:  # GCS: the generation; S3 (unversioned) and Azure: the ETag alone
+        stale["version"] = seen["version"]
+    obstore.put(store.store, "cold/k", b"three", mode=stale)  # unchanged since read: accepted
+    with pytest.raises(PreconditionError):  # changed since read: refused (If-Match, ifGenerationMatch=N)
+        obstore.put(store.store, "cold/k", b"four", mode=stale)
+    assert store.get("cold/k") == b"three"
 
 
 def test_storage_faults_are_retried(s3: S3, chain: Devnet, clean: dict[str, bytes]) -> None:
@@ -158,31 +177,25 @@ def test_missing_bucket_is_a_clear_error(s3: S3, chain: Devnet) -> None:
 
 
 def test_wrong_credentials_are_a_clear_error(chain: Devnet, tmp_path: Path) -> None:
-    """A second S3 server that enforces authentication: unknown keys get 403, nothing is written."""
-    port = devnet.free_port()
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    """moto in its own process enforcing auth (up before the run): an unknown key gets 403, exit 1."""
+    with AuthS3Server(devnet.free_port()) as server:
+        env = {
+            "AWS_ENDPOINT_URL": server.endpoint,
+            "AWS_ACCESS_KEY_ID": "AKIAUNKNOWNKEY000000",
+            "AWS_SECRET_ACCESS_KEY": "not-the-secret",
+            "AWS_REGION": "us-east-1",
+            "AWS_ALLOW_HTTP": "true",
+        }
+        run = conftest.backfill("s3://locked/archive", chain.url, env=env)
+    assert run.code == 1, run.text
+    lines = run.err.strip().splitlines()
+    assert len(lines) == 1, run.err
+    expected = (
+        r"error: storage: cannot list cold/: GenericError: Generic S3 error: Error performing list request: "
+        rf"Error performing GET {re.escape(server.endpoint)}/locked\?list-type=2&prefix=archive%2Fcold%2F in [\d.]+m?s "
+        r"- Server returned non-2xx status code: 403 Forbidden: <\?xml version=\"1.0\" encoding=\"utf-8\"\?>"
     )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}").list_buckets()
-            except Exception as err:  # waiting for the server: a 403 means it is up
-                if "403" in str(err) or "InvalidAccessKeyId" in str(err) or time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
-        b = Backend("s3", "s3://locked/archive", {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"})
-        run = backfill(b, chain.url)
-    finally:
-        server.terminate()
-        server.wait()
-    assert run.code == 1
-    assert "storage: cannot list cold/" in run.text and "403" in run.text
+    assert re.fullmatch(expected, lines[0]), lines[0]
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -19,13 +20,16 @@ from rich.table import Table
 from . import devnet, manifest
 from .backfill import Result, backfill
 from .config import DATASETS, Job, load_node, make_job, resolve_pool
-from .errors import ConfigError, IngestError, RedactingFilter, redact
+from .errors import ConfigError, IngestError, RedactingFilter, redact, register_secret_url
+from .gateway import Gateway
 from .operator import datasets as requests_
 from .operator.dag import Dag, Pools, load_dag
 from .operator.service import install_sigterm, run_dag
 from .operator.status import node_status
 from .storage import open_store
 from .task import PartitionResult
+from .verify import DEFAULT_GRACE, gc, parse_duration, sorted_problems, verify, write, write_from_manifests
+from .verify import deep as verify_deep
 
 console = Console(stderr=True)
 out = Console()
@@ -40,7 +44,10 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    from importlib.metadata import version  # here, not at the top: only the parser needs it
+
     p = _Parser(prog="cryo-ingest", description="Archive EVM chain data to Parquet in object storage, with Cryo.")
+    p.add_argument("--version", action="version", version=f"cryo-ingest {version('cryo-ingest')} (cryo {manifest.CRYO_VERSION})")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     b = sub.add_parser("backfill", help="archive a block range", parents=[common])
@@ -98,6 +105,30 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--node", help="one cryo_ingest node (default: all)")
     st.add_argument("--no-rpc", action="store_true", help="do not ask the RPC for the final head (no lag)")
     st.add_argument("--json", action="store_true")
+    st.add_argument("--html", type=Path, metavar="PATH", help="write the coverage page of each node's archive (no file read)")
+
+    v = sub.add_parser("verify", help="prove an archive whole: every file, the hash chain, receipts roots, gaps, orphans", parents=[common])
+    v.add_argument("root")
+    v.add_argument("--chain-id", type=int, required=True)
+    v.add_argument("--dataset", action="append", choices=DATASETS, help="only this dataset (repeatable; default: all)")
+    v.add_argument("--from", dest="first", type=int, metavar="A", help="first block to verify")
+    v.add_argument("--to", dest="last", type=int, metavar="B", help="last block to verify, inclusive")
+    v.add_argument("--deep", type=int, metavar="K", help="also fetch K random archived blocks again and compare every value")
+    v.add_argument("--seed", type=int, help="--deep: seed of the random choice of blocks (repeatable runs)")
+    v.add_argument("--rpc", action="append", help="--deep: RPC URL (repeatable)")
+    v.add_argument("--rpc-pool", help="--deep: pool name (CRYO_INGEST_RPC_POOL_<NAME>, --rpc-pool-file, --rpc-pool-secret)")
+    v.add_argument("--rpc-pool-file", type=Path, help="YAML/JSON pools file; values may use ${ENV}")
+    v.add_argument("--rpc-pool-secret", help="AWS Secrets Manager secret holding the pool document")
+    v.add_argument("--html", type=Path, metavar="PATH", help="also write the coverage page")
+    v.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+
+    g = sub.add_parser("gc", help="delete orphaned data files older than a grace period", parents=[common])
+    g.add_argument("root")
+    g.add_argument("--chain-id", type=int, required=True)
+    g.add_argument("--dataset", action="append", choices=DATASETS, help="only this dataset (repeatable; default: all)")
+    g.add_argument("--older-than", default=DEFAULT_GRACE, help=f"grace period: 0s, 90s, 15m, 1h, 2d (default {DEFAULT_GRACE})")
+    g.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    g.add_argument("--json", action="store_true")
     return p
 
 
@@ -146,6 +177,9 @@ def cmd_status(a: argparse.Namespace) -> int:
     dag, pools = _dag(a)
     names = [dag.node(a.node).name] if a.node else list(dag.nodes)
     docs = [node_status(dag, name, pools, with_rpc=not a.no_rpc) for name in names]
+    if a.html:
+        nodes = [dag.nodes[name] for name in names]
+        write_from_manifests(a.html, [(dag.root(n), n.config.chain_id, n.config.datasets) for n in nodes])
     if a.json:
         out.print_json(redact(json.dumps({"nodes": docs})))
         return 0
@@ -328,7 +362,81 @@ def cmd_ls(a: argparse.Namespace) -> int:
     return 0
 
 
+def _datasets(chosen: list[str] | None) -> tuple[str, ...] | None:
+    return tuple(d for d in DATASETS if d in chosen) if chosen else None
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    rpc = a.rpc or (resolve_pool(a.rpc_pool, a.rpc_pool_file, a.rpc_pool_secret) if a.rpc_pool else None)
+    if a.deep is not None and (a.deep < 1 or not rpc):
+        raise ConfigError("invalid arguments: --deep K: K must be positive, with --rpc or --rpc-pool")
+    if rpc and a.deep is None:
+        raise ConfigError("invalid arguments: --rpc and --rpc-pool are for --deep")
+    store = open_store(a.root)
+    if a.deep:
+        with Gateway(verify_deep.endpoints(a.chain_id, rpc), a.chain_id) as gw:
+            refetch = verify_deep.Deep(gw, a.deep, a.seed)
+            report = verify(store, a.chain_id, a.root, _datasets(a.dataset), a.first, a.last, refetch)
+    else:
+        report = verify(store, a.chain_id, a.root, _datasets(a.dataset), a.first, a.last)
+    if a.html:
+        write(a.html, [report])
+    if a.json:
+        out.print_json(redact(json.dumps(report.to_json(), default=str)))
+        return 0 if report.ok else 1
+    problems = sorted_problems(report)
+    if problems:
+        t = Table(title=f"{len(problems)} problem(s)")
+        for col in ("dataset", "file", "blocks", "check", "what"):
+            t.add_column(col, overflow="fold")
+        for p in problems:
+            t.add_row(p.dataset, p.file, p.blocks, p.check, redact(p.what))
+        out.print(t)
+    for s in report.skipped:
+        out.print(f"not checked: {s.check} of blocks {s.first_block}-{s.last_block}: {s.reason}", highlight=False)
+    c = report.counts
+    rate = c.get("blocks", 0) / report.seconds if report.seconds else 0.0
+    out.print(
+        f"{'whole' if report.ok else 'NOT whole'}: chain {a.chain_id}, {', '.join(report.datasets)}: {c.get('files', 0):,} files, "
+        f"{c.get('rows', 0):,} rows, {c.get('blocks', 0):,} blocks in {report.seconds:.1f} s ({rate:,.0f} blocks/s); "
+        f"receipts roots {c.get('receipts_root_checked', 0):,}, logs blooms {c.get('logs_bloom_checked', 0):,}, "
+        f"traces {c.get('traces_checked', 0):,} blocks" + (f"; --deep blocks {report.deep_blocks}" if report.deep_blocks else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 0 if report.ok else 1
+
+
+def cmd_gc(a: argparse.Namespace) -> int:
+    result = gc(open_store(a.root), a.chain_id, parse_duration(a.older_than), _datasets(a.dataset) or DATASETS, a.dry_run)
+    if a.json:
+        doc = {
+            "dry_run": result.dry_run,
+            "deleted": [o.key for o in result.deleted],
+            "kept_young": [o.key for o in result.kept_young],
+            "kept_other": [o.key for o in result.kept_other],
+            "restored": result.restored,
+        }
+        out.print_json(json.dumps(doc))
+        return 0
+    verb = "would delete" if a.dry_run else "deleted"
+    for o in result.deleted:
+        out.print(f"{verb} {o.key} ({o.size:,} bytes, last modified {o.last_modified:%Y-%m-%d %H:%M:%S} UTC)", highlight=False)
+    for o in result.kept_young:
+        out.print(f"kept {o.key}: younger than --older-than {a.older_than}", highlight=False)
+    for o in result.kept_other:
+        out.print(f"kept {o.key}: not an orphaned data file (see cryo-ingest verify)", highlight=False)
+    for key in result.restored:
+        out.print(f"put back {key}: a job recorded it while it was being deleted", highlight=False)
+    out.print(f"{len(result.deleted)} orphan(s) {verb}", highlight=False)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    # argparse echoes bad arguments (`--rpc A B`, a URL given to --chain-id) before any config sees them.
+    for token in sys.argv[1:] if argv is None else argv:
+        if re.match(r"https?://", token.split("=", 1)[-1], re.I):
+            register_secret_url(token.split("=", 1)[-1])
     args = _parser().parse_args(argv)
     handler = RichHandler(console=console, show_path=False, show_time=False)
     handler.addFilter(RedactingFilter())
@@ -341,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         "request": cmd_request,
         "run": cmd_run,
         "status": cmd_status,
+        "verify": cmd_verify,
+        "gc": cmd_gc,
     }
     try:
         return commands[args.command](args)

@@ -38,7 +38,8 @@ def register_secret_url(url: str) -> None:
     with _lock:
         _secrets.update(p for p in pieces if p)
         ordered = sorted(_secrets, key=len, reverse=True)
-        _pattern = re.compile("|".join(re.escape(s) for s in ordered))
+        # Case-insensitive: a key in a host name comes back lower-cased (URL parsers, HTTP clients).
+        _pattern = re.compile("|".join(re.escape(s) for s in ordered), re.IGNORECASE)
 
 
 def redact(text: str) -> str:

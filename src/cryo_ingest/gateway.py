@@ -29,7 +29,7 @@ from aiolimiter import AsyncLimiter
 
 from . import traces
 from .config import Endpoint
-from .errors import RpcError
+from .errors import RpcError, redact
 
 log = logging.getLogger("cryo_ingest.gateway")
 
@@ -49,6 +49,8 @@ TRANSIENT_CODES = {-32005, -32029, 429, -32603}
 SUCCESS_OPENING = re.compile(rb'\s*\{\s*"jsonrpc"\s*:\s*"2\.0"\s*,\s*"id"\s*:\s*(?:-?\d+|"[^"\\]*"|null)\s*,\s*"result"\s*:\s*')
 # An endpoint trips its breaker after 10 failures in a row; three trips with no success between: down.
 POOL_DOWN_TRIPS = 3
+# What the gateway answers Cryo when a request's retries are spent (logged where it happens).
+GAVE_UP = "cryo-ingest gateway: retry budget spent"
 
 
 class Reply(dict[str, Any]):
@@ -59,11 +61,12 @@ class Reply(dict[str, Any]):
 
 
 class Retry(Exception):
-    """One failed attempt that another attempt may fix; `kind` names it in metrics."""
+    """One failed attempt that another attempt may fix; `kind` names it in metrics, `detail` says
+    what happened (the exception or the provider's words, redacted) for logs and error messages."""
 
-    def __init__(self, kind: str, delay: float = 0.0) -> None:
-        super().__init__(kind)
-        self.kind, self.delay = kind, delay
+    def __init__(self, kind: str, delay: float = 0.0, detail: str = "") -> None:
+        super().__init__(f"{kind} ({detail})" if detail else kind)
+        self.kind, self.delay, self.detail = kind, delay, detail
 
 
 @dataclass
@@ -77,6 +80,7 @@ class Upstream:
     consecutive_failures: int = 0
     trips: int = 0
     cooldown_until: float = 0.0
+    last_failure: str = ""
     latency: float = 0.05
     requests: int = 0
     retries: int = 0
@@ -96,7 +100,7 @@ class Upstream:
         self.consecutive_failures += 1
         if self.consecutive_failures >= 10:
             self.trips += 1
-            self.cooldown_until = now + min(30.0, 0.5 * 2**self.trips)
+            self.cooldown_until = max(self.cooldown_until, now + min(30.0, 0.5 * 2**self.trips))
             self.consecutive_failures = 0
             log.warning("endpoint %s: %d failures in a row, cooling down", self.name, 10)
 
@@ -142,6 +146,7 @@ class Gateway:
         self.unknown: dict[int, list[dict[str, Any]]] = {}
         self.trace_source = "trace_block"
         self.url = ""
+        self._down = False  # every endpoint keeps failing (logged once per outage)
         self._loop = uvloop.new_event_loop()  # about half asyncio's CPU per proxied request
         self._thread = threading.Thread(target=self._loop.run_forever, name="cryo-ingest-gateway", daemon=True)
         self._session: aiohttp.ClientSession | None = None
@@ -212,7 +217,9 @@ class Gateway:
         app.router.add_post("/", self._handle)
         app.router.add_get(UNKNOWN_PATH, self._handle_unknown)
         app.router.add_get(TRACE_SOURCE_PATH, self._handle_trace_source)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # A request whose client went away (a partition killed at its timeout) is cancelled, not retried
+        # upstream for minutes on behalf of no one; and stopping does not wait for such requests.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True, shutdown_timeout=5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -232,14 +239,18 @@ class Gateway:
         for up in self.upstreams:
             try:
                 reply = await self._preflight_one(up, body)
-                served = int(reply["result"], 16)
             except Retry as r:
-                problems.append(f"{up.name}: {r.kind}")
+                problems.append(f"{up.name}: {r}")
                 if up.disabled is None:
                     up.cooldown_until = time.monotonic() + 1.0  # down now; probed again later
                 continue
+            try:
+                served = int(reply["result"], 16)
             except (KeyError, TypeError, ValueError):
-                problems.append(f"{up.name}: no chain id in reply")
+                error = reply.get("error")
+                problems.append(
+                    f"{up.name}: " + (f"eth_chainId failed: {_describe_error(error)}" if error else "no chain id in reply")
+                )
                 up.disabled = "bad eth_chainId reply"
                 continue
             if served != self.chain_id:
@@ -291,9 +302,19 @@ class Gateway:
         if isinstance(body, list):
             if not body:
                 return _json({"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "empty batch"}})
-            replies = await asyncio.gather(*(self.forward(item, passthrough=True) for item in body))
+            replies = await asyncio.gather(*(self._relay(item) for item in body))
             return _raw(b"[" + b",".join(_encode(r) for r in replies) + b"]")
-        return _raw(_encode(await self.forward(body, passthrough=True)))
+        return _raw(_encode(await self._relay(body)))
+
+    async def _relay(self, req: Any) -> dict[str, Any]:
+        """Cryo's request through the pool. An error Cryo gets fails its chunk and Cryo says no more
+        than that, so the reason is logged here (a spent retry budget was logged where it was spent)."""
+        reply = await self.forward(req, passthrough=True)
+        error = reply.get("error")
+        if error is not None and not (isinstance(error, dict) and str(error.get("message", "")).startswith(GAVE_UP)):
+            method = req.get("method") if isinstance(req, dict) else None
+            log.warning("%s: the pool answered %s; passed on to Cryo", method, _describe_error(error))
+        return reply
 
     async def _handle_unknown(self, request: web.Request) -> web.StreamResponse:
         lo, hi = int(request.query["from"]), int(request.query["to"])
@@ -338,17 +359,20 @@ class Gateway:
                 return await self._attempt(up, req, passthrough=passthrough)
             except Retry as r:
                 up.retries += 1
-                last = f"{up.name}: {r.kind}"
+                last = f"{up.name}: {r}"
+                # Another endpoint with capacity: at once. Else back off; an endpoint that sent
+                # Retry-After is cooling down until then, and _pick waits for it.
                 fresh = any(u.usable(time.monotonic()) and u.name not in tried for u in self.upstreams)
-                delay = max(r.delay, 0.0 if fresh else min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5))
-                if time.monotonic() + delay > deadline:
+                delay = 0.0 if fresh else min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5)
+                if time.monotonic() + max(delay, r.delay) > deadline:
                     break
                 await asyncio.sleep(delay)
-        log.warning("%s gave up after retries (last: %s)", req["method"], last)
+        # While the pool is down every request ends here; that was logged once, as an error.
+        (log.debug if self._down else log.warning)("%s gave up after retries (last: %s)", req["method"], last)
         return {
             "jsonrpc": "2.0",
             "id": req.get("id"),
-            "error": {"code": -32000, "message": f"cryo-ingest gateway: retry budget spent (last: {last})"},
+            "error": {"code": -32000, "message": f"{GAVE_UP} (last: {last})"},
         }
 
     async def _pick(self, tried: set[str], deadline: float) -> Upstream | None:
@@ -360,6 +384,12 @@ class Gateway:
                 return None
             usable = [u for u in live if u.usable(now)]
             if not usable and all(u.trips >= POOL_DOWN_TRIPS for u in live):
+                if not self._down:
+                    self._down = True
+                    failing = "; ".join(f"{u.name}: {u.last_failure}" for u in live)
+                    log.error(
+                        "rpc pool down: every endpoint keeps failing (%s); requests fail at once until one answers", failing
+                    )
                 return None  # every endpoint keeps failing: fail now, not after each request's whole budget
             if not usable:
                 wait = min(u.cooldown_until for u in live) - now
@@ -386,29 +416,30 @@ class Gateway:
                     raw = await resp.read()
                     status, retry_after = resp.status, resp.headers.get("Retry-After")
             except TimeoutError:
-                up.fail("timeout", time.monotonic())
-                raise Retry("timeout") from None
+                raise self._failed(up, req, "timeout", f"no answer in {self.timeout:g} s") from None
             except aiohttp.ClientError as err:
+                # aiohttp's messages name the host, or the whole URL (InvalidURL): redacted in _failed
                 kind = "connect" if isinstance(err, aiohttp.ClientConnectorError) else "connection"
-                up.fail(kind, time.monotonic())
-                raise Retry(kind) from None
+                raise self._failed(up, req, kind, f"{type(err).__name__}: {err}") from None
         now = time.monotonic()
         up.bytes += len(raw)
         if status in (401, 403):
-            self._disable(up, f"http {status}")
-            raise Retry(f"http_{status}")
+            body = _body_text(status, raw)
+            self._disable(up, f"http {status}", body)
+            raise Retry(f"http_{status}", detail=body)
         if status == 429 or status == 408 or status >= 500:
-            up.fail(f"http_{status}" if status < 500 else "http_5xx", now)
-            raise Retry(f"http_{status}", _retry_after(retry_after))
+            delay = _retry_after(retry_after)
+            if delay > 0:  # the provider's word holds for the endpoint, not only for this request
+                up.cooldown_until = max(up.cooldown_until, now + delay)
+            kind = f"http_{status}" if status < 500 else "http_5xx"
+            raise self._failed(up, req, kind, _body_text(status, raw), now, delay)
         if status != 200:
-            up.fail(f"http_{status}", now)
-            raise Retry(f"http_{status}")
+            raise self._failed(up, req, f"http_{status}", _body_text(status, raw), now)
         opening = SUCCESS_OPENING.match(raw) if passthrough else None
         if opening is not None and raw.rstrip().endswith(b"}"):
             if raw[opening.end() : opening.end() + 4] == b"null" and _lagging(req, self.head):
-                up.fail("null_result", now)
-                raise Retry("null_result")
-            up.succeed(now - started)
+                raise self._failed(up, req, "null_result", "null for a block at or below the head", now)
+            self._succeeded(up, now - started)
             reply = Reply(jsonrpc="2.0", id=req.get("id"))
             reply.raw = raw
             return reply
@@ -417,34 +448,48 @@ class Gateway:
             if not isinstance(parsed, dict):
                 raise ValueError
         except ValueError:
-            up.fail("bad_body", now)
-            raise Retry("bad_body") from None
+            raise self._failed(up, req, "bad_body", f"not a JSON-RPC reply ({len(raw)} bytes)", now) from None
         reply = Reply(parsed)
         reply.raw = raw
         error = reply.get("error")
         if error is not None:
-            code, message = (error.get("code"), str(error.get("message", ""))) if isinstance(error, dict) else (None, "")
+            code, message = (error.get("code"), str(error.get("message", ""))) if isinstance(error, dict) else (None, str(error))
             if AUTH_MESSAGE.search(message):
-                self._disable(up, "auth error")
-                raise Retry("auth")
+                detail = _describe_error(error)
+                self._disable(up, "auth error", detail)
+                raise Retry("auth", detail=detail)
             if (code in TRANSIENT_CODES and (code != -32603 or TRANSIENT_MESSAGE.search(message))) or (
                 TRANSIENT_MESSAGE.search(message)
             ):
-                up.fail("rpc_transient", now)
-                raise Retry("rpc_transient")
-            up.succeed(now - started)  # a definite answer (e.g. method not found): pass it on
-            return reply
+                raise self._failed(up, req, "rpc_transient", _describe_error(error), now)
+            self._succeeded(up, now - started)  # a definite answer (e.g. method not found): pass it on
+            log.debug("%s on %s: answered %s", req.get("method"), up.name, _describe_error(error))
+            return _scrubbed(reply)
         if reply.get("result") is None and not first_try and _lagging(req, self.head):
-            up.fail("null_result", now)
-            raise Retry("null_result")
-        up.succeed(now - started)
+            raise self._failed(up, req, "null_result", "null for a block at or below the head", now)
+        self._succeeded(up, now - started)
         return reply
 
-    def _disable(self, up: Upstream, reason: str) -> None:
+    def _failed(
+        self, up: Upstream, req: dict[str, Any], kind: str, detail: str, now: float | None = None, delay: float = 0.0
+    ) -> Retry:
+        """Count a failed attempt; what happened is shown with -v and in errors, never with the URL."""
+        detail = _shorten(redact(detail))
+        up.fail(kind, time.monotonic() if now is None else now)
+        up.last_failure = f"{kind} ({detail})" if detail else kind
+        log.debug("%s on %s failed: %s", req.get("method"), up.name, up.last_failure)
+        return Retry(kind, delay, detail)
+
+    def _succeeded(self, up: Upstream, elapsed: float) -> None:
+        up.succeed(elapsed)
+        self._down = False
+
+    def _disable(self, up: Upstream, reason: str, detail: str = "") -> None:
         if up.disabled is None:
             up.disabled = reason
             up.errors["auth"] += 1
-            log.error("endpoint %s refused our credentials (%s): out of the pool for this run", up.name, reason)
+            up.last_failure = f"{reason} ({detail})" if detail else reason
+            log.error("endpoint %s refused our credentials (%s): out of the pool for this run", up.name, up.last_failure)
 
     # ---- making old chains and other node APIs readable by Cryo ------------------------------------
 
@@ -507,6 +552,47 @@ def _raw(body: bytes) -> web.Response:
 
 def _json(obj: Any) -> web.Response:
     return _raw(_encode(obj))
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    """One line of at most `limit` characters. Cut only redacted text: a cut through a key hides it from redaction."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _body_text(status: int, raw: bytes) -> str:
+    body = _shorten(redact(raw.decode("utf-8", "replace")), 200)
+    return f"HTTP {status}" + (f": {body}" if body else "")
+
+
+def _describe_error(error: Any) -> str:
+    """A JSON-RPC error object as one redacted line (providers' messages may quote the request URL)."""
+    if isinstance(error, dict):
+        text = f"error {error.get('code')}: {error.get('message', '')}"
+        if error.get("data") is not None:
+            text += f" ({error['data']})"
+    else:
+        text = f"error: {error}"
+    return _shorten(redact(text))
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    return value
+
+
+def _scrubbed(reply: Reply) -> Reply:
+    """A provider's error as Cryo will see it: any secret in it redacted. Unchanged: passed on byte for byte."""
+    error = reply.get("error")
+    clean = _redacted(error)
+    if clean == error:
+        return reply
+    return Reply({**reply, "error": clean})  # no raw: encoded anew
 
 
 def _retry_after(value: str | None) -> float:
