@@ -1,0 +1,21 @@
+"""Proving an archive whole at rest: `verify`, orphans and `gc`, the coverage page (docs/verify.md)."""
+
+from .checks import verify
+from .coverage import render, write, write_from_manifests
+from .gc import DEFAULT_GRACE, GcResult, gc, parse_duration
+from .report import Problem, Report, Skipped, sorted_problems
+
+__all__ = [
+    "DEFAULT_GRACE",
+    "GcResult",
+    "Problem",
+    "Report",
+    "Skipped",
+    "gc",
+    "parse_duration",
+    "render",
+    "sorted_problems",
+    "verify",
+    "write",
+    "write_from_manifests",
+]

@@ -1,0 +1,503 @@
+"""`cryo-ingest verify`: prove an archive at rest whole, file by file, down to the chain's own commitments.
+
+Publishing validates each chunk before it is stored, but nothing else re-reads an archive: a
+deleted object, a flipped byte, a chunk written by an older buggy version, a gap, an orphan from a
+crash all go unseen. This reads every file the manifests name, once, in block order, one window
+of chunks at a time (memory is bounded by one chunk of each dataset, not by the archive), and
+checks each block across datasets: the hash chain, transaction and log indexes, block hashes, the
+header's logs bloom and receipts root recomputed from the archived rows, one top-level trace per
+transaction. docs/verify.md lists the checks and what each one can and cannot see.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .. import manifest
+from ..config import DATASETS
+from ..errors import ConfigError, IngestError, StorageError
+from ..manifest import Entry, Manifest
+from ..storage import Store, sha256
+from ..validate import schema_of
+from . import roots
+from .orphans import list_orphans
+from .report import Report
+
+# The columns each block-level check reads; the rest of a file is decoded once (it must read) and dropped.
+COLUMNS = {
+    "blocks": ["block_number", "block_hash", "parent_hash", "receipts_root", "logs_bloom", "gas_used"],
+    "transactions": ["block_number", "transaction_index", "transaction_hash", "transaction_type", "success", "gas_used"],
+    "logs": ["block_number", "log_index", "transaction_index", "transaction_hash", "address", "topic0", "topic1", "topic2", "topic3", "data"],
+    "traces": ["block_number", "transaction_index", "transaction_hash", "trace_address", "action_type"],
+}
+ORDER = {"blocks": [], "transactions": ["transaction_index"], "logs": ["log_index"], "traces": ["transaction_index"]}
+MAX_LISTED = 5  # indexes named in one problem's text
+
+
+class Refetch(Protocol):
+    """--deep: compares archived rows of some blocks with the node's (deep.py)."""
+
+    blocks: set[int]
+
+    def choose(self, runs: list[tuple[int, int]]) -> None:
+        """Pick the blocks to re-fetch among the archived `runs`."""
+        ...
+
+    def compare(
+        self, block: int, archived: dict[str, pa.Table], sources: dict[str, str | None]
+    ) -> tuple[list[tuple[str, str]], list[str]]:
+        """(dataset, what differs) for every difference; and why parts could not be compared."""
+        ...
+
+
+def hx(value: bytes | None) -> str:
+    return "null" if value is None else "0x" + value.hex()
+
+
+def _short(values: list[int]) -> str:
+    return ", ".join(map(str, values[:MAX_LISTED])) + (f" and {len(values) - MAX_LISTED} more" if len(values) > MAX_LISTED else "")
+
+
+def merge(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(runs):
+        if out and a <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def subtract(runs: list[tuple[int, int]], minus: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out = []
+    for a, b in merge(runs):
+        for c, d in merge(minus):
+            if d < a or c > b:
+                continue
+            if c > a:
+                out.append((a, c - 1))
+            a = d + 1
+            if a > b:
+                break
+        if a <= b:
+            out.append((a, b))
+    return out
+
+
+def _overlaps(runs: list[tuple[int, int]], a: int, b: int) -> bool:
+    return any(x <= b and y >= a for x, y in runs)
+
+
+@dataclass
+class Held:
+    """A window's readable, intact files of one dataset, and its rows sorted by block."""
+
+    entries: list[Entry] = field(default_factory=list)
+    table: pa.Table | None = None
+    spans: dict[int, tuple[int, int]] = field(default_factory=dict)  # block -> (offset, rows)
+
+    def covers(self, block: int) -> bool:
+        return any(e.start_block <= block <= e.end_block for e in self.entries)
+
+    def rows(self, block: int) -> list[dict[str, Any]]:
+        if self.table is None or block not in self.spans:
+            return []
+        offset, n = self.spans[block]
+        return self.table.slice(offset, n).to_pylist()
+
+
+class Verifier:
+    def __init__(
+        self,
+        store: Store,
+        chain_id: int,
+        manifests: dict[str, Manifest],
+        report: Report,
+        refetch: Refetch | None,
+        on_file: Callable[[int], None] | None,
+    ) -> None:
+        self.store, self.chain_id, self.manifests, self.report = store, chain_id, manifests, report
+        self.refetch, self.on_file = refetch, on_file
+        self.prev: tuple[int, bytes | None] | None = None  # the last block of the hash chain seen
+        self.open_skips: set[str] = set()
+
+    def key(self, dataset: str, entry: Entry) -> str:
+        return f"cold/{self.chain_id}/{dataset}/{entry.path}"
+
+    # ---- files ----------------------------------------------------------------------------
+
+    def read(self, dataset: str, entry: Entry) -> pa.Table | None:
+        """The file's table if it is the one the manifest names (bytes, hash, schema, rows), else None."""
+        r, key = self.report, self.key(dataset, entry)
+        first, last = entry.start_block, entry.end_block
+        data = self.store.get(key)
+        r.count("files")
+        if self.on_file:
+            self.on_file(1)
+        if data is None:
+            r.add(dataset, key, first, last, "object", "missing: the manifest names it, the store does not hold it")
+            return None
+        r.count("bytes", len(data))
+        if len(data) != entry.bytes:
+            r.add(dataset, key, first, last, "object", f"{len(data)} bytes, the manifest says {entry.bytes}")
+            return None
+        if (digest := sha256(data)) != entry.sha256:
+            r.add(dataset, key, first, last, "object", f"sha256 {digest[:16]}…, the manifest says {entry.sha256[:16]}…")
+            return None
+        try:
+            table = pq.read_table(pa.BufferReader(data))
+        except (pa.ArrowException, OSError) as err:
+            r.add(dataset, key, first, last, "parquet", f"unreadable Parquet: {str(err).splitlines()[0][:200]}")
+            return None
+        del data
+        expected = self.manifests[dataset].schema
+        if (schema := schema_of(table.schema)) != expected:
+            diff = next(
+                (f"column {i}: {a} where the manifest has {b}" for i, (a, b) in enumerate(itertools.zip_longest(schema, expected)) if a != b),
+                "",
+            )
+            r.add(dataset, key, first, last, "parquet", f"schema differs from the manifest's: {diff}")
+            return None
+        if table.num_rows != entry.rows:
+            r.add(dataset, key, first, last, "parquet", f"{table.num_rows} rows, the manifest says {entry.rows}")
+        r.count("rows", table.num_rows)
+        numbers = table["block_number"]
+        if table.num_rows and (numbers.null_count or pc.min(numbers).as_py() < first or pc.max(numbers).as_py() > last):
+            outside = pc.filter(numbers, pc.or_kleene(pc.less(numbers, first), pc.greater(numbers, last))).to_pylist()
+            r.add(dataset, key, first, last, "parquet", f"rows for blocks outside the file: {_short(sorted(set(map(int, outside))))}")
+            table = table.filter(pc.and_(pc.greater_equal(numbers, first), pc.less_equal(numbers, last)))
+        return table
+
+    def load(self, dataset: str, entries: list[Entry], keep_all: bool) -> Held:
+        held = Held()
+        parts = []
+        for entry in entries:
+            table = self.read(dataset, entry)
+            if table is None:
+                continue
+            held.entries.append(entry)
+            parts.append(table if keep_all else table.select(COLUMNS[dataset]))
+        if not parts:
+            return held
+        table = pa.concat_tables(parts).sort_by([("block_number", "ascending")] + [(c, "ascending") for c in ORDER[dataset]])
+        numbers = table["block_number"].to_pylist()
+        offset = 0
+        for block, run in itertools.groupby(numbers):
+            n = sum(1 for _ in run)
+            held.spans[block] = (offset, n)
+            offset += n
+        held.table = table
+        return held
+
+    # ---- blocks: one row per block, the hash chain ------------------------------------------
+
+    def check_blocks(self, held: Held) -> dict[int, dict[str, Any]]:
+        headers: dict[int, dict[str, Any]] = {}
+        r = self.report
+        for entry in held.entries:
+            key = self.key("blocks", entry)
+            numbers = [b for b in range(entry.start_block, entry.end_block + 1) if b in held.spans]
+            missing = [b for b in range(entry.start_block, entry.end_block + 1) if b not in held.spans]
+            dup = [b for b in numbers if held.spans[b][1] > 1]
+            if missing:
+                r.add("blocks", key, missing[0], missing[-1], "blocks", f"no row for blocks {_short(missing)}")
+            if dup:
+                r.add("blocks", key, dup[0], dup[-1], "blocks", f"several rows for blocks {_short(dup)}")
+            for b in numbers:
+                headers[b] = held.rows(b)[0]
+            if numbers:
+                first, last = headers[numbers[0]], headers[numbers[-1]]
+                if entry.first_parent_hash is not None and hx(first["parent_hash"]) != entry.first_parent_hash:
+                    r.add("blocks", key, numbers[0], numbers[0], "hash_chain", "parent_hash differs from the manifest's first_parent_hash")
+                if entry.last_block_hash is not None and hx(last["block_hash"]) != entry.last_block_hash:
+                    r.add("blocks", key, numbers[-1], numbers[-1], "hash_chain", "block_hash differs from the manifest's last_block_hash")
+        for b in sorted(headers):
+            row = headers[b]
+            if self.prev is not None and self.prev[0] == b - 1 and row["parent_hash"] != self.prev[1]:
+                r.add(
+                    "blocks",
+                    self.file_of("blocks", held, b),
+                    b,
+                    b,
+                    "hash_chain",
+                    f"parent_hash {hx(row['parent_hash'])[:18]}… is not block {b - 1}'s hash {hx(self.prev[1])[:18]}…",
+                )
+            self.prev = (b, row["block_hash"])
+        r.count("blocks", len(headers))
+        return headers
+
+    def file_of(self, dataset: str, held: Held, block: int) -> str:
+        return next((self.key(dataset, e) for e in held.entries if e.start_block <= block <= e.end_block), "")
+
+    # ---- block hashes of the other datasets ----------------------------------------------
+
+    def check_block_hashes(self, dataset: str, held: Held, headers: dict[int, dict[str, Any]]) -> None:
+        if held.table is None or "block_hash" not in held.table.column_names or not headers:
+            return
+        pairs = held.table.group_by(["block_number", "block_hash"]).aggregate([]).to_pylist()
+        wrong = sorted({p["block_number"] for p in pairs if p["block_number"] in headers and p["block_hash"] != headers[p["block_number"]]["block_hash"]})
+        for b in wrong:
+            self.report.add(dataset, self.file_of(dataset, held, b), b, b, "block_hash", "block_hash differs from the blocks file's")
+
+    # ---- per block -----------------------------------------------------------------------
+
+    def skip(self, check: str, block: int, reason: str) -> None:
+        self.report.skip(check, block, reason, extend=check in self.open_skips)
+        self.open_skips.add(check)
+
+    def applied(self, check: str, nontrivial: bool) -> None:
+        self.report.count(f"{check}_checked")
+        if nontrivial:
+            self.open_skips.discard(check)
+
+    def check_block(self, b: int, header: dict[str, Any] | None, held: dict[str, Held]) -> None:
+        r = self.report
+        has = {d: d in held and held[d].covers(b) for d in DATASETS}
+        txs = held["transactions"].rows(b) if has["transactions"] else None
+        logs = held["logs"].rows(b) if has["logs"] else None
+        tx_file = self.file_of("transactions", held["transactions"], b) if has["transactions"] else ""
+        log_file = self.file_of("logs", held["logs"], b) if has["logs"] else ""
+        if txs is not None:
+            indexes = [t["transaction_index"] for t in txs]
+            if indexes != list(range(len(indexes))):
+                r.add("transactions", tx_file, b, b, "transactions", f"transaction indexes are not 0..{len(indexes) - 1}: {_describe(indexes)}")
+        if logs is not None:
+            indexes = [x["log_index"] for x in logs]
+            if indexes != list(range(len(indexes))):
+                r.add("logs", log_file, b, b, "logs", f"log indexes are not 0..{len(indexes) - 1}: {_describe(indexes)}")
+            if txs is not None:
+                hashes = {t["transaction_index"]: t["transaction_hash"] for t in txs}
+                strays = sorted({x["log_index"] for x in logs if hashes.get(x["transaction_index"], b"?") != x["transaction_hash"]})
+                if strays:
+                    r.add("logs", log_file, b, b, "logs", f"logs {_short(strays)} name a transaction the transactions file does not hold")
+        if header is not None and logs is not None:
+            self.check_bloom(b, header, logs, log_file)
+        if header is not None and txs is not None:
+            self.check_gas(b, header, txs, tx_file)
+            if logs is not None:
+                self.check_receipts_root(b, header, txs, logs, f"{tx_file} + {log_file}")
+        if has["traces"]:
+            self.check_traces(b, held["traces"], txs)
+
+    def check_bloom(self, b: int, header: dict[str, Any], logs: list[dict[str, Any]], file: str) -> None:
+        if header["logs_bloom"] is None:
+            self.skip("logs_bloom", b, "the header's logs_bloom is not archived")
+            return
+        computed = roots.bloom_bytes(roots.bloom(_log(x) for x in logs))
+        self.applied("logs_bloom", bool(logs))
+        if computed != header["logs_bloom"]:
+            self.report.add("logs", file, b, b, "logs_bloom", f"the bloom of the {len(logs)} archived logs differs from the header's logs_bloom")
+
+    def check_gas(self, b: int, header: dict[str, Any], txs: list[dict[str, Any]], file: str) -> None:
+        used = [t["gas_used"] for t in txs]
+        if header["gas_used"] is None or None in used:
+            return
+        if sum(used) != header["gas_used"]:
+            self.report.add(
+                "transactions", file, b, b, "gas_used", f"the {len(txs)} transactions used {sum(used):,} gas, the header says {header['gas_used']:,}"
+            )
+
+    def check_receipts_root(self, b: int, header: dict[str, Any], txs: list[dict[str, Any]], logs: list[dict[str, Any]], file: str) -> None:
+        tx_rows = [roots.Tx(t["transaction_index"], t["transaction_type"], t["success"], t["gas_used"]) for t in txs]
+        reason = roots.not_applicable(self.chain_id, b, tx_rows)
+        if header["receipts_root"] is None:
+            reason = "the header's receipts_root is not archived"
+        if reason is not None:
+            self.skip("receipts_root", b, reason)
+            return
+        computed = roots.receipts_root(tx_rows, [_log(x) for x in logs])
+        self.applied("receipts_root", bool(txs))
+        if computed != header["receipts_root"]:
+            self.report.add(
+                "transactions+logs",
+                file,
+                b,
+                b,
+                "receipts_root",
+                f"receipts root recomputed from {len(txs)} transactions and {len(logs)} logs is {hx(computed)[:18]}…, "
+                f"the header's is {hx(header['receipts_root'])[:18]}…",
+            )
+
+    def check_traces(self, b: int, held: Held, txs: list[dict[str, Any]] | None) -> None:
+        rows = held.rows(b)
+        top = [t for t in rows if t["trace_address"] == "" and t["transaction_index"] is not None]
+        indexes = [t["transaction_index"] for t in top]
+        n = len(txs) if txs is not None else (max(indexes) + 1 if indexes else 0)
+        file = self.file_of("traces", held, b)
+        if indexes != list(range(n)):
+            r = self.report
+            r.add("traces", file, b, b, "traces", f"top-level traces are not one per transaction 0..{n - 1}: {_describe(indexes, n)}")
+        elif txs is not None:
+            wrong = [t["transaction_index"] for t, x in zip(top, txs, strict=True) if t["transaction_hash"] != x["transaction_hash"]]
+            if wrong:
+                self.report.add("traces", file, b, b, "traces", f"top-level traces of transactions {_short(wrong)} carry another transaction hash")
+        self.report.count("traces_checked")
+
+
+def _log(row: dict[str, Any]) -> roots.Log:
+    topics = tuple(t for t in (row["topic0"], row["topic1"], row["topic2"], row["topic3"]) if t is not None)
+    return roots.Log(row["transaction_index"], row["address"] or b"", topics, row["data"] or b"")
+
+
+def _describe(indexes: list[int], n: int | None = None) -> str:
+    n = len(indexes) if n is None else n
+    missing = sorted(set(range(n)) - set(indexes))
+    dup = sorted(i for i, k in Counter(indexes).items() if k > 1)
+    extra = sorted({i for i in indexes if i >= n or i < 0})
+    parts = [f"missing {_short(missing)}"] * bool(missing) + [f"duplicated {_short(dup)}"] * bool(dup) + [f"beyond {_short(extra)}"] * bool(extra)
+    return "; ".join(parts) or "out of order"
+
+
+# ---- the whole archive --------------------------------------------------------------------------
+
+
+def _load_manifests(store: Store, chain_id: int, datasets: tuple[str, ...], span: tuple[int, int] | None, report: Report) -> dict[str, Manifest]:
+    out = {}
+    for d in datasets:
+        try:
+            m = manifest.load(store, chain_id, d, span)
+        except StorageError:
+            raise
+        except IngestError as err:
+            report.add(d, manifest.key(chain_id, d), None, None, "manifest", str(err))
+            continue
+        if m is not None:
+            out[d] = m
+    return out
+
+
+def _coverage(report: Report, entries: dict[str, list[Entry]], first: int | None, last: int | None) -> None:
+    """Gaps between files, datasets that disagree on what they hold, and blocks asked for but not held."""
+    runs = {d: merge([(e.start_block, e.end_block) for e in es]) for d, es in entries.items()}
+    report.archived = runs
+    everything = merge([r for rs in runs.values() for r in rs])
+    if not everything:
+        return
+    lo = first if first is not None else everything[0][0]
+    hi = last if last is not None else everything[-1][1]
+    for d, mine in runs.items():
+        hull = [(mine[0][0], mine[-1][1])] if mine else []
+        asked = [(lo, hi)] if first is not None or last is not None else []
+        target = [(max(a, lo), min(b, hi)) for a, b in merge(everything + hull + asked) if b >= lo and a <= hi]
+        for a, b in subtract(target, mine):
+            others = [o for o in runs if o != d and _overlaps(runs[o], a, b)]
+            held = f"; {', '.join(others)} hold{'s' if len(others) == 1 else ''} them" if others else ""
+            inside = bool(hull) and hull[0][0] < a and b < hull[0][1]
+            what = f"blocks {a}-{b}: no file (a gap between files){held}" if inside else f"blocks {a}-{b}: not archived{held}"
+            report.add(d, "", a, b, "gap" if inside else "coverage", what)
+
+
+def _orphans(store: Store, report: Report, chain_id: int, datasets: tuple[str, ...], first: int | None, last: int | None) -> None:
+    lo, hi = first if first is not None else 0, last if last is not None else math.inf
+    for d in datasets:
+        listing = list_orphans(store, chain_id, d)
+        for shard in listing.unlisted_shards:
+            report.add(d, shard, None, None, "orphans", "shard not listed by manifest.json (a crash before the index): readers do not see its entries")
+        for o in listing.orphans:
+            if o.blocks is not None and not (o.blocks[0] <= hi and o.blocks[1] >= lo):
+                continue
+            if o.unlisted_shard:
+                what = f"named only by the unlisted shard {o.unlisted_shard.rsplit('/', 1)[-1]}"
+            elif o.data_file:
+                what = f"orphan: no manifest entry names it ({o.size:,} bytes, last modified {o.last_modified:%Y-%m-%d %H:%M:%S} UTC)"
+            else:
+                what = f"unexpected object under the dataset's folder ({o.size:,} bytes); gc leaves it alone"
+            a, b = o.blocks or (None, None)
+            report.add(d, o.key, a, b, "orphans", what)
+
+
+def _windows(entries: dict[str, list[Entry]], width: int) -> Iterator[tuple[int, dict[str, list[Entry]]]]:
+    """Windows of `width` blocks on the grid, in order, with each dataset's entries in them."""
+    pos = dict.fromkeys(entries, 0)
+    starts = sorted({e.start_block // width for es in entries.values() for e in es})
+    for w in starts:
+        out: dict[str, list[Entry]] = {}
+        for d, es in entries.items():
+            i = pos[d]
+            while i < len(es) and es[i].start_block // width == w:
+                out.setdefault(d, []).append(es[i])
+                i += 1
+            pos[d] = i
+        yield w * width, out
+
+
+def verify(
+    store: Store,
+    chain_id: int,
+    root: str,
+    datasets: tuple[str, ...] | None = None,
+    first: int | None = None,
+    last: int | None = None,
+    refetch: Refetch | None = None,
+    on_file: Callable[[int], None] | None = None,
+    read_files: bool = True,
+) -> Report:
+    """Every check on the archive of `chain_id` (blocks `first`..`last` if given); `read_files=False`:
+    coverage and orphans from the manifests and listings only (the coverage page of `status`)."""
+    if first is not None and last is not None and first > last:
+        raise ConfigError(f"invalid arguments: --from {first} is after --to {last}")
+    started = time.monotonic()
+    chosen = datasets or DATASETS
+    report = Report(root, chain_id, list(chosen), first, last, checked=read_files)
+    span = (first, last) if first is not None and last is not None else None
+    manifests = _load_manifests(store, chain_id, chosen, span, report)
+    if read_files and not manifests and not report.problems:
+        if not any(store.list(f"cold/{chain_id}/{d}/") for d in chosen):
+            what = f"dataset {chosen[0]}" if datasets and len(chosen) == 1 else f"chain {chain_id}"
+            raise ConfigError(f"invalid arguments: no archive of {what} under {root}")
+    lo, hi = first if first is not None else 0, last if last is not None else math.inf
+    entries = {
+        d: [e for _, e in sorted(m.files.items()) if e.end_block >= lo and e.start_block <= hi] for d, m in manifests.items()
+    }
+    report.datasets = [d for d in chosen if d in manifests] or list(chosen)
+    _coverage(report, entries, first, last)
+    if refetch is not None:
+        refetch.choose([(max(a, lo), min(b, hi)) for a, b in merge([r for rs in report.archived.values() for r in rs])])
+    _orphans(store, report, chain_id, chosen, first, last)
+    if read_files and manifests:
+        width = math.lcm(*(m.chunk_size for m in manifests.values()))
+        v = Verifier(store, chain_id, manifests, report, refetch, on_file)
+        for start, window in _windows(entries, width):
+            deep = refetch is not None and any(start <= b < start + width for b in refetch.blocks)
+            held = {d: v.load(d, es, keep_all=deep) for d, es in window.items()}
+            headers = v.check_blocks(held["blocks"]) if "blocks" in held else {}
+            for d in ("transactions", "logs", "traces"):
+                if d in held:
+                    v.check_block_hashes(d, held[d], headers)
+            blocks = sorted(set(headers).union(*(h.spans for h in held.values())))
+            if "transactions" in held:  # blocks without a transaction have no row: check them too
+                blocks = sorted(set(blocks).union(*(range(e.start_block, e.end_block + 1) for e in held["transactions"].entries)))
+            for b in blocks:
+                v.check_block(b, headers.get(b), held)
+            if refetch is not None and deep:
+                _deep(v, refetch, start, width, held)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _deep(v: Verifier, refetch: Refetch, start: int, width: int, held: dict[str, Held]) -> None:
+    sources = {d: (e.source if d == "traces" and (e := next(iter(h.entries), None)) else None) for d, h in held.items()}
+    for b in sorted(x for x in refetch.blocks if start <= x < start + width):
+        archived = {}
+        for d, h in held.items():
+            if h.covers(b) and h.table is not None:
+                offset, n = h.spans.get(b, (0, 0))
+                archived[d] = h.table.slice(offset, n)
+        if not archived:
+            continue
+        v.report.deep_blocks.append(b)
+        problems, skipped = refetch.compare(b, archived, sources)
+        for d, what in problems:
+            v.report.add(d, v.file_of(d, held[d], b), b, b, "deep", what)
+        for reason in skipped:
+            v.report.skip("deep", b, reason, extend=False)

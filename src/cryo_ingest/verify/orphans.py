@@ -1,0 +1,99 @@
+"""Objects under a dataset's prefix that no manifest names, and shards the index does not list.
+
+A crash between storing a file and recording it leaves an orphan (publish.py stores every file of
+a partition before any entry names it); a crash between a shard and the index leaves an unlisted
+shard (manifest.py). Both are invisible to readers. The names a shard holds count as named even
+when the index does not list the shard yet: the next run that records a chunk there lists it, and
+its files must still be there then.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import obstore
+from obstore.exceptions import BaseError, NotFoundError
+
+from .. import manifest
+from ..errors import StorageError
+from ..storage import Store
+
+DATA_FILE = re.compile(r"^(?P<dataset>[a-z]+)_(?P<start>\d{8,})_(?P<end>\d{8,})\.parquet$")
+
+
+@dataclass(frozen=True)
+class Orphan:
+    key: str  # under the root
+    size: int
+    last_modified: datetime
+    blocks: tuple[int, int] | None  # from a data file's name; None for any other object
+    unlisted_shard: str | None = None  # set when only a shard the index does not list names the file
+
+    @property
+    def data_file(self) -> bool:
+        return self.blocks is not None
+
+
+@dataclass
+class Listing:
+    orphans: list[Orphan]
+    unlisted_shards: list[str]  # keys
+    named: set[str]  # every data file key a shard names, listed or not
+
+
+def _objects(store: Store, prefix: str) -> list[dict[str, Any]]:
+    if store.local_dir is not None and not store.local_dir.exists():
+        return []
+    try:
+        return [meta for batch in obstore.list(store.store, prefix) for meta in batch]
+    except (NotFoundError, FileNotFoundError):
+        return []
+    except BaseError as err:
+        raise StorageError(f"storage: cannot list {prefix}: {type(err).__name__}: {str(err).splitlines()[0][:300]}") from None
+
+
+def _names(data: bytes | None) -> list[str]:
+    """The file names a shard document holds; [] when unreadable (verify reports the manifest)."""
+    try:
+        return [str(f["path"]) for f in json.loads(data or b"")["files"]]
+    except (ValueError, KeyError, TypeError):
+        return []
+
+
+def list_orphans(store: Store, chain_id: int, dataset: str) -> Listing:
+    """Everything under `cold/{chain_id}/{dataset}/` against what the index and every shard name."""
+    folder = f"cold/{chain_id}/{dataset}/"
+    objects = _objects(store, folder)
+    index_key = manifest.key(chain_id, dataset)
+    listed: set[str] = set()
+    index = store.get(index_key) if any(o["path"] == index_key for o in objects) else None
+    if index is not None:
+        try:
+            listed = {folder + str(s) for s in json.loads(index)["shards"]}
+        except (ValueError, KeyError, TypeError):
+            listed = set()
+    shards = [o["path"] for o in objects if o["path"].startswith(folder + "manifest/") and o["path"].endswith(".json")]
+    named: set[str] = set()
+    owner: dict[str, str] = {}
+    for shard in shards:
+        for name in _names(store.get(shard)):
+            named.add(folder + name)
+            if shard not in listed:
+                owner.setdefault(folder + name, shard)
+            else:
+                owner[folder + name] = ""
+    orphans = []
+    for meta in objects:
+        key = meta["path"]
+        if key == index_key or key in shards:
+            continue
+        if key in named and not owner.get(key):
+            continue
+        m = DATA_FILE.match(key[len(folder) :]) if "/" not in key[len(folder) :] else None
+        blocks = (int(m["start"]), int(m["end"])) if m and m["dataset"] == dataset else None
+        orphans.append(Orphan(key, int(meta["size"]), meta["last_modified"], blocks, owner.get(key) or None))
+    return Listing(orphans, [s for s in shards if s not in listed], named)
