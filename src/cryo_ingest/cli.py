@@ -107,7 +107,9 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.add_argument("--html", type=Path, metavar="PATH", help="write the coverage page of each node's archive (no file read)")
 
-    v = sub.add_parser("verify", help="prove an archive whole: every file, the hash chain, receipts roots, gaps, orphans", parents=[common])
+    v = sub.add_parser(
+        "verify", help="prove an archive whole: files, hash chain, receipts roots, gaps, orphans", parents=[common]
+    )
     v.add_argument("root")
     v.add_argument("--chain-id", type=int, required=True)
     v.add_argument("--dataset", action="append", choices=DATASETS, help="only this dataset (repeatable; default: all)")
@@ -396,8 +398,9 @@ def cmd_verify(a: argparse.Namespace) -> int:
         out.print(f"not checked: {s.check} of blocks {s.first_block}-{s.last_block}: {s.reason}", highlight=False)
     c = report.counts
     rate = c.get("blocks", 0) / report.seconds if report.seconds else 0.0
+    state = "whole" if report.ok else "NOT whole"
     out.print(
-        f"{'whole' if report.ok else 'NOT whole'}: chain {a.chain_id}, {', '.join(report.datasets)}: {c.get('files', 0):,} files, "
+        f"{state}: chain {a.chain_id}, {', '.join(report.datasets)}: {c.get('files', 0):,} files, "
         f"{c.get('rows', 0):,} rows, {c.get('blocks', 0):,} blocks in {report.seconds:.1f} s ({rate:,.0f} blocks/s); "
         f"receipts roots {c.get('receipts_root_checked', 0):,}, logs blooms {c.get('logs_bloom_checked', 0):,}, "
         f"traces {c.get('traces_checked', 0):,} blocks" + (f"; --deep blocks {report.deep_blocks}" if report.deep_blocks else ""),
@@ -438,9 +441,14 @@ def main(argv: list[str] | None = None) -> int:
         if re.match(r"https?://", token.split("=", 1)[-1], re.I):
             register_secret_url(token.split("=", 1)[-1])
     args = _parser().parse_args(argv)
-    handler = RichHandler(console=console, show_path=False, show_time=False)
+    # A terminal gets rich's layout; a pipe or a log collector one line per record, unpadded.
+    handler: logging.Handler = (
+        RichHandler(console=console, show_path=False, show_time=False) if console.is_terminal else logging.StreamHandler()
+    )
+    if not console.is_terminal:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handler.addFilter(RedactingFilter())
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler], format="%(message)s")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
     commands = {
         "backfill": cmd_backfill,

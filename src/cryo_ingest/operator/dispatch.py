@@ -1,9 +1,11 @@
 """Partitions in their own processes, each killed at its deadline.
 
 A process pool cannot kill one task (concurrent.futures and Dask alike), so each partition gets
-a spawned process and a pipe for its result. The parent owns the staging folder and removes it
-whatever happens to the child, so a killed partition leaves nothing behind locally; objects go
-up whole or not at all (publish), so it leaves nothing partial in the archive either.
+a process of its own and a pipe for its task and result. Starting one (spawn, then importing
+Cryo and pyarrow) takes 1 to 3 s, so a spare or two are started ahead and wait for their task:
+one process still serves one partition and dies with it. The parent owns the staging folder and
+removes it whatever happens to the child, so a killed partition leaves nothing behind locally;
+objects go up whole or not at all (publish), so it leaves nothing partial in the archive either.
 """
 
 from __future__ import annotations
@@ -19,12 +21,25 @@ from typing import Any
 
 from ..task import PartitionResult, Task
 
+# Spare processes kept started; each idle one holds Cryo and pyarrow in memory (about 150 MB).
+SPARES = 2
 
-def _child(task: Task, conn: Connection) -> None:
-    from ..partition import run_partition  # Cryo and pyarrow load in the child only
 
+def _child(conn: Connection) -> None:
+    from ..partition import run_partition  # Cryo and pyarrow load in the child only, before its task comes
+
+    try:
+        task = conn.recv()
+    except EOFError:  # the parent is done with this spare
+        return
     conn.send(run_partition(task))
     conn.close()
+
+
+@dataclass
+class _Spare:
+    process: BaseProcess
+    conn: Connection
 
 
 @dataclass
@@ -39,21 +54,41 @@ class Running:
 
 
 class Dispatcher:
-    def __init__(self) -> None:
+    def __init__(self, spares: int = SPARES) -> None:
         # spawn, not fork: the parent runs the gateway's thread, which a fork would copy half-way.
         self._ctx = multiprocessing.get_context("spawn")
         self.running: list[Running] = []
+        self._want = spares
+        self._spares: list[_Spare] = []  # started with the first partition: a runner without work starts none
+
+    def _refill(self, at_least: int = 0) -> None:
+        self._spares = [s for s in self._spares if s.process.is_alive()]
+        while len(self._spares) < max(self._want, at_least):
+            mine, theirs = self._ctx.Pipe(duplex=True)
+            process = self._ctx.Process(target=_child, args=(theirs,), daemon=True)
+            process.start()
+            theirs.close()
+            self._spares.append(_Spare(process, mine))
 
     def start(self, task: Task, timeout: float | None, tag: Any = None) -> Running:
         staging = tempfile.mkdtemp(prefix="cryo-ingest-partition-")
         task = Task(**{**task.__dict__, "staging_dir": staging})
-        recv, send = self._ctx.Pipe(duplex=False)
-        process = self._ctx.Process(target=_child, args=(task, send), daemon=True)
-        process.start()
-        send.close()
-        run = Running(task, process, recv, staging, time.monotonic() + timeout if timeout else float("inf"), tag=tag)
+        self._refill(at_least=1)
+        spare = self._spares.pop(0)
+        spare.conn.send(task)
+        self._refill()  # the next spare starts while this partition runs
+        run = Running(task, spare.process, spare.conn, staging, time.monotonic() + timeout if timeout else float("inf"), tag=tag)
         self.running.append(run)
         return run
+
+    def close(self) -> None:
+        """Stop the spares (running partitions are the caller's to finish or stop)."""
+        for spare in self._spares:
+            spare.conn.close()  # the spare's recv ends with EOFError and it returns
+            spare.process.join(timeout=5)
+            if spare.process.is_alive():
+                spare.process.kill()
+        self._spares = []
 
     def wait(self, seconds: float) -> list[tuple[Running, PartitionResult]]:
         """Wait up to `seconds` for partitions to end (or to pass their deadline); return those that ended."""

@@ -43,7 +43,8 @@ class Stats:
 
     partitions: dict[str, int] = field(default_factory=lambda: {"ok": 0, "failed": 0, "timed_out": 0, "stopped": 0})
     blocks: int = 0
-    remaining_blocks: int = 0  # in the open requests, as the last pass planned them
+    remaining: dict[tuple[str, int], int] = field(default_factory=dict)  # (request, cell) -> blocks left, as last planned
+    busy_seconds: float = 0.0  # time with partitions running: the rate's denominator, so idle time does not dilute it
     failed_requests: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     heartbeat: float = field(default_factory=time.monotonic)  # the loop's last turn, for /healthz
@@ -93,7 +94,10 @@ class Runner:
             idle_since, next_tick = time.monotonic(), 0.0
             while not self.stop.is_set():
                 self.stats.heartbeat = time.monotonic()
+                busy = bool(self.dispatcher.running)
                 ended = self.dispatcher.wait(min(self.cfg.poll_seconds, self.cfg.lease_seconds / 3))
+                if busy:
+                    self.stats.busy_seconds += time.monotonic() - self.stats.heartbeat
                 for run, result in ended:
                     self._finish(run, result)
                 self._heartbeat()
@@ -128,6 +132,7 @@ class Runner:
             requests.release(self.store, self.node.name, claim.cell, self.id, "stopped")
             self.stats.partitions["stopped"] += 1
             log.info("%s: partition %s stopped, lease released", self.node.name, _span(claim.partition))
+        self.dispatcher.close()
 
     def _heartbeat(self) -> None:
         for run in list(self.dispatcher.running):
@@ -152,7 +157,7 @@ class Runner:
         states = requests.load_states(self.store, self.node.name)
         self.stats.lag = {d: final - high_water([held], self.job.chunk_size) for d, held in archived.items()}
         self.stats.requests = {}
-        self.stats.remaining_blocks = 0
+        self.stats.remaining = {}
         open_work = False
         for name in self.node.input_datasets:
             for request_id, request in datasets.read(self.store, name):
@@ -179,9 +184,10 @@ class Runner:
         datasets_ = tuple(r.datasets or self.job.datasets)
         plan = make_plan(r.start_block, r.end_block, self.job.chunk_size, datasets_, archived, final, False, 1)
         cells: dict[int, list[Partition]] = {}
-        self.stats.remaining_blocks += sum(p.end - p.start + 1 for p in plan.partitions)
         for p in plan.partitions:
             cells.setdefault(p.start // self.cell_span, []).append(p)
+            key = (r.id, p.start // self.cell_span)
+            self.stats.remaining[key] = self.stats.remaining.get(key, 0) + p.end - p.start + 1
         here = {c.tag.cell for c in self.dispatcher.running if c.tag.request.id == r.id}
         if not cells and not here:
             if plan.pending:
@@ -237,7 +243,7 @@ class Runner:
             requests.release(self.store, self.node.name, claim.cell, self.id, "done")
             self.stats.partitions["ok"] += 1
             self.stats.blocks += claim.partition.end - claim.partition.start + 1
-            self.stats.remaining_blocks = max(0, self.stats.remaining_blocks - (claim.partition.end - claim.partition.start + 1))
+            self.stats.remaining.pop((claim.request.id, claim.cell), None)
             stages = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
             log.info(
                 "%s: request %s: partition %s ok (%s; %d event(s)); %s",
@@ -261,15 +267,15 @@ class Runner:
                 self.stats.failed_requests.append(claim.request.id)
 
     def _progress(self) -> str:
-        """Blocks done of total, rate, ETA, and per endpoint requests/s and 429s: one line, for logs and terminals."""
+        """Blocks done here, blocks left (for every runner), rate while busy, ETA, and per endpoint requests/s and 429s."""
+        rate = self.stats.blocks / self.stats.busy_seconds if self.stats.busy_seconds > 0 else 0.0
+        left = sum(self.stats.remaining.values())
+        eta = f"{left / rate:.0f} s" if rate > 0 else "?"
         elapsed = max(1e-9, time.monotonic() - self.stats.started)
-        rate = self.stats.blocks / elapsed
-        total = self.stats.blocks + self.stats.remaining_blocks
-        eta = f"{self.stats.remaining_blocks / rate:.0f} s" if rate > 0 else "?"
         rpc = "; ".join(
             f"{name} {m['requests'] / elapsed:.0f} req/s, {m['http_429']} 429s" for name, m in self.gateway_metrics().items()
         )
-        return f"{self.stats.blocks:,}/{total:,} blocks, {rate:.0f} blocks/s, ETA {eta}; {rpc}"
+        return f"{self.stats.blocks:,} blocks done here, {left:,} left, {rate:.0f} blocks/s, ETA {eta}; {rpc}"
 
     def _complete(self, r: Request, datasets_: tuple[str, ...]) -> None:
         """Every chunk archived: make sure every entry in range has its event, then done."""
