@@ -19,6 +19,7 @@ from cryo_ingest import manifest as manifest_module
 from cryo_ingest.storage import open_store
 
 sys.path.insert(0, str(Path(__file__).parent))
+from emulators import Azurite, FakeGcs
 from servers import S3Server
 
 CANARY = "CANARY-SECRET-123"
@@ -144,10 +145,40 @@ class Backend:
         return manifest_doc(self.root, chain_id, dataset)
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(scope="session")
+def gcs() -> Iterator[FakeGcs]:
+    """fake-gcs-server on loopback (behind a shim for obstore's XML-API PUT): generation preconditions."""
+    with FakeGcs() as server:
+        os.environ.update(server.env)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def azure() -> Iterator[Azurite]:
+    """Azurite's blob service on loopback: If-None-Match / If-Match on Put Blob."""
+    with Azurite() as server:
+        os.environ.update(server.env)
+        yield server
+
+
+def remote_backend(request: pytest.FixtureRequest, name: str) -> Backend:
+    """A fresh bucket (container) on the server of `name`, archive under a prefix."""
+    bucket = f"cold-{uuid.uuid4().hex[:16]}"
+    if name == "s3":
+        s3: S3 = request.getfixturevalue("s3")
+        return Backend("s3", f"s3://{s3.bucket(bucket)}/archive", s3.env)
+    server: FakeGcs | Azurite = request.getfixturevalue(name)
+    return Backend(name, f"{'gs' if name == 'gcs' else 'az'}://{server.bucket(bucket)}/archive", server.env)
+
+
+@pytest.fixture(params=["local", "s3", "gcs", "azure"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "local":
         return Backend("local", str(tmp_path / "archive"), {})
-    s3: S3 = request.getfixturevalue("s3")
-    bucket = s3.bucket(f"cold-{uuid.uuid4().hex[:16]}")
-    return Backend("s3", f"s3://{bucket}/archive", s3.env)
+    return remote_backend(request, request.param)
+
+
+@pytest.fixture(params=["s3", "gcs", "azure"])
+def cloud(request: pytest.FixtureRequest) -> Backend:
+    """The object stores only: where compare-and-swap is the server's conditional write."""
+    return remote_backend(request, request.param)

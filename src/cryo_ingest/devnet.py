@@ -45,8 +45,15 @@ def init_code(runtime: str) -> str:
 
 
 def anvil_binary() -> Path:
-    """anvil from the npm package; CRYO_INGEST_ANVIL overrides."""
+    """anvil from the npm package (in this folder or a parent), else on PATH; CRYO_INGEST_ANVIL overrides.
+
+    Missing, it is an operational error that says how to get it: an installed wheel has no npm folder.
+    """
+    from .errors import IngestError  # local: the rest of this module never raises it
+
     if env := os.environ.get("CRYO_INGEST_ANVIL"):
+        if not Path(env).is_file():
+            raise IngestError(f"anvil not found: CRYO_INGEST_ANVIL={env} is not a file")
         return Path(env)
     rel = Path("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
     for base in (Path.cwd(), *Path.cwd().parents, *Path(__file__).resolve().parents):
@@ -55,7 +62,11 @@ def anvil_binary() -> Path:
     found = shutil.which("anvil")
     if found:
         return Path(found)
-    raise FileNotFoundError("anvil not found: run `npm ci` in the project folder or set CRYO_INGEST_ANVIL")
+    raise IngestError(
+        "anvil not found: the demo runs a local chain on anvil (Foundry). Get it with "
+        "`npm install @foundry-rs/anvil-linux-amd64@1.7.1` (Linux x86-64; run it here or in a parent folder), "
+        "or Foundry's installer `foundryup` (puts anvil on PATH), or set CRYO_INGEST_ANVIL to its path"
+    )
 
 
 def free_port() -> int:

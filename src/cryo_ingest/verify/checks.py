@@ -12,10 +12,11 @@ transaction. docs/verify.md lists the checks and what each one can and cannot se
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -36,12 +37,33 @@ from .report import Report
 # The columns each block-level check reads; the rest of a file is decoded once (it must read) and dropped.
 COLUMNS = {
     "blocks": ["block_number", "block_hash", "parent_hash", "receipts_root", "logs_bloom", "gas_used"],
-    "transactions": ["block_number", "transaction_index", "transaction_hash", "transaction_type", "success", "gas_used"],
-    "logs": ["block_number", "log_index", "transaction_index", "transaction_hash", "address", "topic0", "topic1", "topic2", "topic3", "data"],
-    "traces": ["block_number", "transaction_index", "transaction_hash", "trace_address", "action_type"],
+    "transactions": [
+        "block_number",
+        "block_hash",
+        "transaction_index",
+        "transaction_hash",
+        "transaction_type",
+        "success",
+        "gas_used",
+    ],
+    "logs": [
+        "block_number",
+        "block_hash",
+        "log_index",
+        "transaction_index",
+        "transaction_hash",
+        "address",
+        "topic0",
+        "topic1",
+        "topic2",
+        "topic3",
+        "data",
+    ],
+    "traces": ["block_number", "block_hash", "transaction_index", "transaction_hash", "trace_address"],
 }
 ORDER = {"blocks": [], "transactions": ["transaction_index"], "logs": ["log_index"], "traces": ["transaction_index"]}
 MAX_LISTED = 5  # indexes named in one problem's text
+END = 2**63  # the last block when no --to is given
 
 
 class Refetch(Protocol):
@@ -65,7 +87,9 @@ def hx(value: bytes | None) -> str:
 
 
 def _short(values: list[int]) -> str:
-    return ", ".join(map(str, values[:MAX_LISTED])) + (f" and {len(values) - MAX_LISTED} more" if len(values) > MAX_LISTED else "")
+    return ", ".join(map(str, values[:MAX_LISTED])) + (
+        f" and {len(values) - MAX_LISTED} more" if len(values) > MAX_LISTED else ""
+    )
 
 
 def merge(runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -113,7 +137,8 @@ class Held:
         if self.table is None or block not in self.spans:
             return []
         offset, n = self.spans[block]
-        return self.table.slice(offset, n).to_pylist()
+        rows: list[dict[str, Any]] = self.table.slice(offset, n).to_pylist()
+        return rows
 
 
 class Verifier:
@@ -124,10 +149,9 @@ class Verifier:
         manifests: dict[str, Manifest],
         report: Report,
         refetch: Refetch | None,
-        on_file: Callable[[int], None] | None,
     ) -> None:
         self.store, self.chain_id, self.manifests, self.report = store, chain_id, manifests, report
-        self.refetch, self.on_file = refetch, on_file
+        self.refetch = refetch
         self.prev: tuple[int, bytes | None] | None = None  # the last block of the hash chain seen
         self.open_skips: set[str] = set()
 
@@ -142,8 +166,6 @@ class Verifier:
         first, last = entry.start_block, entry.end_block
         data = self.store.get(key)
         r.count("files")
-        if self.on_file:
-            self.on_file(1)
         if data is None:
             r.add(dataset, key, first, last, "object", "missing: the manifest names it, the store does not hold it")
             return None
@@ -163,10 +185,17 @@ class Verifier:
         expected = self.manifests[dataset].schema
         if (schema := schema_of(table.schema)) != expected:
             diff = next(
-                (f"column {i}: {a} where the manifest has {b}" for i, (a, b) in enumerate(itertools.zip_longest(schema, expected)) if a != b),
+                (
+                    f"column {i}: {a} where the manifest has {b}"
+                    for i, (a, b) in enumerate(itertools.zip_longest(schema, expected))
+                    if a != b
+                ),
                 "",
             )
             r.add(dataset, key, first, last, "parquet", f"schema differs from the manifest's: {diff}")
+            return None
+        if absent := [c for c in COLUMNS[dataset] if c not in table.column_names]:
+            r.add(dataset, key, first, last, "parquet", f"no column {', '.join(absent)}: the checks cannot read this file")
             return None
         if table.num_rows != entry.rows:
             r.add(dataset, key, first, last, "parquet", f"{table.num_rows} rows, the manifest says {entry.rows}")
@@ -174,7 +203,9 @@ class Verifier:
         numbers = table["block_number"]
         if table.num_rows and (numbers.null_count or pc.min(numbers).as_py() < first or pc.max(numbers).as_py() > last):
             outside = pc.filter(numbers, pc.or_kleene(pc.less(numbers, first), pc.greater(numbers, last))).to_pylist()
-            r.add(dataset, key, first, last, "parquet", f"rows for blocks outside the file: {_short(sorted(set(map(int, outside))))}")
+            what = [f"{numbers.null_count} rows without a block number"] * bool(numbers.null_count)
+            what += [f"rows for blocks outside the file: {_short(sorted(set(outside)))}"] * bool(outside)
+            r.add(dataset, key, first, last, "parquet", "; ".join(what))
             table = table.filter(pc.and_(pc.greater_equal(numbers, first), pc.less_equal(numbers, last)))
         return table
 
@@ -218,9 +249,23 @@ class Verifier:
             if numbers:
                 first, last = headers[numbers[0]], headers[numbers[-1]]
                 if entry.first_parent_hash is not None and hx(first["parent_hash"]) != entry.first_parent_hash:
-                    r.add("blocks", key, numbers[0], numbers[0], "hash_chain", "parent_hash differs from the manifest's first_parent_hash")
+                    r.add(
+                        "blocks",
+                        key,
+                        numbers[0],
+                        numbers[0],
+                        "hash_chain",
+                        "parent_hash differs from the manifest's first_parent_hash",
+                    )
                 if entry.last_block_hash is not None and hx(last["block_hash"]) != entry.last_block_hash:
-                    r.add("blocks", key, numbers[-1], numbers[-1], "hash_chain", "block_hash differs from the manifest's last_block_hash")
+                    r.add(
+                        "blocks",
+                        key,
+                        numbers[-1],
+                        numbers[-1],
+                        "hash_chain",
+                        "block_hash differs from the manifest's last_block_hash",
+                    )
         for b in sorted(headers):
             row = headers[b]
             if self.prev is not None and self.prev[0] == b - 1 and row["parent_hash"] != self.prev[1]:
@@ -245,9 +290,17 @@ class Verifier:
         if held.table is None or "block_hash" not in held.table.column_names or not headers:
             return
         pairs = held.table.group_by(["block_number", "block_hash"]).aggregate([]).to_pylist()
-        wrong = sorted({p["block_number"] for p in pairs if p["block_number"] in headers and p["block_hash"] != headers[p["block_number"]]["block_hash"]})
+        wrong = sorted(
+            {
+                p["block_number"]
+                for p in pairs
+                if p["block_number"] in headers and p["block_hash"] != headers[p["block_number"]]["block_hash"]
+            }
+        )
         for b in wrong:
-            self.report.add(dataset, self.file_of(dataset, held, b), b, b, "block_hash", "block_hash differs from the blocks file's")
+            self.report.add(
+                dataset, self.file_of(dataset, held, b), b, b, "block_hash", "block_hash differs from the blocks file's"
+            )
 
     # ---- per block -----------------------------------------------------------------------
 
@@ -270,33 +323,57 @@ class Verifier:
         if txs is not None:
             indexes = [t["transaction_index"] for t in txs]
             if indexes != list(range(len(indexes))):
-                r.add("transactions", tx_file, b, b, "transactions", f"transaction indexes are not 0..{len(indexes) - 1}: {_describe(indexes)}")
+                r.add(
+                    "transactions",
+                    tx_file,
+                    b,
+                    b,
+                    "transactions",
+                    f"transaction indexes are not 0..{len(indexes) - 1}: {_describe(indexes)}",
+                )
         if logs is not None:
             indexes = [x["log_index"] for x in logs]
             if indexes != list(range(len(indexes))):
                 r.add("logs", log_file, b, b, "logs", f"log indexes are not 0..{len(indexes) - 1}: {_describe(indexes)}")
             if txs is not None:
                 hashes = {t["transaction_index"]: t["transaction_hash"] for t in txs}
-                strays = sorted({x["log_index"] for x in logs if hashes.get(x["transaction_index"], b"?") != x["transaction_hash"]})
+                strays = sorted(
+                    {x["log_index"] for x in logs if hashes.get(x["transaction_index"], b"?") != x["transaction_hash"]}
+                )
                 if strays:
-                    r.add("logs", log_file, b, b, "logs", f"logs {_short(strays)} name a transaction the transactions file does not hold")
+                    r.add(
+                        "logs",
+                        log_file,
+                        b,
+                        b,
+                        "logs",
+                        f"logs {_short(strays)} name a transaction the transactions file does not hold",
+                    )
+        log_rows = [_log(x) for x in logs] if logs is not None and header is not None else []
+        blooms = roots.receipt_blooms(log_rows)
         if header is not None and logs is not None:
-            self.check_bloom(b, header, logs, log_file)
+            self.check_bloom(b, header, roots.block_bloom(blooms), len(logs), log_file)
         if header is not None and txs is not None:
             self.check_gas(b, header, txs, tx_file)
             if logs is not None:
-                self.check_receipts_root(b, header, txs, logs, f"{tx_file} + {log_file}")
+                self.check_receipts_root(b, header, txs, log_rows, blooms, f"{tx_file} + {log_file}")
         if has["traces"]:
             self.check_traces(b, held["traces"], txs)
 
-    def check_bloom(self, b: int, header: dict[str, Any], logs: list[dict[str, Any]], file: str) -> None:
+    def check_bloom(self, b: int, header: dict[str, Any], bloom: int, logs: int, file: str) -> None:
         if header["logs_bloom"] is None:
             self.skip("logs_bloom", b, "the header's logs_bloom is not archived")
             return
-        computed = roots.bloom_bytes(roots.bloom(_log(x) for x in logs))
         self.applied("logs_bloom", bool(logs))
-        if computed != header["logs_bloom"]:
-            self.report.add("logs", file, b, b, "logs_bloom", f"the bloom of the {len(logs)} archived logs differs from the header's logs_bloom")
+        if roots.bloom_bytes(bloom) != header["logs_bloom"]:
+            self.report.add(
+                "logs",
+                file,
+                b,
+                b,
+                "logs_bloom",
+                f"the bloom of the {logs} archived logs differs from the header's logs_bloom",
+            )
 
     def check_gas(self, b: int, header: dict[str, Any], txs: list[dict[str, Any]], file: str) -> None:
         used = [t["gas_used"] for t in txs]
@@ -304,10 +381,17 @@ class Verifier:
             return
         if sum(used) != header["gas_used"]:
             self.report.add(
-                "transactions", file, b, b, "gas_used", f"the {len(txs)} transactions used {sum(used):,} gas, the header says {header['gas_used']:,}"
+                "transactions",
+                file,
+                b,
+                b,
+                "gas_used",
+                f"the {len(txs)} transactions used {sum(used):,} gas, the header says {header['gas_used']:,}",
             )
 
-    def check_receipts_root(self, b: int, header: dict[str, Any], txs: list[dict[str, Any]], logs: list[dict[str, Any]], file: str) -> None:
+    def check_receipts_root(
+        self, b: int, header: dict[str, Any], txs: list[dict[str, Any]], logs: list[roots.Log], blooms: dict[int, int], file: str
+    ) -> None:
         tx_rows = [roots.Tx(t["transaction_index"], t["transaction_type"], t["success"], t["gas_used"]) for t in txs]
         reason = roots.not_applicable(self.chain_id, b, tx_rows)
         if header["receipts_root"] is None:
@@ -315,7 +399,7 @@ class Verifier:
         if reason is not None:
             self.skip("receipts_root", b, reason)
             return
-        computed = roots.receipts_root(tx_rows, [_log(x) for x in logs])
+        computed = roots.receipts_root(tx_rows, logs, blooms)
         self.applied("receipts_root", bool(txs))
         if computed != header["receipts_root"]:
             self.report.add(
@@ -336,11 +420,27 @@ class Verifier:
         file = self.file_of("traces", held, b)
         if indexes != list(range(n)):
             r = self.report
-            r.add("traces", file, b, b, "traces", f"top-level traces are not one per transaction 0..{n - 1}: {_describe(indexes, n)}")
+            r.add(
+                "traces",
+                file,
+                b,
+                b,
+                "traces",
+                f"top-level traces are not one per transaction 0..{n - 1}: {_describe(indexes, n)}",
+            )
         elif txs is not None:
-            wrong = [t["transaction_index"] for t, x in zip(top, txs, strict=True) if t["transaction_hash"] != x["transaction_hash"]]
+            wrong = [
+                t["transaction_index"] for t, x in zip(top, txs, strict=True) if t["transaction_hash"] != x["transaction_hash"]
+            ]
             if wrong:
-                self.report.add("traces", file, b, b, "traces", f"top-level traces of transactions {_short(wrong)} carry another transaction hash")
+                self.report.add(
+                    "traces",
+                    file,
+                    b,
+                    b,
+                    "traces",
+                    f"top-level traces of transactions {_short(wrong)} carry another transaction hash",
+                )
         self.report.count("traces_checked")
 
 
@@ -354,31 +454,61 @@ def _describe(indexes: list[int], n: int | None = None) -> str:
     missing = sorted(set(range(n)) - set(indexes))
     dup = sorted(i for i, k in Counter(indexes).items() if k > 1)
     extra = sorted({i for i in indexes if i >= n or i < 0})
-    parts = [f"missing {_short(missing)}"] * bool(missing) + [f"duplicated {_short(dup)}"] * bool(dup) + [f"beyond {_short(extra)}"] * bool(extra)
+    parts = (
+        [f"missing {_short(missing)}"] * bool(missing)
+        + [f"duplicated {_short(dup)}"] * bool(dup)
+        + [f"beyond {_short(extra)}"] * bool(extra)
+    )
     return "; ".join(parts) or "out of order"
 
 
 # ---- the whole archive --------------------------------------------------------------------------
 
 
-def _load_manifests(store: Store, chain_id: int, datasets: tuple[str, ...], span: tuple[int, int] | None, report: Report) -> dict[str, Manifest]:
-    out = {}
-    for d in datasets:
-        try:
-            m = manifest.load(store, chain_id, d, span)
-        except StorageError:
-            raise
-        except IngestError as err:
-            report.add(d, manifest.key(chain_id, d), None, None, "manifest", str(err))
-            continue
-        if m is not None:
-            out[d] = m
-    return out
+def _open(store: Store, chain_id: int, dataset: str, report: Report) -> tuple[Manifest, list[int]] | None:
+    """A dataset's manifest metadata and the first blocks of its listed shards, no entry read yet.
+
+    Entries are read a shard range at a time as the walk reaches them, so memory holds one shard
+    (1,000 entries) per dataset, not the whole manifest (100,000 entries are 37 MB of JSON).
+    """
+    try:
+        meta = manifest.load(store, chain_id, dataset, (END, END))  # the index alone: no shard covers END
+        index = store.get(manifest.key(chain_id, dataset))
+    except StorageError:
+        raise
+    except IngestError as err:
+        report.add(dataset, manifest.key(chain_id, dataset), None, None, "manifest", str(err))
+        return None
+    if meta is None or index is None:
+        return None
+    starts = sorted(int(str(path).split("/")[-1].split("_")[0]) for path in json.loads(index)["shards"])
+    return meta, starts
 
 
-def _coverage(report: Report, entries: dict[str, list[Entry]], first: int | None, last: int | None) -> None:
+def _entries(
+    store: Store, chain_id: int, archives: dict[str, tuple[Manifest, list[int]]], lo: int, hi: int, report: Report
+) -> Iterator[dict[str, list[Entry]]]:
+    """Each dataset's entries overlapping lo..hi, in block order, one stretch of shards at a time."""
+    span = math.lcm(*(manifest.shard_span(m.chunk_size) for m, _ in archives.values()))
+    stretches = sorted({s // span for _, starts in archives.values() for s in starts if s <= hi and s + span > lo})
+    for k in stretches:
+        a, b = max(k * span, lo), min((k + 1) * span - 1, hi)
+        out: dict[str, list[Entry]] = {}
+        for d in archives:
+            try:
+                m = manifest.load(store, chain_id, d, (a, b))
+            except StorageError:
+                raise
+            except IngestError as err:
+                report.add(d, manifest.key(chain_id, d), a, b, "manifest", str(err))
+                continue
+            if m is not None:
+                out[d] = [e for _, e in sorted(m.files.items()) if e.end_block >= a and e.start_block <= b]
+        yield out
+
+
+def _coverage(report: Report, runs: dict[str, list[tuple[int, int]]], first: int | None, last: int | None) -> None:
     """Gaps between files, datasets that disagree on what they hold, and blocks asked for but not held."""
-    runs = {d: merge([(e.start_block, e.end_block) for e in es]) for d, es in entries.items()}
     report.archived = runs
     everything = merge([r for rs in runs.values() for r in rs])
     if not everything:
@@ -393,23 +523,31 @@ def _coverage(report: Report, entries: dict[str, list[Entry]], first: int | None
             others = [o for o in runs if o != d and _overlaps(runs[o], a, b)]
             held = f"; {', '.join(others)} hold{'s' if len(others) == 1 else ''} them" if others else ""
             inside = bool(hull) and hull[0][0] < a and b < hull[0][1]
-            what = f"blocks {a}-{b}: no file (a gap between files){held}" if inside else f"blocks {a}-{b}: not archived{held}"
+            what = f"no file (a gap between files){held}" if inside else f"not archived{held}"
             report.add(d, "", a, b, "gap" if inside else "coverage", what)
 
 
 def _orphans(store: Store, report: Report, chain_id: int, datasets: tuple[str, ...], first: int | None, last: int | None) -> None:
-    lo, hi = first if first is not None else 0, last if last is not None else math.inf
+    lo, hi = first if first is not None else 0, last if last is not None else END
     for d in datasets:
         listing = list_orphans(store, chain_id, d)
         for shard in listing.unlisted_shards:
-            report.add(d, shard, None, None, "orphans", "shard not listed by manifest.json (a crash before the index): readers do not see its entries")
+            report.add(
+                d,
+                shard,
+                None,
+                None,
+                "orphans",
+                "shard not listed by manifest.json (a crash before the index): readers do not see its entries",
+            )
         for o in listing.orphans:
             if o.blocks is not None and not (o.blocks[0] <= hi and o.blocks[1] >= lo):
                 continue
             if o.unlisted_shard:
                 what = f"named only by the unlisted shard {o.unlisted_shard.rsplit('/', 1)[-1]}"
             elif o.data_file:
-                what = f"orphan: no manifest entry names it ({o.size:,} bytes, last modified {o.last_modified:%Y-%m-%d %H:%M:%S} UTC)"
+                when = f"{o.last_modified:%Y-%m-%d %H:%M:%S} UTC"
+                what = f"orphan: no manifest entry names it ({o.size:,} bytes, last modified {when})"
             else:
                 what = f"unexpected object under the dataset's folder ({o.size:,} bytes); gc leaves it alone"
             a, b = o.blocks or (None, None)
@@ -439,7 +577,6 @@ def verify(
     first: int | None = None,
     last: int | None = None,
     refetch: Refetch | None = None,
-    on_file: Callable[[int], None] | None = None,
     read_files: bool = True,
 ) -> Report:
     """Every check on the archive of `chain_id` (blocks `first`..`last` if given); `read_files=False`:
@@ -449,40 +586,50 @@ def verify(
     started = time.monotonic()
     chosen = datasets or DATASETS
     report = Report(root, chain_id, list(chosen), first, last, checked=read_files)
-    span = (first, last) if first is not None and last is not None else None
-    manifests = _load_manifests(store, chain_id, chosen, span, report)
-    if read_files and not manifests and not report.problems:
-        if not any(store.list(f"cold/{chain_id}/{d}/") for d in chosen):
-            what = f"dataset {chosen[0]}" if datasets and len(chosen) == 1 else f"chain {chain_id}"
-            raise ConfigError(f"invalid arguments: no archive of {what} under {root}")
-    lo, hi = first if first is not None else 0, last if last is not None else math.inf
-    entries = {
-        d: [e for _, e in sorted(m.files.items()) if e.end_block >= lo and e.start_block <= hi] for d, m in manifests.items()
-    }
-    report.datasets = [d for d in chosen if d in manifests] or list(chosen)
-    _coverage(report, entries, first, last)
-    if refetch is not None:
-        refetch.choose([(max(a, lo), min(b, hi)) for a, b in merge([r for rs in report.archived.values() for r in rs])])
+    archives = {d: a for d in chosen if (a := _open(store, chain_id, d, report)) is not None}
+    empty = read_files and not archives and not report.problems
+    if empty and not any(store.list(f"cold/{chain_id}/{d}/") for d in chosen):
+        what = f"dataset {chosen[0]}" if datasets and len(chosen) == 1 else f"chain {chain_id}"
+        raise ConfigError(f"invalid arguments: no archive of {what} under {root}")
+    report.datasets = [d for d in chosen if d in archives] or list(chosen)
+    lo, hi = first if first is not None else 0, last if last is not None else END
+    walk = read_files and bool(archives)
+    runs: dict[str, list[tuple[int, int]]] = {d: [] for d in archives}
+    if not walk or refetch is not None:  # the coverage first: --deep draws its blocks from it
+        for stretch in _entries(store, chain_id, archives, lo, hi, report):
+            for d, es in stretch.items():
+                runs[d] = merge(runs[d] + [(e.start_block, e.end_block) for e in es])
+        if refetch is not None:
+            refetch.choose([(max(a, lo), min(b, hi)) for a, b in merge([r for rs in runs.values() for r in rs])])
+    if walk:
+        width = math.lcm(*(m.chunk_size for m, _ in archives.values()))
+        v = Verifier(store, chain_id, {d: m for d, (m, _) in archives.items()}, report, refetch)
+        for stretch in _entries(store, chain_id, archives, lo, hi, report):
+            if refetch is None:
+                for d, es in stretch.items():
+                    runs[d] = merge(runs[d] + [(e.start_block, e.end_block) for e in es])
+            for start, window in _windows(stretch, width):
+                _check_window(v, refetch, start, width, window)
+    _coverage(report, runs, first, last)
     _orphans(store, report, chain_id, chosen, first, last)
-    if read_files and manifests:
-        width = math.lcm(*(m.chunk_size for m in manifests.values()))
-        v = Verifier(store, chain_id, manifests, report, refetch, on_file)
-        for start, window in _windows(entries, width):
-            deep = refetch is not None and any(start <= b < start + width for b in refetch.blocks)
-            held = {d: v.load(d, es, keep_all=deep) for d, es in window.items()}
-            headers = v.check_blocks(held["blocks"]) if "blocks" in held else {}
-            for d in ("transactions", "logs", "traces"):
-                if d in held:
-                    v.check_block_hashes(d, held[d], headers)
-            blocks = sorted(set(headers).union(*(h.spans for h in held.values())))
-            if "transactions" in held:  # blocks without a transaction have no row: check them too
-                blocks = sorted(set(blocks).union(*(range(e.start_block, e.end_block + 1) for e in held["transactions"].entries)))
-            for b in blocks:
-                v.check_block(b, headers.get(b), held)
-            if refetch is not None and deep:
-                _deep(v, refetch, start, width, held)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _check_window(v: Verifier, refetch: Refetch | None, start: int, width: int, window: dict[str, list[Entry]]) -> None:
+    deep = refetch is not None and any(start <= b < start + width for b in refetch.blocks)
+    held = {d: v.load(d, es, keep_all=deep) for d, es in window.items()}
+    headers = v.check_blocks(held["blocks"]) if "blocks" in held else {}
+    for d in ("transactions", "logs", "traces"):
+        if d in held:
+            v.check_block_hashes(d, held[d], headers)
+    blocks = set(headers).union(*(h.spans for h in held.values()))
+    if "transactions" in held:  # blocks without a transaction have no row: check them too
+        blocks.update(*(range(e.start_block, e.end_block + 1) for e in held["transactions"].entries))
+    for b in sorted(blocks):
+        v.check_block(b, headers.get(b), held)
+    if refetch is not None and deep:
+        _deep(v, refetch, start, width, held)
 
 
 def _deep(v: Verifier, refetch: Refetch, start: int, width: int, held: dict[str, Held]) -> None:

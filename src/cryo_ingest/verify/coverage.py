@@ -16,6 +16,7 @@ from .checks import verify
 from .report import Problem, Report, sorted_problems
 
 WIDTH = 1000  # px of the block axis
+COLUMNS = ("dataset", "file", "blocks", "check", "what")
 MAX_ROWS = 1000  # problems listed in the page's table (all of them are in verify --json)
 COLOURS = {"archived": "#2e9e52", "gap": "#f0a020", "problem": "#d62728"}
 
@@ -34,6 +35,7 @@ table { border-collapse: collapse; margin-top: 6px; }
 td, th { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; }
 td.file { font-family: ui-monospace, monospace; font-size: 12px; }
+td.blocks { white-space: nowrap; }
 """
 
 
@@ -76,11 +78,15 @@ def _section(report: Report) -> str:
         span for p in problems for d in report.datasets if (span := _drawn(p, d))
     ]
     state = (
-        f'<span class="ok">whole</span>'
+        '<span class="ok">whole</span>'
         if report.ok
         else f'<span class="bad">{len(problems):,} problem{"s" * (len(problems) != 1)}</span>'
     )
-    what = "every check" if report.checked else "coverage from the manifests only (no file read: run cryo-ingest verify for the checks)"
+    what = (
+        "every check"
+        if report.checked
+        else "coverage from the manifests only (no file read: run cryo-ingest verify for the checks)"
+    )
     c = report.counts
     facts = (
         f"{c.get('files', 0):,} files, {c.get('rows', 0):,} rows, {c.get('blocks', 0):,} blocks read in {report.seconds:.1f} s; "
@@ -100,7 +106,7 @@ def _section(report: Report) -> str:
     for dataset in report.datasets:
         runs = [(a, b, f"{_range(a, b)}: archived") for a, b in report.archived.get(dataset, [])]
         mine = [(span, p) for p in problems if (span := _drawn(p, dataset))]
-        gaps = [(a, b, p.what) for (a, b), p in mine if p.check in ("gap", "coverage")]
+        gaps = [(a, b, f"{_range(a, b)}: {p.what}") for (a, b), p in mine if p.check in ("gap", "coverage")]
         bad = [(a, b, f"{_range(a, b)}: {p.check}: {p.what}") for (a, b), p in mine if p.check not in ("gap", "coverage")]
         svg = (
             f'<svg width="{WIDTH}" height="22" role="img" aria-label="{_e(dataset)} coverage">'
@@ -119,21 +125,30 @@ def _section(report: Report) -> str:
     out.append(f'<div class="band"><div class="name muted">block</div><svg width="{WIDTH}" height="16">{ticks}</svg></div>')
     if problems:
         rows = "".join(
-            f"<tr><td>{_e(p.dataset)}</td><td class='file'>{_e(p.file)}</td><td>{_e(p.blocks)}</td><td>{_e(p.check)}</td><td>{_e(p.what)}</td></tr>"
+            "<tr>"
+            + "".join(
+                f"<td class='{k}'>{_e(v)}</td>"
+                for k, v in zip(COLUMNS, (p.dataset, p.file, p.blocks, p.check, p.what), strict=True)
+            )
+            + "</tr>"
             for p in problems[:MAX_ROWS]
         )
-        more = f"<p class='muted'>and {len(problems) - MAX_ROWS:,} more (verify --json lists them all)</p>" if len(problems) > MAX_ROWS else ""
+        more = (
+            f"<p class='muted'>and {len(problems) - MAX_ROWS:,} more (verify --json lists them all)</p>"
+            if len(problems) > MAX_ROWS
+            else ""
+        )
         out.append(
-            "<h2>Problems</h2><table><tr><th>dataset</th><th>file</th><th>blocks</th><th>check</th><th>what</th></tr>"
-            + rows
-            + "</table>"
-            + more
+            "<h2>Problems</h2><table><tr>" + "".join(f"<th>{c}</th>" for c in COLUMNS) + "</tr>" + rows + "</table>" + more
         )
     if report.skipped:
         rows = "".join(
-            f"<tr><td>{_e(s.check)}</td><td>{_e(_range(s.first_block, s.last_block))}</td><td>{_e(s.reason)}</td></tr>" for s in report.skipped[:MAX_ROWS]
+            f"<tr><td>{_e(s.check)}</td><td>{_e(_range(s.first_block, s.last_block))}</td><td>{_e(s.reason)}</td></tr>"
+            for s in report.skipped[:MAX_ROWS]
         )
-        out.append("<h2>Checks that cannot apply</h2><table><tr><th>check</th><th>blocks</th><th>why</th></tr>" + rows + "</table>")
+        out.append(
+            "<h2>Checks that cannot apply</h2><table><tr><th>check</th><th>blocks</th><th>why</th></tr>" + rows + "</table>"
+        )
     return "".join(out)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -42,16 +43,17 @@ class Orphan:
 class Listing:
     orphans: list[Orphan]
     unlisted_shards: list[str]  # keys
-    named: set[str]  # every data file key a shard names, listed or not
 
 
-def _objects(store: Store, prefix: str) -> list[dict[str, Any]]:
+def _objects(store: Store, prefix: str) -> Iterator[dict[str, Any]]:
+    """The objects under `prefix`, streamed: an archive of 100,000 entries has 100,000 of them per dataset."""
     if store.local_dir is not None and not store.local_dir.exists():
-        return []
+        return
     try:
-        return [meta for batch in obstore.list(store.store, prefix) for meta in batch]
+        for batch in obstore.list(store.store, prefix):
+            yield from (dict(meta) for meta in batch)
     except (NotFoundError, FileNotFoundError):
-        return []
+        return
     except BaseError as err:
         raise StorageError(f"storage: cannot list {prefix}: {type(err).__name__}: {str(err).splitlines()[0][:300]}") from None
 
@@ -67,33 +69,28 @@ def _names(data: bytes | None) -> list[str]:
 def list_orphans(store: Store, chain_id: int, dataset: str) -> Listing:
     """Everything under `cold/{chain_id}/{dataset}/` against what the index and every shard name."""
     folder = f"cold/{chain_id}/{dataset}/"
-    objects = _objects(store, folder)
     index_key = manifest.key(chain_id, dataset)
     listed: set[str] = set()
-    index = store.get(index_key) if any(o["path"] == index_key for o in objects) else None
+    index = store.get(index_key)
     if index is not None:
         try:
             listed = {folder + str(s) for s in json.loads(index)["shards"]}
         except (ValueError, KeyError, TypeError):
             listed = set()
-    shards = [o["path"] for o in objects if o["path"].startswith(folder + "manifest/") and o["path"].endswith(".json")]
-    named: set[str] = set()
-    owner: dict[str, str] = {}
+    shards = [o["path"] for o in _objects(store, folder + "manifest/") if o["path"].endswith(".json")]
+    owner: dict[str, str] = {}  # data file key -> "" when a listed shard names it, else the unlisted shard that does
     for shard in shards:
         for name in _names(store.get(shard)):
-            named.add(folder + name)
-            if shard not in listed:
-                owner.setdefault(folder + name, shard)
-            else:
+            if shard in listed:
                 owner[folder + name] = ""
-    orphans = []
-    for meta in objects:
+            else:
+                owner.setdefault(folder + name, shard)
+    orphans, shard_keys = [], set(shards)
+    for meta in _objects(store, folder):
         key = meta["path"]
-        if key == index_key or key in shards:
-            continue
-        if key in named and not owner.get(key):
+        if key == index_key or key in shard_keys or owner.get(key) == "":
             continue
         m = DATA_FILE.match(key[len(folder) :]) if "/" not in key[len(folder) :] else None
         blocks = (int(m["start"]), int(m["end"])) if m and m["dataset"] == dataset else None
         orphans.append(Orphan(key, int(meta["size"]), meta["last_modified"], blocks, owner.get(key) or None))
-    return Listing(orphans, [s for s in shards if s not in listed], named)
+    return Listing(orphans, [s for s in shards if s not in listed])

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import rlp
-from eth_bloom import BloomFilter
-from trie import HexaryTrie
+from eth_bloom.bloom import BloomFilter
+from trie.hexary import HexaryTrie
 
 # Receipts before Byzantium hold an intermediate state root instead of a status (EIP-658).
 BYZANTIUM = {1: 4_370_000, 61: 8_772_000}  # Ethereum, Ethereum Classic (Atlantis)
@@ -59,6 +59,21 @@ def bloom_bytes(value: int) -> bytes:
     return value.to_bytes(256, "big")
 
 
+def receipt_blooms(logs: Iterable[Log]) -> dict[int, int]:
+    """Each receipt's bloom by transaction index: computed once, OR-ed into the block's, encoded in the receipts."""
+    out: dict[int, int] = {}
+    for log in logs:
+        out[log.transaction_index] = out.get(log.transaction_index, 0) | bloom([log])
+    return out
+
+
+def block_bloom(blooms: dict[int, int]) -> int:
+    out = 0
+    for value in blooms.values():
+        out |= value
+    return out
+
+
 def not_applicable(chain_id: int, block: int, txs: Sequence[Tx]) -> str | None:
     """Why the receipts root cannot be recomputed for this block from archived rows, or None if it can.
 
@@ -75,12 +90,14 @@ def not_applicable(chain_id: int, block: int, txs: Sequence[Tx]) -> str | None:
         if tx.gas_used is None:
             return "gas used not archived"
         if tx.type is None or tx.type not in allowed:
-            return f"transaction type {tx.type if tx.type is None else hex(tx.type)}: receipts of this type follow the chain's own rules"
+            kind = "unknown" if tx.type is None else hex(tx.type)
+            return f"transaction type {kind}: receipts of this type follow the chain's own rules"
     return None
 
 
-def receipts_root(txs: Sequence[Tx], logs: Sequence[Log]) -> bytes:
+def receipts_root(txs: Sequence[Tx], logs: Sequence[Log], blooms: dict[int, int] | None = None) -> bytes:
     """The receipts trie root of a block: txs in index order, logs in log-index order (`not_applicable` was None)."""
+    blooms = receipt_blooms(logs) if blooms is None else blooms
     by_tx: dict[int, list[Log]] = {}
     for log in logs:
         by_tx.setdefault(log.transaction_index, []).append(log)
@@ -94,7 +111,7 @@ def receipts_root(txs: Sequence[Tx], logs: Sequence[Log]) -> bytes:
             [
                 1 if tx.success else 0,
                 cumulative,
-                bloom_bytes(bloom(mine)),
+                bloom_bytes(blooms.get(tx.index, 0)),
                 [[log.address, list(log.topics), log.data] for log in mine],
             ]
         )
