@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -30,6 +31,9 @@ from .storage import open_store
 from .task import PartitionResult
 from .verify import DEFAULT_GRACE, gc, parse_duration, sorted_problems, verify, write, write_from_manifests
 from .verify import deep as verify_deep
+
+BUDGET_ENV = "CRYO_INGEST_BUDGET_STORE"
+BUDGET_HELP = f"redis://HOST:6379/0: one requests_per_second budget per endpoint for every gateway (env {BUDGET_ENV})"
 
 console = Console(stderr=True)
 out = Console()
@@ -61,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--rpc-pool", help="pool name (CRYO_INGEST_RPC_POOL_<NAME>, --rpc-pool-file, --rpc-pool-secret)")
     b.add_argument("--rpc-pool-file", type=Path, help="YAML/JSON pools file; values may use ${ENV}")
     b.add_argument("--rpc-pool-secret", help="AWS Secrets Manager secret holding the pool document")
+    b.add_argument("--budget-store", default=os.environ.get(BUDGET_ENV), help=BUDGET_HELP)
     b.add_argument("--root", help="archive root: path, file://, s3://, gs://, az://")
     b.add_argument("--chunk-size", type=int)
     b.add_argument("--force", action="store_true", help="redo chunks the manifest already lists")
@@ -87,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     dag_args.add_argument("--rpc", action="append", help="RPC URL (repeatable): overrides every node's pool")
     dag_args.add_argument("--rpc-pool-file", type=Path, help="YAML/JSON pools file; values may use ${ENV}")
     dag_args.add_argument("--rpc-pool-secret", help="AWS Secrets Manager secret holding the pool document")
+    dag_args.add_argument("--budget-store", default=os.environ.get(BUDGET_ENV), help=BUDGET_HELP)
 
     r = sub.add_parser("request", help="the manual source: enqueue one backfill request", parents=[dag_args])
     r.add_argument("--node", help="the cryo_ingest node whose input dataset gets the request")
@@ -107,7 +113,9 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.add_argument("--html", type=Path, metavar="PATH", help="write the coverage page of each node's archive (no file read)")
 
-    v = sub.add_parser("verify", help="prove an archive whole: every file, the hash chain, receipts roots, gaps, orphans", parents=[common])
+    v = sub.add_parser(
+        "verify", help="prove an archive whole: every file, the hash chain, receipts roots, gaps, orphans", parents=[common]
+    )
     v.add_argument("root")
     v.add_argument("--chain-id", type=int, required=True)
     v.add_argument("--dataset", action="append", choices=DATASETS, help="only this dataset (repeatable; default: all)")
@@ -133,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _dag(a: argparse.Namespace) -> tuple[Dag, Pools]:
-    return load_dag(a.config, a.root), Pools(a.rpc_pool_file, a.rpc_pool_secret, a.rpc)
+    return load_dag(a.config, a.root), Pools(a.rpc_pool_file, a.rpc_pool_secret, a.rpc, a.budget_store)
 
 
 def cmd_request(a: argparse.Namespace) -> int:
@@ -234,6 +242,7 @@ def job_from_args(a: argparse.Namespace) -> Job:
         fields["rpc"] = a.rpc
     elif pool_name:
         fields["rpc"] = resolve_pool(pool_name, a.rpc_pool_file, a.rpc_pool_secret)
+        fields["rpc_pool"] = pool_name
     for name, flag in (
         ("chain_id", "--chain-id"),
         ("start_block", "--start"),
@@ -249,7 +258,9 @@ def job_from_args(a: argparse.Namespace) -> Job:
         if not sep or not key:
             raise ConfigError(f"invalid config: --storage-option: expected KEY=VALUE, got {key!r}")
         options[key] = value
-    return make_job(**fields, force=a.force, overwrite_conflicts=a.overwrite_conflicts, storage_options=options)
+    return make_job(
+        **fields, force=a.force, overwrite_conflicts=a.overwrite_conflicts, storage_options=options, budget_store=a.budget_store
+    )
 
 
 def _size(n: float) -> str:
@@ -435,7 +446,7 @@ def cmd_gc(a: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     # argparse echoes bad arguments (`--rpc A B`, a URL given to --chain-id) before any config sees them.
     for token in sys.argv[1:] if argv is None else argv:
-        if re.match(r"https?://", token.split("=", 1)[-1], re.I):
+        if re.match(r"(https?|rediss?)://", token.split("=", 1)[-1], re.I):
             register_secret_url(token.split("=", 1)[-1])
     args = _parser().parse_args(argv)
     handler = RichHandler(console=console, show_path=False, show_time=False)
