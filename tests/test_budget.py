@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import time
 from collections import Counter
@@ -13,8 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import CANARY, Devnet, backfill_command
+import redis
+from conftest import CANARY, Devnet, backfill, backfill_command, cli
 from servers import FaultProxy, Faults, RedisServer
+from test_config import SPEC_YAML
 
 LIMIT = 50
 GATEWAYS = 3
@@ -132,3 +135,45 @@ def test_store_stopped_mid_run_falls_back_to_a_share(chain: Devnet, redis_server
     # Most of the work was done after the stop: not failed closed. (The rate is lower: 3 s of grace,
     # then the wait for the slots the store may have given out, then 1/3 each while jobs end one by one.)
     assert len(answered) > 200
+
+
+def test_run_takes_its_slots_from_the_store_keyed_by_names(chain: Devnet, redis_server: RedisServer, tmp_path: Path) -> None:
+    """`cryo-ingest run` (the operator's runner) uses the store too; its keys name the pool and the endpoint, not the URL."""
+    config = tmp_path / "dag.yaml"
+    config.write_text(
+        SPEC_YAML.replace("chain_id: 10143", "chain_id: 31337").replace(
+            "    rpc_pool: monad\n", "    rpc_pool: monad\n    chunk_size: 50\n    chunks_per_partition: 1\n"
+        )
+    )
+    root = tmp_path / "archive"
+    with FaultProxy(chain.url) as proxy:
+        pool = {"endpoints": [{"name": "local", "url": proxy.url(f"/v2/{CANARY}"), "requests_per_second": 200}]}
+        env = {"CRYO_INGEST_RPC_POOL_MONAD": json.dumps(pool)}
+        req = cli("request", "--config", str(config), "--root", str(root), "--start", "0", "--end", "99", env=env)
+        assert req.code == 0, req.text
+        run = cli("run", "--config", str(config), "--root", str(root), "--budget-store", redis_server.url, env=env)
+    assert run.code == 0, run.text
+    keys = redis.Redis.from_url(redis_server.url).keys("*")
+    assert sorted(keys) == [b"cryo-ingest:budget:monad:local:gateways", b"cryo-ingest:budget:monad:local:tat"]
+    assert CANARY.lower() not in run.text.lower()
+
+
+def test_store_unreachable_at_start_stops_the_job_without_its_password(chain: Devnet, tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pool = {"endpoints": [{"name": "shared", "url": chain.url, "requests_per_second": LIMIT}]}
+    run = backfill(
+        tmp_path / "archive",
+        None,
+        "--rpc-pool",
+        "test",
+        "--budget-store",
+        f"redis://:{CANARY}@127.0.0.1:{port}/0",
+        datasets="blocks",
+        env={"CRYO_INGEST_RPC_POOL_TEST": json.dumps(pool)},
+    )
+    assert run.code == 1, run.text
+    assert "budget store unreachable at start" in run.text, run.text
+    assert CANARY.lower() not in run.text.lower()
+    assert not (tmp_path / "archive").exists()
