@@ -20,6 +20,7 @@ from rich.table import Table
 
 from . import devnet, manifest
 from .backfill import Result, backfill
+from .budget import BUDGET_ENV
 from .config import DATASETS, Job, load_node, make_job, resolve_pool
 from .errors import ConfigError, IngestError, RedactingFilter, redact, register_secret_url
 from .gateway import Gateway
@@ -32,7 +33,10 @@ from .task import PartitionResult
 from .verify import DEFAULT_GRACE, gc, parse_duration, sorted_problems, verify, write, write_from_manifests
 from .verify import deep as verify_deep
 
-BUDGET_ENV = "CRYO_INGEST_BUDGET_STORE"
+SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
+SCHEDULER_HELP = (
+    f"tcp://HOST:8786: run the partitions on this Dask cluster, the pool resolved by its workers (env {SCHEDULER_ENV})"
+)
 BUDGET_HELP = f"redis://HOST:6379/0: one requests_per_second budget per endpoint for every gateway (env {BUDGET_ENV})"
 
 console = Console(stderr=True)
@@ -66,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--rpc-pool-file", type=Path, help="YAML/JSON pools file; values may use ${ENV}")
     b.add_argument("--rpc-pool-secret", help="AWS Secrets Manager secret holding the pool document")
     b.add_argument("--budget-store", default=os.environ.get(BUDGET_ENV), help=BUDGET_HELP)
+    b.add_argument("--scheduler", default=os.environ.get(SCHEDULER_ENV), help=SCHEDULER_HELP)
+    b.add_argument("--timeout", type=float, help="--scheduler: seconds a partition may take before it is killed")
     b.add_argument("--root", help="archive root: path, file://, s3://, gs://, az://")
     b.add_argument("--chunk-size", type=int)
     b.add_argument("--force", action="store_true", help="redo chunks the manifest already lists")
@@ -240,6 +246,8 @@ def job_from_args(a: argparse.Namespace) -> Job:
     fields.update({k: v for k, v in cli.items() if v is not None})
     if a.rpc:
         fields["rpc"] = a.rpc
+    elif pool_name and a.scheduler:  # the workers resolve it: no secret on this machine
+        fields.update(rpc=(), rpc_pool=pool_name)
     elif pool_name:
         fields["rpc"] = resolve_pool(pool_name, a.rpc_pool_file, a.rpc_pool_secret)
         fields["rpc_pool"] = pool_name
@@ -324,7 +332,16 @@ def _on_partition(pr: PartitionResult) -> None:
 
 def cmd_backfill(a: argparse.Namespace) -> int:
     job = job_from_args(a)
-    result = backfill(job, events_file=a.events_file, on_partition=_on_partition)
+    if a.scheduler:
+        if job.rpc_pool is None:
+            raise ConfigError("invalid arguments: --scheduler needs --rpc-pool (a URL would travel to the scheduler)")
+        from .cluster import PoolRef, backfill_on_cluster  # Dask loads only here
+
+        pool_file = str(a.rpc_pool_file.resolve()) if a.rpc_pool_file else None
+        ref = PoolRef(job.rpc_pool, pool_file, a.rpc_pool_secret)
+        result = backfill_on_cluster(job, ref, a.scheduler, a.timeout, a.events_file, _on_partition)
+    else:
+        result = backfill(job, events_file=a.events_file, on_partition=_on_partition)
     _report(result)
     if a.json:
         doc = asdict(result) | {"ok": result.ok}

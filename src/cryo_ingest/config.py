@@ -127,7 +127,8 @@ class Job(BaseModel):
     start_block: NonNegativeInt
     end_block: NonNegativeInt
     datasets: Datasets
-    rpc: Annotated[tuple[Endpoint, ...], BeforeValidator(_endpoints)] = Field(min_length=1)
+    # Empty only for a job whose partitions run on a cluster: its workers resolve `rpc_pool` (cluster.py).
+    rpc: Annotated[tuple[Endpoint, ...], BeforeValidator(_endpoints)] = ()
     root: str = "./archive"
     chunk_size: PositiveInt = 1000
     force: bool = False
