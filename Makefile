@@ -3,9 +3,13 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint bench bench-smoke wheel image-deps base-image image image-test clean
+.PHONY: setup system-deps demo test lint bench bench-smoke wheel image-deps base-image image image-test clean
 
-setup: $(VENV)/.installed node_modules/.installed
+setup: system-deps $(VENV)/.installed node_modules/.installed
+
+# What the tests start as real processes besides ours: redis-server (the shared budget store), from Debian.
+system-deps:
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)

@@ -11,6 +11,8 @@ import base64
 import json
 import os
 import random
+import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -121,6 +123,7 @@ class FaultProxy(Proxy):
         self.methods: Counter[str] = Counter()
         self.injected: Counter[str] = Counter()
         self.times: list[float] = []
+        self.paths: list[str] = []  # the path of each request in `times` (which client, when they differ)
         self.calls: list[tuple[float, str]] = []  # (arrival, method) of every single request
         self.throttled: list[float] = []  # when each HTTP 429 of `throttle` was sent
         self.echoed: list[str] = []  # the error messages of `echo_url`, key and all
@@ -135,6 +138,7 @@ class FaultProxy(Proxy):
         raw = await request.read()
         body = json.loads(raw)
         self.times.append(time.monotonic())
+        self.paths.append(request.path)
         items = body if isinstance(body, list) else [body]
         self.methods.update(str(item.get("method")) for item in items)
         if isinstance(body, list):
@@ -424,3 +428,44 @@ class AuthS3Server:
     def __exit__(self, *exc: object) -> None:
         self.process.terminate()
         self.process.wait(10)
+
+
+class RedisServer:
+    """A real `redis-server` on a free loopback port, no persistence; `stop` ends it mid-test (a store outage)."""
+
+    def __init__(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def __enter__(self) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server not found: `make system-deps` installs it (Debian's package)")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not start (exit code {self.process.poll()})")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import chains, events, manifest
+from .budget import shared_budget
 from .config import Job
 from .gateway import Gateway
 from .plan import Chunk, make_plan
@@ -72,7 +73,7 @@ def backfill(
     result = Result(job.chain_id, job.datasets, job.start_block, job.end_block)
     # spawn, not fork: this process runs the gateway's thread, which a fork would copy half-way.
     pool = ProcessPoolExecutor(max_workers=job.max_concurrency, mp_context=multiprocessing.get_context("spawn"))
-    with pool, Gateway(job.rpc, job.chain_id) as gw:
+    with pool, Gateway(job.rpc, job.chain_id, shared=shared_budget(job)) as gw:
         warm = pool.submit(_warm_up)  # a worker starts and imports Cryo while the gateway checks the endpoints
         result.final_head = chains.final_head(gw, job.chain_id, job.reorg_buffer)
         plan = make_plan(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 import threading
@@ -19,6 +20,7 @@ from rich.table import Table
 
 from . import devnet, manifest
 from .backfill import Result, backfill
+from .budget import BUDGET_ENV
 from .config import DATASETS, Job, load_node, make_job, resolve_pool
 from .errors import ConfigError, IngestError, RedactingFilter, redact, register_secret_url
 from .gateway import Gateway
@@ -30,6 +32,12 @@ from .storage import open_store
 from .task import PartitionResult
 from .verify import DEFAULT_GRACE, gc, parse_duration, sorted_problems, verify, write, write_from_manifests
 from .verify import deep as verify_deep
+
+SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
+SCHEDULER_HELP = (
+    f"tcp://HOST:8786: run the partitions on this Dask cluster, the pool resolved by its workers (env {SCHEDULER_ENV})"
+)
+BUDGET_HELP = f"redis://HOST:6379/0: one requests_per_second budget per endpoint for every gateway (env {BUDGET_ENV})"
 
 console = Console(stderr=True)
 out = Console()
@@ -61,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--rpc-pool", help="pool name (CRYO_INGEST_RPC_POOL_<NAME>, --rpc-pool-file, --rpc-pool-secret)")
     b.add_argument("--rpc-pool-file", type=Path, help="YAML/JSON pools file; values may use ${ENV}")
     b.add_argument("--rpc-pool-secret", help="AWS Secrets Manager secret holding the pool document")
+    b.add_argument("--budget-store", default=os.environ.get(BUDGET_ENV), help=BUDGET_HELP)
+    b.add_argument("--scheduler", default=os.environ.get(SCHEDULER_ENV), help=SCHEDULER_HELP)
+    b.add_argument("--timeout", type=float, help="--scheduler: seconds a partition may take before it is killed")
     b.add_argument("--root", help="archive root: path, file://, s3://, gs://, az://")
     b.add_argument("--chunk-size", type=int)
     b.add_argument("--force", action="store_true", help="redo chunks the manifest already lists")
@@ -87,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     dag_args.add_argument("--rpc", action="append", help="RPC URL (repeatable): overrides every node's pool")
     dag_args.add_argument("--rpc-pool-file", type=Path, help="YAML/JSON pools file; values may use ${ENV}")
     dag_args.add_argument("--rpc-pool-secret", help="AWS Secrets Manager secret holding the pool document")
+    dag_args.add_argument("--budget-store", default=os.environ.get(BUDGET_ENV), help=BUDGET_HELP)
 
     r = sub.add_parser("request", help="the manual source: enqueue one backfill request", parents=[dag_args])
     r.add_argument("--node", help="the cryo_ingest node whose input dataset gets the request")
@@ -135,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _dag(a: argparse.Namespace) -> tuple[Dag, Pools]:
-    return load_dag(a.config, a.root), Pools(a.rpc_pool_file, a.rpc_pool_secret, a.rpc)
+    return load_dag(a.config, a.root), Pools(a.rpc_pool_file, a.rpc_pool_secret, a.rpc, a.budget_store)
 
 
 def cmd_request(a: argparse.Namespace) -> int:
@@ -234,8 +246,11 @@ def job_from_args(a: argparse.Namespace) -> Job:
     fields.update({k: v for k, v in cli.items() if v is not None})
     if a.rpc:
         fields["rpc"] = a.rpc
+    elif pool_name and a.scheduler:  # the workers resolve it: no secret on this machine
+        fields.update(rpc=(), rpc_pool=pool_name)
     elif pool_name:
         fields["rpc"] = resolve_pool(pool_name, a.rpc_pool_file, a.rpc_pool_secret)
+        fields["rpc_pool"] = pool_name
     for name, flag in (
         ("chain_id", "--chain-id"),
         ("start_block", "--start"),
@@ -251,7 +266,9 @@ def job_from_args(a: argparse.Namespace) -> Job:
         if not sep or not key:
             raise ConfigError(f"invalid config: --storage-option: expected KEY=VALUE, got {key!r}")
         options[key] = value
-    return make_job(**fields, force=a.force, overwrite_conflicts=a.overwrite_conflicts, storage_options=options)
+    return make_job(
+        **fields, force=a.force, overwrite_conflicts=a.overwrite_conflicts, storage_options=options, budget_store=a.budget_store
+    )
 
 
 def _size(n: float) -> str:
@@ -315,7 +332,16 @@ def _on_partition(pr: PartitionResult) -> None:
 
 def cmd_backfill(a: argparse.Namespace) -> int:
     job = job_from_args(a)
-    result = backfill(job, events_file=a.events_file, on_partition=_on_partition)
+    if a.scheduler:
+        if job.rpc_pool is None:
+            raise ConfigError("invalid arguments: --scheduler needs --rpc-pool (a URL would travel to the scheduler)")
+        from .cluster import PoolRef, backfill_on_cluster  # Dask loads only here
+
+        pool_file = str(a.rpc_pool_file.resolve()) if a.rpc_pool_file else None
+        ref = PoolRef(job.rpc_pool, pool_file, a.rpc_pool_secret)
+        result = backfill_on_cluster(job, ref, a.scheduler, a.timeout, a.events_file, _on_partition)
+    else:
+        result = backfill(job, events_file=a.events_file, on_partition=_on_partition)
     _report(result)
     if a.json:
         doc = asdict(result) | {"ok": result.ok}
@@ -438,7 +464,7 @@ def cmd_gc(a: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     # argparse echoes bad arguments (`--rpc A B`, a URL given to --chain-id) before any config sees them.
     for token in sys.argv[1:] if argv is None else argv:
-        if re.match(r"https?://", token.split("=", 1)[-1], re.I):
+        if re.match(r"(https?|rediss?)://", token.split("=", 1)[-1], re.I):
             register_secret_url(token.split("=", 1)[-1])
     args = _parser().parse_args(argv)
     # A terminal gets rich's layout; a pipe or a log collector one line per record, unpadded.

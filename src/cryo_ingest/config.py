@@ -127,7 +127,8 @@ class Job(BaseModel):
     start_block: NonNegativeInt
     end_block: NonNegativeInt
     datasets: Datasets
-    rpc: Annotated[tuple[Endpoint, ...], BeforeValidator(_endpoints)] = Field(min_length=1)
+    # Empty only for a job whose partitions run on a cluster: its workers resolve `rpc_pool` (cluster.py).
+    rpc: Annotated[tuple[Endpoint, ...], BeforeValidator(_endpoints)] = ()
     root: str = "./archive"
     chunk_size: PositiveInt = 1000
     force: bool = False
@@ -137,6 +138,19 @@ class Job(BaseModel):
     reorg_buffer: NonNegativeInt = 64
     output_dataset: str | None = None
     storage_options: dict[str, str] = Field(default_factory=dict)
+    rpc_pool: str | None = None  # the pool's name: keys its endpoints' shared budget (`--rpc` pools share "rpc")
+    budget_store: SecretStr | None = None  # redis://…: one budget per endpoint across every gateway (docs/cluster.md)
+
+    @field_validator("budget_store")
+    @classmethod
+    def _redis(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is None:
+            return v
+        raw = v.get_secret_value()
+        if urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("budget store must be a redis://, rediss:// or unix:// URL")  # not echoed: it may hold a password
+        register_secret_url(raw)
+        return v
 
     @field_validator("root")
     @classmethod

@@ -28,6 +28,7 @@ from aiohttp import web
 from aiolimiter import AsyncLimiter
 
 from . import traces
+from .budget import SharedBudget
 from .config import Endpoint
 from .errors import RpcError, redact
 
@@ -136,8 +137,10 @@ class Gateway:
         attempts: int = 12,
         budget_seconds: float = 120.0,
         timeout_seconds: float = 30.0,
+        shared: SharedBudget | None = None,
     ) -> None:
         self.specs = list(endpoints)
+        self.shared = shared  # rate limits shared with other gateways (budget.py); else each endpoint's own bucket
         self.chain_id = chain_id
         self.attempts, self.budget, self.timeout = attempts, budget_seconds, timeout_seconds
         self.upstreams: list[Upstream] = []
@@ -212,6 +215,8 @@ class Gateway:
             )
             for e in self.specs
         ]
+        if self.shared is not None:
+            await self.shared.start(self.specs)
         await self._preflight()
         app = web.Application(client_max_size=1024**3)
         app.router.add_post("/", self._handle)
@@ -231,6 +236,8 @@ class Gateway:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
+        if self.shared is not None:
+            await self.shared.close()
 
     async def _preflight(self) -> None:
         """eth_chainId on every endpoint: wrong chain or bad credentials leave the pool."""
@@ -407,7 +414,9 @@ class Gateway:
         """One request to one endpoint; raises Retry for anything another attempt may fix."""
         assert self._session is not None
         async with up.semaphore:
-            if up.limiter is not None:
+            if self.shared is not None and up.spec.requests_per_second:
+                await self.shared.acquire(up.name, up.spec.requests_per_second)
+            elif up.limiter is not None:
                 await up.limiter.acquire()
             up.requests += 1
             started = time.monotonic()

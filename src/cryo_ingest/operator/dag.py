@@ -47,6 +47,7 @@ class Pools:
     pool_file: Path | None = None
     secret: str | None = None
     rpc: list[str] | None = None  # --rpc: overrides every node's pool
+    budget_store: str | None = None  # --budget-store: the endpoints' budgets shared by every gateway
 
 
 @dataclass
@@ -94,6 +95,8 @@ class Dag:
             "end_block": cfg.start_block or 0,
             "datasets": cfg.datasets,
             "rpc": rpc,
+            "rpc_pool": None if pools.rpc else cfg.rpc_pool,
+            "budget_store": pools.budget_store,
             "root": self.root(node),
             "max_concurrency": 1 if node.scaling.mode == "steady" else node.scaling.max_concurrency,
             "output_dataset": node.output_dataset or f"cold_{'_'.join(cfg.datasets)}",
@@ -108,6 +111,7 @@ class Dag:
         own: dict[str, Any] = {k: v for k, v in (("chain_id", cfg.chain_id), ("root", self.root_override or cfg.root)) if v}
         if cfg.rpc or cfg.rpc_pool:
             own["rpc"] = pools.rpc or cfg.rpc or resolve_pool(str(cfg.rpc_pool), pools.pool_file, pools.secret)
+            own["rpc_pool"] = None if pools.rpc or cfg.rpc else cfg.rpc_pool
         return self.job(self.consumer(source), pools, **own)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import chains, events, manifest
+from ..budget import shared_budget
 from ..config import DagNode, Job
 from ..errors import IngestError, redact
 from ..gateway import Gateway
@@ -89,7 +90,7 @@ class Runner:
     def run(self) -> int:
         """Exit code: 0 every request it took is done or waiting, 1 one failed."""
         self.store.check_access()
-        with Gateway(self.job.rpc, self.job.chain_id) as gw:
+        with Gateway(self.job.rpc, self.job.chain_id, shared=shared_budget(self.job)) as gw:
             self._gw = gw
             idle_since, next_tick = time.monotonic(), 0.0
             while not self.stop.is_set():

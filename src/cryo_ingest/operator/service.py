@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from ..budget import shared_budget
 from ..errors import IngestError
 from ..gateway import Gateway
 from ..storage import open_store
@@ -78,7 +79,7 @@ def _source_target(dag: Dag, source: SourceNode, pools: Pools, stop: threading.E
     store = open_store(job.root, job.storage_options)
 
     def gateway() -> Gateway:
-        return Gateway(job.rpc, job.chain_id)
+        return Gateway(job.rpc, job.chain_id, shared=shared_budget(job))
 
     def run() -> int:
         store.check_access()

@@ -1,0 +1,205 @@
+"""One requests-per-second budget per endpoint for every gateway of a cluster, kept in Redis.
+
+Each worker runs its own loopback gateway, so an in-process token bucket would let N workers send
+N times an endpoint's `requests_per_second`. With a budget store, every gateway takes each
+request's slot from one GCRA record per endpoint (a Lua script: atomic, on Redis's clock, so
+hosts' clocks do not matter), keyed by pool and endpoint *name*, never by URL.
+
+When the store cannot be reached mid-run, each gateway falls back to an in-process bucket of
+`requests_per_second / N`, N being the number of gateways the store last counted on that endpoint,
+and probes the store again once a second. Failing closed would stop every worker of the cluster
+whenever Redis blinks, for a limit whose overrun costs some HTTP 429s that the gateway already
+retries; the share keeps the sum at the limit as long as no gateway starts during the outage.
+A gateway that cannot reach the store when it starts does not know N, so it refuses to start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .config import Endpoint, Job
+from .errors import RpcError, redact
+
+log = logging.getLogger("cryo_ingest.budget")
+
+BUDGET_ENV = "CRYO_INGEST_BUDGET_STORE"
+
+# A gateway that took no slot for this long no longer counts among an endpoint's gateways.
+LIVE_SECONDS = 30
+# While the store is down, one request a second tries it again (the others use the fallback).
+PROBE_SECONDS = 1.0
+# A store failing for this long is down; until then requests wait for it.
+GRACE_SECONDS = 3.0
+STORE_TIMEOUT = 1.0
+
+# KEYS[1]: the endpoint's theoretical arrival time (TAT, µs on Redis's clock); KEYS[2]: its gateways
+# (sorted set, by last slot). ARGV: emission interval (µs), burst (requests), gateway id, liveness (µs).
+# Reserves the next slot and answers how long to wait for it, how far the endpoint's slots are
+# reserved (both µs from now), and how many gateways are live.
+# GCRA with burst tolerance (burst - 1) * interval: at most burst + rate * T requests in any T seconds.
+TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval, burst, live = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local start = tat - (burst - 1) * interval
+if start < now then start = now end
+local new_tat = tat + interval
+local ttl = math.floor((new_tat - now) / 1000) + live / 1000
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', ttl)
+redis.call('ZADD', KEYS[2], now, ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - live)
+redis.call('PEXPIRE', KEYS[2], ttl)
+return {start - now, new_tat - now, redis.call('ZCARD', KEYS[2])}
+"""
+
+
+def burst(rps: float) -> float:
+    """A twentieth of a second's requests, half the in-process bucket's (docs/rpc-pool.md): gateways
+    in other processes and hosts wake up for their slots with some jitter, which adds to the burst."""
+    return max(1.0, rps / 20)
+
+
+class LocalSlots:
+    """The same GCRA in this process: a gateway's share while the store is down."""
+
+    def __init__(self, rps: float) -> None:
+        self.rps = rps
+        self._tat = 0.0
+
+    async def take(self) -> float:
+        now, interval = time.monotonic(), 1 / self.rps
+        tat = max(self._tat, now)
+        self._tat = tat + interval
+        return max(0.0, tat - (burst(self.rps) - 1) * interval - now)
+
+
+class SharedBudget:
+    """The slots of a pool's endpoints, shared by every gateway using the same store and pool name.
+
+    Lives on the gateway's event loop: `start`, `acquire` and `close` are called from there only.
+    """
+
+    def __init__(self, url: str, pool: str) -> None:
+        self.pool = pool
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._url = url
+        self._client: aioredis.Redis | None = None
+        self._peers: dict[str, int] = {}  # gateways the store last counted, by endpoint name
+        self._reserved: dict[str, float] = {}  # until when (monotonic) the store may have given out slots, by endpoint
+        self._limits: dict[str, tuple[float, int]] = {}  # requests_per_second and max_concurrency, by endpoint
+        self._fallback: dict[str, LocalSlots] = {}
+        self._down = False
+        self._failing_since = 0.0  # when the store began failing (0: it answers)
+        self._next_probe = 0.0
+        self.late = 0  # slots given up because this gateway woke up too late for them
+
+    def _keys(self, endpoint: str) -> list[str]:
+        base = f"cryo-ingest:budget:{self.pool}:{endpoint}"
+        return [f"{base}:tat", f"{base}:gateways"]
+
+    async def start(self, endpoints: Iterable[Endpoint]) -> None:
+        """Register this gateway on each rate-limited endpoint; raises RpcError if the store does not answer."""
+        self._client = aioredis.Redis.from_url(
+            self._url, socket_timeout=STORE_TIMEOUT, socket_connect_timeout=STORE_TIMEOUT, retry_on_timeout=False
+        )
+        for e in endpoints:
+            if not e.requests_per_second:
+                continue
+            self._limits[e.name] = (e.requests_per_second, e.max_concurrency or 1)
+            try:
+                wait = await self._take(e.name, e.requests_per_second)
+            except (RedisError, OSError) as err:
+                raise RpcError(f"budget store unreachable at start ({type(err).__name__}: {redact(str(err))})") from None
+            await asyncio.sleep(wait)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def acquire(self, endpoint: str, rps: float) -> None:
+        """Wait for this endpoint's next slot: the store's, or while it is down this gateway's share."""
+        while True:
+            now = time.monotonic()
+            probe = self._down  # only a request sent to the store while it was down can say it is back
+            if probe and now < self._next_probe:
+                break
+            self._next_probe = now + PROBE_SECONDS
+            try:
+                await self._slot(lambda: self._take(endpoint, rps), rps)
+            except (RedisError, OSError) as err:
+                if self._down:
+                    break
+                # A blip (a busy CPU, a failover) is waited out: falling back while the other gateways
+                # still share the store would add this gateway's share on top of the limit.
+                self._failing_since = self._failing_since or now
+                if time.monotonic() - self._failing_since < GRACE_SECONDS:
+                    await asyncio.sleep(0.1)
+                    continue
+                self._down = True
+                self._hold_reserved(time.monotonic())
+                log.warning(
+                    "budget store unreachable (%s): each endpoint falls back to this gateway's share of its limit (%s)",
+                    type(err).__name__,
+                    ", ".join(f"{n}: 1/{k}" for n, k in sorted(self._peers.items())),
+                )
+                break
+            self._failing_since = 0.0
+            if probe and self._down:
+                self._down = False
+                self._fallback.clear()
+                log.warning("budget store reachable again: endpoints share the cluster's budget")
+            return
+        await asyncio.sleep(max(0.0, self._reserved.get(endpoint, 0.0) - time.monotonic()))
+        share = self._fallback.get(endpoint)
+        if share is None:
+            share = self._fallback[endpoint] = LocalSlots(rps / self._peers.get(endpoint, 1))
+        await self._slot(share.take, share.rps)
+
+    async def _slot(self, take: Callable[[], Awaitable[float]], rps: float) -> None:
+        """Sleep until a slot. One woken late (a busy CPU stalls the event loop) is given up and another
+        taken once: sent now, it would bunch with the slots after it and break the limit at the provider;
+        given up every time, a slow machine would spend the whole budget on slots nobody uses."""
+        for retake in (True, False):
+            wait = await take()
+            due = time.monotonic() + wait
+            await asyncio.sleep(wait)
+            if not retake or time.monotonic() - due <= burst(rps) / rps:
+                return
+            self.late += 1
+
+    async def _take(self, endpoint: str, rps: float) -> float:
+        assert self._client is not None
+        interval = 1_000_000 / rps
+        wait_us, reserved_us, peers = await self._client.eval(
+            TAKE, 2, *self._keys(endpoint), f"{interval:.3f}", f"{burst(rps):.3f}", self.id, LIVE_SECONDS * 1_000_000
+        )
+        self._peers[endpoint] = max(1, int(peers))
+        self._reserved[endpoint] = time.monotonic() + int(reserved_us) / 1_000_000
+        return max(0.0, int(wait_us) / 1_000_000)
+
+    def _hold_reserved(self, now: float) -> None:
+        """Slots the store gave out before it went down are still being used, by every gateway: the share
+        starts after them, or both would add up to twice the limit. A gateway holds at most one slot per
+        request in flight, so the store's slots end within peers x max_concurrency slots of now (peers
+        using the same pool document); this gateway's own last answer may say later."""
+        for endpoint, (rps, concurrency) in self._limits.items():
+            ahead = self._peers.get(endpoint, 1) * concurrency / rps
+            self._reserved[endpoint] = max(self._reserved.get(endpoint, 0.0), now + ahead)
+
+
+def shared_budget(job: Job) -> SharedBudget | None:
+    """The job's shared budget, if it names a store; pools given as `--rpc` URLs are keyed "rpc"."""
+    if job.budget_store is None:
+        return None
+    return SharedBudget(job.budget_store.get_secret_value(), job.rpc_pool or "rpc")

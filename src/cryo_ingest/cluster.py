@@ -1,0 +1,135 @@
+"""The Dask executor: a job's partitions as tasks on a `dask.distributed` cluster.
+
+A task carries the pool's *name* (and where a worker looks it up: a pool-file path, a secret id),
+never an endpoint URL or key: task arguments travel through the scheduler and show up in its logs,
+dashboards and tracebacks. Each worker resolves the pool from its own environment, runs its own
+loopback gateway (its budget store, if any, from its own CRYO_INGEST_BUDGET_STORE), and runs the
+partition as a child process killed at the timeout, since Dask cannot stop a running task. So
+the submitting machine needs no secret: the final head, too, is asked for by a task.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from distributed import Client, Semaphore, as_completed
+
+from . import chains, events, manifest
+from .backfill import Result
+from .budget import BUDGET_ENV, shared_budget
+from .config import Job, make_job, resolve_pool
+from .errors import ConfigError
+from .gateway import Gateway
+from .operator.dispatch import Dispatcher
+from .plan import make_plan
+from .storage import open_store
+from .task import PartitionResult, Task
+
+
+@dataclass(frozen=True)
+class PoolRef:
+    """How a worker finds the pool: its name and where to look, never what it holds."""
+
+    name: str
+    pool_file: str | None = None
+    secret: str | None = None
+
+
+def _worker_gateway(ref: PoolRef, chain_id: int) -> Gateway:
+    """The pool from this worker's environment, behind a gateway of its own."""
+    pool = resolve_pool(ref.name, Path(ref.pool_file) if ref.pool_file else None, ref.secret)
+    job = make_job(
+        chain_id=chain_id,
+        start_block=0,
+        end_block=0,
+        datasets=("blocks",),
+        rpc=pool,
+        rpc_pool=ref.name,
+        budget_store=os.environ.get(BUDGET_ENV) or None,
+    )
+    return Gateway(job.rpc, chain_id, shared=shared_budget(job))
+
+
+def final_head_task(ref: PoolRef, chain_id: int, reorg_buffer: int) -> int:
+    with _worker_gateway(ref, chain_id) as gw:
+        return chains.final_head(gw, chain_id, reorg_buffer)
+
+
+def partition_task(ref: PoolRef, task: Task, timeout: float | None, semaphore: Semaphore) -> PartitionResult:
+    """One partition on a worker, under the job's cluster-wide concurrency limit."""
+    if multiprocessing.current_process().daemon:
+        raise ConfigError(
+            "dask worker: its process is daemonic and cannot start a partition's process: "
+            "start workers with DASK_DISTRIBUTED__WORKER__DAEMON=False (docs/cluster.md)"
+        )
+    with semaphore, _worker_gateway(ref, task.chain_id) as gw:
+        if "traces" in task.partition.datasets:
+            gw.require_traces(task.partition.start)
+        dispatcher = Dispatcher()
+        dispatcher.start(replace(task, gateway_url=gw.url), timeout)
+        while True:
+            for _, result in dispatcher.wait(1.0):
+                return result
+
+
+def backfill_on_cluster(
+    job: Job,
+    ref: PoolRef,
+    scheduler: str,
+    timeout: float | None = None,
+    events_file: Path | None = None,
+    on_partition: Callable[[PartitionResult], None] | None = None,
+) -> Result:
+    """backfill(), its partitions on the cluster at `scheduler`; this process holds no RPC secret."""
+    started = time.monotonic()
+    store = open_store(job.root, job.storage_options)
+    store.check_access()
+    archived = {d: manifest.load(store, job.chain_id, d) for d in job.datasets}
+    for m in archived.values():
+        manifest.check_grid(m, job.chunk_size)
+    result = Result(job.chain_id, job.datasets, job.start_block, job.end_block)
+    with Client(scheduler) as client:
+        result.final_head = client.submit(final_head_task, ref, job.chain_id, job.reorg_buffer, pure=False).result()
+        plan = make_plan(
+            job.start_block,
+            job.end_block,
+            job.chunk_size,
+            job.datasets,
+            {d: set(m.files) if m else set() for d, m in archived.items()},
+            result.final_head,
+            job.force,
+            job.chunks_per_partition,
+        )
+        result.done, result.pending = plan.done, plan.pending
+        sinks = events.Sinks(job.output_dataset or f"cold_{'_'.join(job.datasets)}", job.root, events_file)
+        semaphore = Semaphore(max_leases=job.max_concurrency, name=f"cryo-ingest-{job.chain_id}-{job.root}")
+        futures = [
+            client.submit(
+                partition_task,
+                ref,
+                Task(p, "", job.root, job.storage_options, job.chain_id, job.chunk_size, job.overwrite_conflicts, sinks),
+                timeout,
+                semaphore,
+                pure=False,
+            )
+            for p in plan.partitions
+        ]
+        for future in as_completed(futures):
+            pr: PartitionResult = future.result()
+            result.published += pr.published
+            result.emitted += pr.emitted
+            result.cas_retries += pr.cas_retries
+            if pr.error:
+                (result.conflicts if pr.conflict else result.failed).append(pr.error)
+            if on_partition:
+                on_partition(pr)
+    result.published.sort(key=lambda e: (e.dataset, e.start_block))
+    start = job.start_block - job.start_block % job.chunk_size
+    result.emitted += len(events.reconcile(store, sinks, job.chain_id, job.datasets, start, job.end_block))
+    result.seconds = time.monotonic() - started
+    return result

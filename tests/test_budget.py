@@ -1,0 +1,179 @@
+"""One endpoint's requests_per_second across several gateways: three `cryo-ingest backfill`
+processes, a real redis-server, a proxy that answers 429 above 50 requests per 1-second window."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from conftest import CANARY, Devnet, backfill, backfill_command, cli
+from servers import FaultProxy, Faults, RedisServer
+from test_config import SPEC_YAML
+
+LIMIT = 50
+GATEWAYS = 3
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def provider_priority() -> Iterator[None]:
+    """The proxy stands for a provider, which does not share our CPU: on a busy machine (2 cores, Cryo,
+    anvil, three jobs) a starved proxy reads requests late and in bunches, and measures its own stalls.
+    So this process (the proxy's thread) runs at a higher priority than the jobs, where allowed (root)."""
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    with contextlib.suppress(PermissionError):
+        os.setpriority(os.PRIO_PROCESS, 0, -10)
+    yield
+    os.setpriority(os.PRIO_PROCESS, 0, before)
+
+
+def _normal_priority() -> None:
+    os.setpriority(os.PRIO_PROCESS, 0, 0)
+
+
+def start_backfills(proxy: FaultProxy, store: str, tmp_path: Path) -> list[tuple[subprocess.Popen[str], Path]]:
+    """Three jobs (own archives), one pool: the endpoint `shared` at 50 requests/s, its key a canary."""
+    runs = []
+    for i in range(GATEWAYS):
+        pool = {"endpoints": [{"name": "shared", "url": proxy.url(f"/v2/{CANARY}/{i}"), "requests_per_second": LIMIT}]}
+        env = {**os.environ, "CRYO_INGEST_RPC_POOL_TEST": json.dumps(pool), "CRYO_INGEST_BUDGET_STORE": store}
+        log = tmp_path / f"backfill-{i}.log"
+        cmd = backfill_command(tmp_path / f"archive-{i}", None, "--rpc-pool", "test", datasets="blocks")
+        with log.open("w") as out:
+            runs.append(
+                (
+                    subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=_normal_priority),
+                    log,
+                )
+            )
+    return runs
+
+
+def finish(runs: list[tuple[subprocess.Popen[str], Path]]) -> list[str]:
+    outputs = []
+    for process, log in runs:
+        code = process.wait(120)
+        text = log.read_text()
+        assert code == 0, text
+        assert CANARY.lower() not in text.lower()
+        outputs.append(text)
+    return outputs
+
+
+def worst_window(times: list[float]) -> int:
+    """The most requests that arrived in one of the proxy's one-second windows (those its 429s count)."""
+    return max(Counter(int(t) for t in times).values())
+
+
+def worst_sliding(times: list[float], seconds: float = 1.0) -> int:
+    """The most requests that arrived within any `seconds`-long window, not aligned (shown, not asserted:
+    on a busy machine the proxy's own stalls bunch what it reads)."""
+    times = sorted(times)
+    j, worst = 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - seconds:
+            j += 1
+        worst = max(worst, i - j + 1)
+    return worst
+
+
+def useful_rate(answered: list[float], start: float, end: float) -> float:
+    """Requests forwarded and answered per second between `start` and `end`."""
+    return sum(1 for t in answered if start <= t < end) / (end - start)
+
+
+def test_three_gateways_share_one_budget(chain: Devnet, redis_server: RedisServer, tmp_path: Path) -> None:
+    with FaultProxy(chain.url, Faults(rate_limit=LIMIT)) as proxy:
+        finish(start_backfills(proxy, redis_server.url, tmp_path))
+    # Each gateway alone sends up to 50/s (plus a burst of 5): without the store, three send ~150/s.
+    worst = worst_window(proxy.times)
+    # The steady part (all three busy: the first and last 10% of requests are start-up and tail)
+    answered = sorted(proxy.answered)
+    lo, hi = answered[len(answered) // 10], answered[-len(answered) // 10]
+    rate = useful_rate(answered, lo, hi)
+    print(
+        f"worst 1-s window {worst} (sliding {worst_sliding(proxy.times)}), useful rate {rate:.1f}/s, "
+        f"429s {proxy.injected['http_429']}, {len(answered)} answered"
+    )
+    assert worst <= LIMIT * 1.1, worst
+    assert rate >= 0.85 * LIMIT, rate
+
+
+def test_store_stopped_mid_run_falls_back_to_a_share(chain: Devnet, redis_server: RedisServer, tmp_path: Path) -> None:
+    """docs/cluster.md: with the store gone, each gateway keeps 1/3 of the limit (3 gateways seen); the jobs finish."""
+    with FaultProxy(chain.url, Faults(rate_limit=LIMIT)) as proxy:
+        runs = start_backfills(proxy, redis_server.url, tmp_path)
+        deadline = time.monotonic() + 60
+        while len(proxy.answered) < 150 and time.monotonic() < deadline:  # all three gateways taking slots
+            time.sleep(0.05)
+        redis_server.stop()
+        stopped = time.monotonic()
+        outputs = finish(runs)
+    for text in outputs:
+        assert "budget store unreachable" in text and "shared: 1/3" in text, text
+        assert text.count("budget store unreachable") == 1 and "reachable again" not in text, text  # it never came back
+    after = [t for t in proxy.times if t > stopped]
+    worst = worst_window(after)
+    answered = sorted(t for t in proxy.answered if t > stopped)
+    rate = useful_rate(answered, answered[0], answered[-1])
+    print(f"after the stop: worst 1-s window {worst} (sliding {worst_sliding(after)}), useful rate {rate:.1f}/s")
+    assert worst <= LIMIT * 1.1, worst
+    # Most of the work was done after the stop: not failed closed. (The rate is lower: 3 s of grace,
+    # then the wait for the slots the store may have given out, then 1/3 each while jobs end one by one.)
+    assert len(answered) > 200
+
+
+def test_run_takes_its_slots_from_the_store_keyed_by_names(chain: Devnet, redis_server: RedisServer, tmp_path: Path) -> None:
+    """`cryo-ingest run` (the operator's runner) uses the store too; its keys name the pool and the endpoint, not the URL."""
+    config = tmp_path / "dag.yaml"
+    config.write_text(
+        SPEC_YAML.replace("chain_id: 10143", "chain_id: 31337").replace(
+            "    rpc_pool: monad\n", "    rpc_pool: monad\n    chunk_size: 50\n    chunks_per_partition: 1\n"
+        )
+    )
+    root = tmp_path / "archive"
+    with FaultProxy(chain.url) as proxy:
+        pool = {"endpoints": [{"name": "local", "url": proxy.url(f"/v2/{CANARY}"), "requests_per_second": 200}]}
+        env = {"CRYO_INGEST_RPC_POOL_MONAD": json.dumps(pool)}
+        req = cli("request", "--config", str(config), "--root", str(root), "--start", "0", "--end", "99", env=env)
+        assert req.code == 0, req.text
+        run = cli("run", "--config", str(config), "--root", str(root), "--budget-store", redis_server.url, env=env)
+    assert run.code == 0, run.text
+    keys = redis.Redis.from_url(redis_server.url).keys("*")
+    assert sorted(keys) == [b"cryo-ingest:budget:monad:local:gateways", b"cryo-ingest:budget:monad:local:tat"]
+    assert CANARY.lower() not in run.text.lower()
+
+
+def test_store_unreachable_at_start_stops_the_job_without_its_password(chain: Devnet, tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pool = {"endpoints": [{"name": "shared", "url": chain.url, "requests_per_second": LIMIT}]}
+    run = backfill(
+        tmp_path / "archive",
+        None,
+        "--rpc-pool",
+        "test",
+        "--budget-store",
+        f"redis://:{CANARY}@127.0.0.1:{port}/0",
+        datasets="blocks",
+        env={"CRYO_INGEST_RPC_POOL_TEST": json.dumps(pool)},
+    )
+    assert run.code == 1, run.text
+    assert "budget store unreachable at start" in run.text, run.text
+    assert CANARY.lower() not in run.text.lower()
+    assert not (tmp_path / "archive").exists()
