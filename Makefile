@@ -8,8 +8,10 @@ BIN := $(VENV)/bin
 setup: system-deps $(VENV)/.installed node_modules/.installed
 
 # What the tests start as real processes besides ours: redis-server (the shared budget store), from Debian.
+# Servers and tools the tests start (Debian's packages): redis for the shared budget, Chromium for the coverage page.
 system-deps:
-	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+	@command -v redis-server >/dev/null && command -v chromium >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server chromium >/dev/null; }
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
