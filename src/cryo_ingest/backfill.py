@@ -20,8 +20,8 @@ from . import chains, events, manifest
 from .budget import shared_budget
 from .config import Job
 from .gateway import Gateway
-from .plan import Chunk, make_plan
-from .storage import open_store
+from .plan import Chunk, Partition, Plan, make_plan
+from .storage import Store, open_store
 from .task import PartitionResult, Task
 
 log = logging.getLogger("cryo_ingest")
@@ -58,72 +58,92 @@ def _in_worker(task: Task) -> PartitionResult:
     return run_partition(task)
 
 
+@dataclass
+class Opened:
+    """A job checked against its archive, before any RPC work: what every executor starts from."""
+
+    job: Job
+    store: Store
+    archived: dict[str, manifest.Manifest | None]
+    sinks: events.Sinks
+    result: Result
+    started: float = field(default_factory=time.monotonic)
+
+    def plan(self, final_head: int) -> Plan:
+        self.result.final_head = final_head
+        job = self.job
+        held = {d: set(m.files) if m else set() for d, m in self.archived.items()}
+        plan = make_plan(
+            job.start_block, job.end_block, job.chunk_size, job.datasets, held, final_head, job.force, job.chunks_per_partition
+        )
+        self.result.done, self.result.pending = plan.done, plan.pending
+        if plan.pending:
+            log.warning(
+                "%d chunk(s) from block %d on are not final yet (final head %d): left for a later run",
+                len(plan.pending),
+                plan.pending[0].start,
+                final_head,
+            )
+        return plan
+
+    def task(self, partition: Partition, gateway_url: str) -> Task:
+        j = self.job
+        return Task(
+            partition, gateway_url, j.root, j.storage_options, j.chain_id, j.chunk_size, j.overwrite_conflicts, self.sinks
+        )
+
+    def record(self, pr: PartitionResult, on_partition: Callable[[PartitionResult], None] | None) -> None:
+        self.result.published += pr.published
+        self.result.emitted += pr.emitted
+        self.result.cas_retries += pr.cas_retries
+        if pr.error:
+            (self.result.conflicts if pr.conflict else self.result.failed).append(pr.error)
+        if on_partition:
+            on_partition(pr)
+
+    def finish(self) -> Result:
+        """Events of entries an earlier run recorded but died before announcing (the plan skips their chunks)."""
+        job, result = self.job, self.result
+        result.published.sort(key=lambda e: (e.dataset, e.start_block))
+        first = job.start_block - job.start_block % job.chunk_size
+        result.emitted += len(events.reconcile(self.store, self.sinks, job.chain_id, job.datasets, first, job.end_block))
+        result.seconds = time.monotonic() - self.started
+        return result
+
+
+def open_job(job: Job, events_file: Path | None) -> Opened:
+    """Fail fast on storage and on the chunk grid, before any RPC work."""
+    store = open_store(job.root, job.storage_options)
+    store.check_access()
+    archived: dict[str, manifest.Manifest | None] = {d: manifest.load(store, job.chain_id, d) for d in job.datasets}
+    for m in archived.values():
+        manifest.check_grid(m, job.chunk_size)
+    sinks = events.Sinks(job.output_dataset or f"cold_{'_'.join(job.datasets)}", job.root, events_file)
+    return Opened(job, store, archived, sinks, Result(job.chain_id, job.datasets, job.start_block, job.end_block))
+
+
 def backfill(
     job: Job,
     events_file: Path | None = None,
     on_partition: Callable[[PartitionResult], None] | None = None,
 ) -> Result:
     """Archive job.start_block..job.end_block (widened to the grid, capped at the final head)."""
-    started = time.monotonic()
-    store = open_store(job.root, job.storage_options)
-    store.check_access()
-    archived = {d: manifest.load(store, job.chain_id, d) for d in job.datasets}
-    for m in archived.values():
-        manifest.check_grid(m, job.chunk_size)
-    result = Result(job.chain_id, job.datasets, job.start_block, job.end_block)
+    run = open_job(job, events_file)
     # spawn, not fork: this process runs the gateway's thread, which a fork would copy half-way.
     pool = ProcessPoolExecutor(max_workers=job.max_concurrency, mp_context=multiprocessing.get_context("spawn"))
     with pool, Gateway(job.rpc, job.chain_id, shared=shared_budget(job)) as gw:
         warm = pool.submit(_warm_up)  # a worker starts and imports Cryo while the gateway checks the endpoints
-        result.final_head = chains.final_head(gw, job.chain_id, job.reorg_buffer)
-        plan = make_plan(
-            job.start_block,
-            job.end_block,
-            job.chunk_size,
-            job.datasets,
-            {d: set(m.files) if m else set() for d, m in archived.items()},
-            result.final_head,
-            job.force,
-            job.chunks_per_partition,
-        )
-        result.done, result.pending = plan.done, plan.pending
+        plan = run.plan(chains.final_head(gw, job.chain_id, job.reorg_buffer))
         with_traces = [p for p in plan.partitions if "traces" in p.datasets]
         if with_traces:
             gw.require_traces(with_traces[0].start)
-            result.trace_source = gw.trace_source
-        if plan.pending:
-            log.warning(
-                "%d chunk(s) from block %d on are not final yet (final head %d): left for a later run",
-                len(plan.pending),
-                plan.pending[0].start,
-                result.final_head,
-            )
-        sinks = events.Sinks(job.output_dataset or f"cold_{'_'.join(job.datasets)}", job.root, events_file)
-        tasks = [
-            Task(
-                p,
-                gw.url,
-                job.root,
-                job.storage_options,
-                job.chain_id,
-                job.chunk_size,
-                job.overwrite_conflicts,
-                sinks,
-            )
-            for p in plan.partitions
-        ]
+            run.result.trace_source = gw.trace_source
+        tasks = [run.task(p, gw.url) for p in plan.partitions]
         if tasks:
             warm.result()  # idle now: the first partition reuses it rather than spawning a second worker
-            _run_tasks(pool, tasks, result, on_partition)
-        result.gateway = gw.metrics()
-    # Entries recorded by an earlier run that died before emitting their events (the plan skips their chunks).
-    result.emitted += len(
-        events.reconcile(
-            store, sinks, job.chain_id, job.datasets, job.start_block - job.start_block % job.chunk_size, job.end_block
-        )
-    )
-    result.seconds = time.monotonic() - started
-    return result
+            _run_tasks(pool, tasks, run, on_partition)
+        run.result.gateway = gw.metrics()
+    return run.finish()
 
 
 def _warm_up() -> None:
@@ -131,7 +151,7 @@ def _warm_up() -> None:
 
 
 def _run_tasks(
-    pool: ProcessPoolExecutor, tasks: list[Task], result: Result, on_partition: Callable[[PartitionResult], None] | None
+    pool: ProcessPoolExecutor, tasks: list[Task], run: Opened, on_partition: Callable[[PartitionResult], None] | None
 ) -> None:
     futures: dict[Future[PartitionResult], Task] = {pool.submit(_in_worker, t): t for t in tasks}
     for future in as_completed(futures):
@@ -140,11 +160,4 @@ def _run_tasks(
             pr = future.result()
         except BrokenProcessPool:
             pr = PartitionResult(part, error=f"partition {part.start}-{part.end}: worker process died")
-        result.published += pr.published
-        result.emitted += pr.emitted
-        result.cas_retries += pr.cas_retries
-        if pr.error:
-            (result.conflicts if pr.conflict else result.failed).append(pr.error)
-        if on_partition:
-            on_partition(pr)
-    result.published.sort(key=lambda e: (e.dataset, e.start_block))
+        run.record(pr, on_partition)

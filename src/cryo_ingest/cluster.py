@@ -12,22 +12,19 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from distributed import Client, Semaphore, as_completed
 
-from . import chains, events, manifest
-from .backfill import Result
+from . import chains
+from .backfill import Result, open_job
 from .budget import BUDGET_ENV, shared_budget
 from .config import Job, make_job, resolve_pool
 from .errors import ConfigError
 from .gateway import Gateway
 from .operator.dispatch import Dispatcher
-from .plan import make_plan
-from .storage import open_store
 from .task import PartitionResult, Task
 
 
@@ -86,50 +83,11 @@ def backfill_on_cluster(
     on_partition: Callable[[PartitionResult], None] | None = None,
 ) -> Result:
     """backfill(), its partitions on the cluster at `scheduler`; this process holds no RPC secret."""
-    started = time.monotonic()
-    store = open_store(job.root, job.storage_options)
-    store.check_access()
-    archived = {d: manifest.load(store, job.chain_id, d) for d in job.datasets}
-    for m in archived.values():
-        manifest.check_grid(m, job.chunk_size)
-    result = Result(job.chain_id, job.datasets, job.start_block, job.end_block)
+    run = open_job(job, events_file)
     with Client(scheduler) as client:
-        result.final_head = client.submit(final_head_task, ref, job.chain_id, job.reorg_buffer, pure=False).result()
-        plan = make_plan(
-            job.start_block,
-            job.end_block,
-            job.chunk_size,
-            job.datasets,
-            {d: set(m.files) if m else set() for d, m in archived.items()},
-            result.final_head,
-            job.force,
-            job.chunks_per_partition,
-        )
-        result.done, result.pending = plan.done, plan.pending
-        sinks = events.Sinks(job.output_dataset or f"cold_{'_'.join(job.datasets)}", job.root, events_file)
+        plan = run.plan(client.submit(final_head_task, ref, job.chain_id, job.reorg_buffer, pure=False).result())
         semaphore = Semaphore(max_leases=job.max_concurrency, name=f"cryo-ingest-{job.chain_id}-{job.root}")
-        futures = [
-            client.submit(
-                partition_task,
-                ref,
-                Task(p, "", job.root, job.storage_options, job.chain_id, job.chunk_size, job.overwrite_conflicts, sinks),
-                timeout,
-                semaphore,
-                pure=False,
-            )
-            for p in plan.partitions
-        ]
+        futures = [client.submit(partition_task, ref, run.task(p, ""), timeout, semaphore, pure=False) for p in plan.partitions]
         for future in as_completed(futures):
-            pr: PartitionResult = future.result()
-            result.published += pr.published
-            result.emitted += pr.emitted
-            result.cas_retries += pr.cas_retries
-            if pr.error:
-                (result.conflicts if pr.conflict else result.failed).append(pr.error)
-            if on_partition:
-                on_partition(pr)
-    result.published.sort(key=lambda e: (e.dataset, e.start_block))
-    start = job.start_block - job.start_block % job.chunk_size
-    result.emitted += len(events.reconcile(store, sinks, job.chain_id, job.datasets, start, job.end_block))
-    result.seconds = time.monotonic() - started
-    return result
+            run.record(future.result(), on_partition)
+    return run.finish()
