@@ -78,12 +78,12 @@ def test_rate_limit_is_respected(chain: Devnet, tmp_path: Path) -> None:
         assert len(times) > 100
         # docs/rpc-pool.md: a token bucket of a tenth of a second's requests (5 at 50/s), refilled at
         # 50/s. So in any window of T seconds the gateway sends at most 5 + 50 T: 55 in one second,
-        # 30 in half a second. Counted where the requests arrive, plus one: a request whose trip to
-        # this proxy took up to 20 ms less than its predecessor's (1/50 s) can fall into the window.
-        # A one-second bucket gave 101; a doubled rate 110, a doubled burst 60.
+        # 30 in half a second. Counted where the requests arrive, plus two: requests whose trips to
+        # this proxy differ by up to 40 ms (2/50 s) can fall into the window (57 seen once in CI, on
+        # an otherwise idle machine). A one-second bucket gave 101; a doubled rate 110, a doubled burst 60.
         for window, limit in ((1.0, 55), (0.5, 30)):
             worst = max(sum(1 for t in times[i:] if t - s < window) for i, s in enumerate(times))
-            assert worst <= limit + 1, (window, worst)
+            assert worst <= limit + 2, (window, worst)
             # and the demand was above the limit, or this would prove nothing
             assert worst >= limit - 5, (window, worst)
 
