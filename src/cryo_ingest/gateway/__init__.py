@@ -1,0 +1,12 @@
+"""The gateway: a JSON-RPC proxy on 127.0.0.1, the only thing that talks to RPC providers.
+
+Cryo gets this proxy's URL, never a provider's (it leaks its RPC URL into reports and banners,
+and does not survive 429s or 5xx). One concern a module: `server` (the proxy and what it answers
+itself), `pool` (endpoints, retries, the circuit breaker), `budgets` (how fast each endpoint may
+be sent to), `history` (old chains made readable), `traces` (traces from debug_traceBlockByNumber),
+`replies` (passing replies on unparsed and redacted). docs/rpc-pool.md says what it does.
+"""
+
+from .server import TRACE_SOURCE_PATH, UNKNOWN_PATH, Gateway
+
+__all__ = ["TRACE_SOURCE_PATH", "UNKNOWN_PATH", "Gateway"]

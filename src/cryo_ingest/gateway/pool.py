@@ -1,0 +1,358 @@
+"""The endpoints behind the gateway: which one gets a request, retries, the circuit breaker, and
+what a reply means (success, a fault another attempt may fix, or a definite answer)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from ..budget import SharedBudget
+from ..config import Endpoint
+from ..errors import RpcError, redact
+from .budgets import Bucket
+from .replies import GAVE_UP, Reply, body_text, describe_error, error, scrubbed, shorten
+
+log = logging.getLogger("cryo_ingest.gateway")
+
+# Methods whose null result for a block at or below the known head means a lagging node.
+BLOCK_METHODS = {"eth_getBlockByNumber", "eth_getBlockReceipts", "trace_block", "debug_traceBlockByNumber"}
+TRANSIENT_MESSAGE = re.compile(
+    r"rate.?limit|too many|limit exceeded|exceeds? .*capacity|header not found|timeout|timed out|"
+    r"temporar|try again|busy|overload|unavailable|internal error|upstream|missing trie node",
+    re.I,
+)
+AUTH_MESSAGE = re.compile(r"unauthori[sz]ed|api.?key|forbidden|not authori[sz]ed|access denied|invalid.*token", re.I)
+TRANSIENT_CODES = {-32005, -32029, 429, -32603}
+# The opening of a JSON-RPC success as nodes write it. A reply that opens so and ends with "}"
+# is a success whatever its size: passing it on unparsed saves the gateway most of its CPU.
+SUCCESS_OPENING = re.compile(rb'\s*\{\s*"jsonrpc"\s*:\s*"2\.0"\s*,\s*"id"\s*:\s*(?:-?\d+|"[^"\\]*"|null)\s*,\s*"result"\s*:\s*')
+# An endpoint trips its breaker after 10 failures in a row; three trips with no success between: down.
+POOL_DOWN_TRIPS = 3
+
+
+class Retry(Exception):
+    """One failed attempt that another attempt may fix; `kind` names it in metrics, `detail` says
+    what happened (the exception or the provider's words, redacted) for logs and error messages."""
+
+    def __init__(self, kind: str, delay: float = 0.0, detail: str = "") -> None:
+        super().__init__(f"{kind} ({detail})" if detail else kind)
+        self.kind, self.delay, self.detail = kind, delay, detail
+
+
+@dataclass
+class Upstream:
+    """An endpoint's live state. Its URL stays inside `spec` and is only used to send."""
+
+    spec: Endpoint
+    bucket: Bucket
+    semaphore: asyncio.Semaphore
+    disabled: str | None = None
+    consecutive_failures: int = 0
+    trips: int = 0
+    cooldown_until: float = 0.0
+    last_failure: str = ""
+    latency: float = 0.05
+    requests: int = 0
+    retries: int = 0
+    bytes: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def usable(self, now: float) -> bool:
+        return self.disabled is None and self.cooldown_until <= now
+
+    def fail(self, kind: str, now: float) -> None:
+        self.errors[kind] += 1
+        self.consecutive_failures += 1
+        if self.consecutive_failures >= 10:
+            self.trips += 1
+            self.cooldown_until = max(self.cooldown_until, now + min(30.0, 0.5 * 2**self.trips))
+            self.consecutive_failures = 0
+            log.warning("endpoint %s: %d failures in a row, cooling down", self.name, 10)
+
+    def succeed(self, elapsed: float) -> None:
+        self.consecutive_failures = 0
+        self.trips = max(0, self.trips - 1)
+        self.latency = 0.8 * self.latency + 0.2 * elapsed
+        self.latencies.append(elapsed)
+
+    def metrics(self) -> dict[str, Any]:
+        lat = sorted(self.latencies)
+        pct = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 2)) if lat else (lambda q: None)
+        return {
+            "requests": self.requests,
+            "retries": self.retries,
+            "errors": dict(sorted(self.errors.items())),
+            "http_429": self.errors.get("http_429", 0),
+            "p50_ms": pct(0.5),
+            "p95_ms": pct(0.95),
+            "bytes": self.bytes,
+            "disabled": self.disabled,
+        }
+
+
+class Pool:
+    """The endpoints and their state; lives on the gateway's event loop."""
+
+    def __init__(
+        self,
+        endpoints: Iterable[Endpoint],
+        chain_id: int,
+        *,
+        attempts: int,
+        budget_seconds: float,
+        timeout_seconds: float,
+        shared: SharedBudget | None,
+    ) -> None:
+        self.specs = list(endpoints)
+        self.shared = shared  # rate limits shared with other gateways (budget.py); else each endpoint's own bucket
+        self.chain_id = chain_id
+        self.attempts, self.budget, self.timeout = attempts, budget_seconds, timeout_seconds
+        self.upstreams: list[Upstream] = []
+        self.head = -1
+        self._down = False  # every endpoint keeps failing (logged once per outage)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+            timeout=aiohttp.ClientTimeout(total=self.timeout),
+        )
+        self.upstreams = [
+            Upstream(spec=e, bucket=Bucket(e, self.shared), semaphore=asyncio.Semaphore(e.max_concurrency or 1))
+            for e in self.specs
+        ]
+        if self.shared is not None:
+            await self.shared.start(self.specs)
+        await self._preflight()
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self.shared is not None:
+            await self.shared.close()
+
+    def metrics(self) -> dict[str, Any]:
+        return {u.name: u.metrics() for u in self.upstreams}
+
+    async def _preflight(self) -> None:
+        """eth_chainId on every endpoint: wrong chain or bad credentials leave the pool."""
+        body = {"jsonrpc": "2.0", "id": 0, "method": "eth_chainId", "params": []}
+        problems = []
+        for up in self.upstreams:
+            try:
+                reply = await self._preflight_one(up, body)
+            except Retry as r:
+                problems.append(f"{up.name}: {r}")
+                if up.disabled is None:
+                    up.cooldown_until = time.monotonic() + 1.0  # down now; probed again later
+                continue
+            try:
+                served = int(reply["result"], 16)
+            except (KeyError, TypeError, ValueError):
+                err = reply.get("error")
+                problems.append(
+                    f"{up.name}: " + (f"eth_chainId failed: {describe_error(err)}" if err else "no chain id in reply")
+                )
+                up.disabled = "bad eth_chainId reply"
+                continue
+            if served != self.chain_id:
+                up.disabled = f"chain {served}"
+                problems.append(f"{up.name}: serves chain {served}, not {self.chain_id}")
+                log.warning("endpoint %s serves chain %d, not %d: excluded", up.name, served, self.chain_id)
+            else:
+                up.cooldown_until = 0.0
+        if not any(u.disabled is None and u.cooldown_until == 0.0 for u in self.upstreams):
+            if any("serves chain" in p for p in problems):
+                raise RpcError(f"rpc: chain id mismatch: {'; '.join(problems)}")
+            raise RpcError(f"rpc: no endpoint reachable: {'; '.join(problems)}")
+        reply = await self.send({"jsonrpc": "2.0", "id": 0, "method": "eth_blockNumber", "params": []})
+        if "error" in reply:
+            raise RpcError(f"rpc: eth_blockNumber failed: {reply['error'].get('message')}")
+        self.head = int(reply["result"], 16)
+
+    async def _preflight_one(self, up: Upstream, body: dict[str, Any], attempts: int = 4) -> dict[str, Any]:
+        """A transient fault at start-up (a 429, a reset) must not drop the endpoint: retry it a little."""
+        for attempt in range(attempts - 1):
+            try:
+                return await self._attempt(up, body, first_try=True)
+            except Retry as r:
+                if up.disabled is not None:
+                    raise
+                await asyncio.sleep(max(r.delay, 0.1 * 2**attempt))
+        return await self._attempt(up, body, first_try=True)
+
+    async def send(self, req: dict[str, Any], passthrough: bool = False) -> dict[str, Any]:
+        """Send with retries on other endpoints; a spent budget becomes a JSON-RPC error.
+        `passthrough`: the caller only relays the reply's bytes, so a plain success need not be parsed."""
+        deadline = time.monotonic() + self.budget
+        tried: set[str] = set()
+        last = "no endpoint"
+        for attempt in range(self.attempts):
+            up = await self._pick(tried, deadline)
+            if up is None:
+                last = "no endpoint left: each is disabled or failing without a success (circuit open)"
+                break
+            tried.add(up.name)
+            try:
+                return await self._attempt(up, req, passthrough=passthrough)
+            except Retry as r:
+                up.retries += 1
+                last = f"{up.name}: {r}"
+                # Another endpoint with capacity: at once. Else back off; an endpoint that sent
+                # Retry-After is cooling down until then, and _pick waits for it.
+                fresh = any(u.usable(time.monotonic()) and u.name not in tried for u in self.upstreams)
+                delay = 0.0 if fresh else min(2.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5)
+                if time.monotonic() + max(delay, r.delay) > deadline:
+                    break
+                await asyncio.sleep(delay)
+        # While the pool is down every request ends here; that was logged once, as an error.
+        (log.debug if self._down else log.warning)("%s gave up after retries (last: %s)", req["method"], last)
+        return error(req.get("id"), f"{GAVE_UP} (last: {last})")
+
+    async def _pick(self, tried: set[str], deadline: float) -> Upstream | None:
+        """An endpoint with capacity, weighted by weight and recent latency; fresh ones first."""
+        while True:
+            now = time.monotonic()
+            live = [u for u in self.upstreams if u.disabled is None]
+            if not live:
+                return None
+            usable = [u for u in live if u.usable(now)]
+            if not usable and all(u.trips >= POOL_DOWN_TRIPS for u in live):
+                if not self._down:
+                    self._down = True
+                    failing = "; ".join(f"{u.name}: {u.last_failure}" for u in live)
+                    log.error(
+                        "rpc pool down: every endpoint keeps failing (%s); requests fail at once until one answers", failing
+                    )
+                return None  # every endpoint keeps failing: fail now, not after each request's whole budget
+            if not usable:
+                wait = min(u.cooldown_until for u in live) - now
+                if now + wait > deadline:
+                    return min(live, key=lambda u: u.cooldown_until)  # probe it anyway
+                await asyncio.sleep(max(0.0, wait))
+                continue
+            fresh = [u for u in usable if u.name not in tried] or usable
+            free = [u for u in fresh if not u.semaphore.locked()] or fresh
+            return random.choices(free, weights=[u.spec.weight / (u.latency + 0.01) for u in free])[0]
+
+    async def _attempt(
+        self, up: Upstream, req: dict[str, Any], first_try: bool = False, passthrough: bool = False
+    ) -> dict[str, Any]:
+        """One request to one endpoint; raises Retry for anything another attempt may fix."""
+        assert self._session is not None
+        async with up.semaphore:
+            await up.bucket.acquire()
+            up.requests += 1
+            started = time.monotonic()
+            try:
+                async with self._session.post(up.spec.url.get_secret_value(), json=req) as resp:
+                    raw = await resp.read()
+                    status, retry_after = resp.status, resp.headers.get("Retry-After")
+            except TimeoutError:
+                raise self._failed(up, req, "timeout", f"no answer in {self.timeout:g} s") from None
+            except aiohttp.ClientError as exc:
+                # aiohttp's messages name the host, or the whole URL (InvalidURL): redacted in _failed
+                kind = "connect" if isinstance(exc, aiohttp.ClientConnectorError) else "connection"
+                raise self._failed(up, req, kind, f"{type(exc).__name__}: {exc}") from None
+        now = time.monotonic()
+        up.bytes += len(raw)
+        if status in (401, 403):
+            body = body_text(status, raw)
+            self._disable(up, f"http {status}", body)
+            raise Retry(f"http_{status}", detail=body)
+        if status == 429 or status == 408 or status >= 500:
+            delay = _retry_after(retry_after)
+            if delay > 0:  # the provider's word holds for the endpoint, not only for this request
+                up.cooldown_until = max(up.cooldown_until, now + delay)
+            kind = f"http_{status}" if status < 500 else "http_5xx"
+            raise self._failed(up, req, kind, body_text(status, raw), now, delay)
+        if status != 200:
+            raise self._failed(up, req, f"http_{status}", body_text(status, raw), now)
+        opening = SUCCESS_OPENING.match(raw) if passthrough else None
+        if opening is not None and raw.rstrip().endswith(b"}"):
+            if raw[opening.end() : opening.end() + 4] == b"null" and _lagging(req, self.head):
+                raise self._failed(up, req, "null_result", "null for a block at or below the head", now)
+            self._succeeded(up, now - started)
+            reply = Reply(jsonrpc="2.0", id=req.get("id"))
+            reply.raw = raw
+            return reply
+        try:
+            parsed = json.loads(raw)
+            if not isinstance(parsed, dict):
+                raise ValueError
+        except ValueError:
+            raise self._failed(up, req, "bad_body", f"not a JSON-RPC reply ({len(raw)} bytes)", now) from None
+        reply = Reply(parsed)
+        reply.raw = raw
+        err = reply.get("error")
+        if err is not None:
+            code, message = (err.get("code"), str(err.get("message", ""))) if isinstance(err, dict) else (None, str(err))
+            if AUTH_MESSAGE.search(message):
+                detail = describe_error(err)
+                self._disable(up, "auth error", detail)
+                raise Retry("auth", detail=detail)
+            if (code in TRANSIENT_CODES and (code != -32603 or TRANSIENT_MESSAGE.search(message))) or (
+                TRANSIENT_MESSAGE.search(message)
+            ):
+                raise self._failed(up, req, "rpc_transient", describe_error(err), now)
+            self._succeeded(up, now - started)  # a definite answer (e.g. method not found): pass it on
+            log.debug("%s on %s: answered %s", req.get("method"), up.name, describe_error(err))
+            return scrubbed(reply)
+        if reply.get("result") is None and not first_try and _lagging(req, self.head):
+            raise self._failed(up, req, "null_result", "null for a block at or below the head", now)
+        self._succeeded(up, now - started)
+        return reply
+
+    def _failed(
+        self, up: Upstream, req: dict[str, Any], kind: str, detail: str, now: float | None = None, delay: float = 0.0
+    ) -> Retry:
+        """Count a failed attempt; what happened is shown with -v and in errors, never with the URL."""
+        detail = shorten(redact(detail))
+        up.fail(kind, time.monotonic() if now is None else now)
+        up.last_failure = f"{kind} ({detail})" if detail else kind
+        log.debug("%s on %s failed: %s", req.get("method"), up.name, up.last_failure)
+        return Retry(kind, delay, detail)
+
+    def _succeeded(self, up: Upstream, elapsed: float) -> None:
+        up.succeed(elapsed)
+        self._down = False
+
+    def _disable(self, up: Upstream, reason: str, detail: str = "") -> None:
+        if up.disabled is None:
+            up.disabled = reason
+            up.errors["auth"] += 1
+            up.last_failure = f"{reason} ({detail})" if detail else reason
+            log.error("endpoint %s refused our credentials (%s): out of the pool for this run", up.name, up.last_failure)
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return min(30.0, max(0.0, float(value))) if value else 0.0
+    except ValueError:
+        return 1.0
+
+
+def _lagging(req: dict[str, Any], head: int) -> bool:
+    """A null for a block the pool already saw mined means this node is behind."""
+    if req["method"] not in BLOCK_METHODS:
+        return False
+    params = req.get("params") or []
+    try:
+        return int(params[0], 16) <= head
+    except (IndexError, TypeError, ValueError):
+        return False

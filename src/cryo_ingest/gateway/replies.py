@@ -1,0 +1,78 @@
+"""JSON-RPC replies as the gateway passes them on: unparsed where possible, redacted always."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import redact
+
+# What the gateway answers Cryo when a request's retries are spent (logged where it happens).
+GAVE_UP = "cryo-ingest gateway: retry budget spent"
+
+
+class Reply(dict[str, Any]):
+    """A JSON-RPC reply that remembers the upstream bytes, so an unchanged reply is passed on
+    without re-encoding (most of the gateway's cost on large blocks otherwise)."""
+
+    raw: bytes | None = None
+
+
+def error(req_id: Any, message: str, code: int = -32000) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": req_id, "error": {"code": code, "message": message}}
+
+
+def encode(obj: Any) -> bytes:
+    raw = obj.raw if isinstance(obj, Reply) else None
+    return raw if raw is not None else json.dumps(obj, separators=(",", ":")).encode()
+
+
+def response(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
+
+
+def json_response(obj: Any) -> web.Response:
+    return response(encode(obj))
+
+
+def shorten(text: str, limit: int = 300) -> str:
+    """One line of at most `limit` characters. Cut only redacted text: a cut through a key hides it from redaction."""
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def body_text(status: int, raw: bytes) -> str:
+    body = shorten(redact(raw.decode("utf-8", "replace")), 200)
+    return f"HTTP {status}" + (f": {body}" if body else "")
+
+
+def describe_error(err: Any) -> str:
+    """A JSON-RPC error object as one redacted line (providers' messages may quote the request URL)."""
+    if isinstance(err, dict):
+        text = f"error {err.get('code')}: {err.get('message', '')}"
+        if err.get("data") is not None:
+            text += f" ({err['data']})"
+    else:
+        text = f"error: {err}"
+    return shorten(redact(text))
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    return value
+
+
+def scrubbed(reply: Reply) -> Reply:
+    """A provider's error as Cryo will see it: any secret in it redacted. Unchanged: passed on byte for byte."""
+    err = reply.get("error")
+    clean = _redacted(err)
+    if clean == err:
+        return reply
+    return Reply({**reply, "error": clean})  # no raw: encoded anew

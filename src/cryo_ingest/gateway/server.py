@@ -1,0 +1,166 @@
+"""The JSON-RPC proxy on 127.0.0.1 that Cryo talks to, and what it answers by itself."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import uvloop
+from aiohttp import web
+
+from .. import traces as call_frames
+from ..budget import SharedBudget
+from ..config import Endpoint
+from ..errors import RpcError
+from . import history, traces
+from .pool import Pool
+from .replies import GAVE_UP, describe_error, encode, error, json_response, response
+
+log = logging.getLogger("cryo_ingest.gateway")
+
+UNKNOWN_PATH = "/_cryo_ingest/unknown"
+TRACE_SOURCE_PATH = "/_cryo_ingest/trace-source"
+
+
+class Gateway:
+    """Run with `with Gateway(job.rpc, job.chain_id) as gw:`; give Cryo `gw.url`."""
+
+    def __init__(
+        self,
+        endpoints: Iterable[Endpoint],
+        chain_id: int,
+        *,
+        attempts: int = 12,
+        budget_seconds: float = 120.0,
+        timeout_seconds: float = 30.0,
+        shared: SharedBudget | None = None,
+    ) -> None:
+        self.pool = Pool(
+            endpoints,
+            chain_id,
+            attempts=attempts,
+            budget_seconds=budget_seconds,
+            timeout_seconds=timeout_seconds,
+            shared=shared,
+        )
+        self.chain_id = chain_id
+        self.unknown = history.Unknown()
+        self.trace_source = "trace_block"
+        self.url = ""
+        self._loop = uvloop.new_event_loop()  # about half asyncio's CPU per proxied request
+        self._thread = threading.Thread(target=self._loop.run_forever, name="cryo-ingest-gateway", daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    # ---- lifecycle (called from the main thread) -------------------------------------------
+
+    def __enter__(self) -> Gateway:
+        self._thread.start()
+        try:
+            self._run(self._start())
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread.is_alive():
+            self._run(self._stop())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+        self._loop.close()
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def call(self, method: str, *params: Any) -> Any:
+        """One JSON-RPC call through the pool, from synchronous code; raises RpcError on error."""
+        reply = self._run(self.forward({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}))
+        if "error" in reply:
+            raise RpcError(f"rpc: {method} failed: {reply['error'].get('message', reply['error'])}")
+        return reply.get("result")
+
+    def final_head(self, reorg_buffer: int) -> int:
+        """The highest final block: the `finalized` tag where served, else latest - reorg_buffer."""
+        try:
+            block = self.call("eth_getBlockByNumber", "finalized", False)
+            if block is not None:
+                return int(block["number"], 16)
+        except RpcError:
+            pass
+        return int(self.call("eth_blockNumber"), 16) - reorg_buffer
+
+    def require_traces(self, block: int) -> None:
+        """Pick the traces source (trace_block where served, else debug_traceBlockByNumber/callTracer) on `block`."""
+        self.trace_source = self._run(traces.probe(self.pool, block))
+
+    def metrics(self) -> dict[str, Any]:
+        return self.pool.metrics()
+
+    # ---- server ------------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        await self.pool.start()
+        app = web.Application(client_max_size=1024**3)
+        app.router.add_post("/", self._handle)
+        app.router.add_get(UNKNOWN_PATH, self._handle_unknown)
+        app.router.add_get(TRACE_SOURCE_PATH, self._handle_trace_source)
+        # A request whose client went away (a partition killed at its timeout) is cancelled, not retried
+        # upstream for minutes on behalf of no one; and stopping does not wait for such requests.
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True, shutdown_timeout=5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.pool.stop()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return json_response(error(None, "parse error", -32700))
+        if isinstance(body, list):
+            if not body:
+                return json_response(error(None, "empty batch", -32600))
+            replies = await asyncio.gather(*(self._relay(item) for item in body))
+            return response(b"[" + b",".join(encode(r) for r in replies) + b"]")
+        return response(encode(await self._relay(body)))
+
+    async def _relay(self, req: Any) -> dict[str, Any]:
+        """Cryo's request through the pool. An error Cryo gets fails its chunk and Cryo says no more
+        than that, so the reason is logged here (a spent retry budget was logged where it was spent)."""
+        reply = await self.forward(req, passthrough=True)
+        err = reply.get("error")
+        if err is not None and not (isinstance(err, dict) and str(err.get("message", "")).startswith(GAVE_UP)):
+            method = req.get("method") if isinstance(req, dict) else None
+            log.warning("%s: the pool answered %s; passed on to Cryo", method, describe_error(err))
+        return reply
+
+    async def _handle_unknown(self, request: web.Request) -> web.StreamResponse:
+        return json_response(self.unknown.between(int(request.query["from"]), int(request.query["to"])))
+
+    async def _handle_trace_source(self, request: web.Request) -> web.StreamResponse:
+        return json_response(self.trace_source)
+
+    async def forward(self, req: Any, passthrough: bool = False) -> dict[str, Any]:
+        """One request, answered here, rewritten, or sent through the pool. `passthrough`: the caller
+        only relays the reply's bytes, so a plain success need not be parsed."""
+        if not isinstance(req, dict) or not isinstance(req.get("method"), str):
+            return error(req.get("id") if isinstance(req, dict) else None, "invalid request", -32600)
+        method = req["method"]
+        if method == "eth_chainId" and self.pool.head >= 0:  # verified on every endpoint at start: no need to ask again
+            return {"jsonrpc": "2.0", "id": req.get("id"), "result": hex(self.chain_id)}
+        if method == "eth_getBlockReceipts":
+            return await history.block_receipts(self.pool, req, self.unknown)
+        if method == "trace_block" and self.trace_source == call_frames.DEBUG_SOURCE:
+            return await traces.trace_block_from_debug(self.pool, req, self.unknown)
+        return await self.pool.send(req, passthrough)
