@@ -110,6 +110,9 @@ class Faults:
     echo_url: set[str] = field(default_factory=set)
     # (method, n, seconds): the first n calls of `method` get HTTP 429 with `Retry-After: seconds`.
     throttle: tuple[str, int, int] | None = None
+    # debug_traceBlockByNumber answers every transaction with this error instead of its trace (as
+    # nodes that lost or never kept the state do: "Resource not found", "traces not found").
+    trace_errors: str | None = None
 
 
 class FaultProxy(Proxy):
@@ -174,6 +177,11 @@ class FaultProxy(Proxy):
             return web.json_response(
                 {"jsonrpc": "2.0", "id": body["id"], "error": {"code": -32601, "message": "the method does not exist"}}
             )
+        if f.trace_errors is not None and method == "debug_traceBlockByNumber":
+            async with self.client().post(self.upstream, data=raw, headers={"content-type": "application/json"}) as resp:
+                reply = await resp.json()
+            reply["result"] = [{"txHash": t.get("txHash"), "error": f.trace_errors} for t in reply.get("result") or []]
+            return web.json_response(reply)
         roll = self.random.random()
         for kind in ("http_429", "http_500", "http_503", "rpc_32005", "truncated", "reset", "null_result"):
             p = getattr(f, kind)

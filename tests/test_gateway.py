@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import boto3
 import pytest
-from conftest import CANARY, S3, Devnet, Run, backfill, files_under, manifest, rpc
+from conftest import CANARY, S3, Devnet, Run, backfill, backfill_command, files_under, manifest, rpc, run_command
+from pydantic import SecretStr
 from servers import FaultProxy, Faults
 
 from cryo_ingest import devnet
 from cryo_ingest.config import Endpoint
+from cryo_ingest.errors import redact
 from cryo_ingest.gateway import Gateway
 
 END = 149
@@ -160,8 +164,13 @@ def test_all_endpoints_dead_fails_cleanly(chain: Devnet, tmp_path: Path) -> None
     assert "requests fail at once until one answers" in err
     doc = json.loads(run.out)
     assert doc["ok"] is False and doc["published"] == [] and doc["conflicts"] == []
-    assert doc["failed"] == ["extract: blocks 0-49: 1 Cryo chunk(s) errored; missing blocks 0-49"]
-    assert "error: extract: blocks 0-49: 1 Cryo chunk(s) errored; missing blocks 0-49" in err
+    failed = (
+        "extract: blocks 0-49: 1 Cryo chunk(s) errored; missing blocks 0-49; the pool answered eth_getBlockByNumber, "
+        "50 requests from block 0 to 49: error -32000: cryo-ingest gateway: retry budget spent (last: no endpoint left: "
+        "each is disabled or failing without a success (circuit open))"
+    )
+    assert doc["failed"] == [failed]
+    assert f"error: {failed}" in err
     assert set(doc["gateway"]["only"]["errors"]) == {"connection"}
     assert not root.exists()  # nothing written, not even the root
     assert list(staging.iterdir()) == []
@@ -237,7 +246,8 @@ KEY_IN_TEXT: dict[str, tuple[Faults, str, list[str], int, list[str]]] = {
             "DEBUG eth_getBlockByNumber on only: answered error -32000: request <redacted> rejected:",
             "WARNING eth_getBlockByNumber: the pool answered error -32000: request <redacted> rejected: "
             "eth_getBlockByNumber is not served for this key; passed on to Cryo",
-            "error: extract: blocks 0-49: 1 Cryo chunk(s) errored; missing blocks 0-49",
+            "error: extract: blocks 0-49: 1 Cryo chunk(s) errored; missing blocks 0-49; the pool answered "
+            "eth_getBlockByNumber block 7: error -32000: request <redacted> rejected: eth_getBlockByNumber is not served",
         ],
     ),
     "startup_validation": (
@@ -340,3 +350,40 @@ def test_canary_key_never_leaks(scenario: str, chain: Devnet, tmp_path: Path) ->
     assert run.code == (0 if scenario == "success" else 1), run.text
     assert_no_canary(run, root, staging)
     assert list(staging.iterdir()) == []
+
+
+def test_only_the_runs_secret_path_reaches_the_pool(chain: Devnet) -> None:
+    """Another process on the host that finds the port gets 403 and spends nothing of the keys."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []}).encode()
+
+    def post(url: str) -> int:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, body, {"Content-Type": "application/json"})) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    with FaultProxy(chain.url) as proxy, Gateway([Endpoint(url=SecretStr(proxy.url()))], 31337) as gw:
+        port_only = gw.url.rsplit("/", 1)[0]
+        before = sum(proxy.methods.values())
+        refused = [post(port_only + "/"), post(port_only + "/x"), post(gw.url + "x"), post(port_only + "/_cryo_ingest/unknown")]
+        assert refused == [403] * 4
+        assert sum(proxy.methods.values()) == before
+        assert post(gw.url) == 200 and sum(proxy.methods.values()) == before + 1
+        assert gw.url.rsplit("/", 1)[1] not in redact(f"GET {gw.url}/_cryo_ingest/unknown")
+
+
+def test_gateway_secret_is_never_written(chain: Devnet, tmp_path: Path) -> None:
+    """The gateway's secret, made known here, is in no output (with -v, and with a failing chunk) nor file."""
+    secret = "ca11ab1e" * 4
+    patched = (
+        f"import secrets; secrets.token_hex = lambda n=16: {secret!r}\nfrom cryo_ingest.cli import main; raise SystemExit(main())"
+    )
+    for root, faults in ((tmp_path / "ok", Faults()), (tmp_path / "failing", Faults(echo_url={"eth_getBlockByNumber:0x7"}))):
+        with FaultProxy(chain.url, faults) as proxy:
+            cmd = [sys.executable, "-c", patched, *backfill_command(root, proxy.url(), "-v", end=49, datasets="blocks")[1:]]
+            run = run_command(cmd)
+            assert run.code == (1 if faults.echo_url else 0), run.text
+            assert secret not in run.text, run.text
+            for p in root.rglob("*") if root.exists() else []:
+                assert not p.is_file() or secret.encode() not in p.read_bytes(), p

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,17 @@ def test_pool_without_any_trace_method_fails_before_extracting(chain: Devnet, tm
         assert proxy.methods["eth_getBlockByNumber"] <= 1  # only the finality check: nothing extracted
         blocks = backfill(tmp_path / "b", proxy.url(), end=49, datasets="blocks")
         assert blocks.code == 0, blocks.text
+
+
+def test_a_node_refusing_traces_is_named_with_method_block_and_answer(chain: Devnet, tmp_path: Path) -> None:
+    """Cryo says only "chunk errored": the run's error must say what the node answered, to which method, for which block."""
+    faults = Faults(block_methods={"trace_block"}, trace_errors="Resource not found")
+    with FaultProxy(chain.url, faults) as proxy:
+        run = backfill(tmp_path / "t", proxy.url(), "--json", end=49, datasets="traces")
+    assert run.code == 1, run.text
+    (failed,) = json.loads(run.out)["failed"]
+    assert failed.startswith("extract: blocks 0-49: 1 Cryo chunk(s) errored; missing traces 0-49; the pool answered ")
+    answer = r"trace_block block (\d+): error -32000: debug_traceBlockByNumber (\d+): untranslatable: "
+    found = re.search(answer + "transaction 0 has no trace: Resource not found", failed)
+    assert found is not None and found[1] == found[2], failed
+    assert not (tmp_path / "t").exists()

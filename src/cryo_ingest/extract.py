@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import ChunkError
-from .gateway import TRACE_SOURCE_PATH, UNKNOWN_PATH
+from .gateway import REFUSALS_PATH, TRACE_SOURCE_PATH, UNKNOWN_PATH
 from .plan import Chunk, Partition
 
 
@@ -50,6 +50,7 @@ def extract(partition: Partition, gateway_url: str, chunk_size: int, staging: Pa
         raise ChunkError(
             f"extract: blocks {partition.start}-{partition.end}: {report.get('n_errored', 0)} Cryo chunk(s) errored"
             + (f"; missing {', '.join(missing)}" if missing else "")
+            + _refusals(gateway_url, partition)
         )
     cells = _gateway_json(gateway_url, f"{UNKNOWN_PATH}?from={partition.start}&to={partition.end}")
     for chunk in partition.chunks:
@@ -58,6 +59,15 @@ def extract(partition: Partition, gateway_url: str, chunk_size: int, staging: Pa
             if mine:
                 null_cells(files[dataset, chunk], mine)
     return files
+
+
+def _refusals(gateway_url: str, partition: Partition, shown: int = 3) -> str:
+    """What the pool answered Cryo's failed requests: retry, switch endpoint, or trace by transaction?"""
+    lines = _gateway_json(gateway_url, f"{REFUSALS_PATH}?from={partition.start}&to={partition.end}")
+    if not lines:
+        return ""
+    more = f" (and {len(lines) - shown} more)" if len(lines) > shown else ""
+    return "; the pool answered " + "; ".join(lines[:shown]) + more
 
 
 def trace_source(gateway_url: str) -> str:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from . import events, manifest
-from .errors import ChunkError, ConflictError, IngestError
+from .errors import ChunkError, ConflictError, IngestError, register_secret_url
 from .extract import extract, trace_source
 from .publish import Staged, crash_point, publish
 from .storage import Store, open_store
@@ -20,6 +20,7 @@ log = logging.getLogger("cryo_ingest")
 
 def run_partition(task: Task) -> PartitionResult:
     """extract -> validate -> publish -> manifest -> events; extraction and validation failures are retried."""
+    register_secret_url(task.gateway_url)  # its path is the gateway's secret: redacted in this process too
     result = PartitionResult(task.partition)
     store = open_store(task.root, task.storage_options)
     for attempt in range(1, task.attempts + 1):

@@ -7,6 +7,6 @@ be sent to), `history` (old chains made readable), `traces` (traces from debug_t
 `replies` (passing replies on unparsed and redacted). docs/rpc-pool.md says what it does.
 """
 
-from .server import TRACE_SOURCE_PATH, UNKNOWN_PATH, Gateway
+from .server import REFUSALS_PATH, TRACE_SOURCE_PATH, UNKNOWN_PATH, Gateway
 
-__all__ = ["TRACE_SOURCE_PATH", "UNKNOWN_PATH", "Gateway"]
+__all__ = ["REFUSALS_PATH", "TRACE_SOURCE_PATH", "UNKNOWN_PATH", "Gateway"]

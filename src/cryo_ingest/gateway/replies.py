@@ -69,6 +69,43 @@ def _redacted(value: Any) -> Any:
     return value
 
 
+class Refusals:
+    """The errors Cryo was answered, by block. Cryo reports a failed chunk as no more than
+    "errored": extract names the node's answer, the method and the block from these."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[str, str], dict[int, str]] = {}  # (method, answer) -> {first block: how to name it}
+
+    def record(self, req: dict[str, Any], err: Any) -> None:
+        block, label = _blocks(req.get("params"))
+        if block is not None:
+            self.seen.setdefault((str(req["method"]), describe_error(err)), {})[block] = label
+
+    def between(self, lo: int, hi: int) -> list[str]:
+        """One line per method and answer: the same refusal for 50 blocks is one line, not 50."""
+        lines = []
+        for (method, answer), labels in self.seen.items():
+            mine = sorted(b for b in labels if lo <= b <= hi)
+            if len(mine) == 1:
+                lines.append(f"{method} {labels[mine[0]]}: {answer}")
+            elif mine:
+                lines.append(f"{method}, {len(mine)} requests from block {mine[0]} to {mine[-1]}: {answer}")
+        return lines
+
+
+def _blocks(params: Any) -> tuple[int | None, str]:
+    """The block a request is about (the first of a range), and how to name it."""
+    first = params[0] if isinstance(params, list) and params else None
+    try:
+        if isinstance(first, dict):  # eth_getLogs' filter
+            lo, hi = int(first["fromBlock"], 16), int(first["toBlock"], 16)
+            return lo, f"blocks {lo}-{hi}"
+        block = int(str(first), 16)
+        return block, f"block {block}"
+    except (KeyError, TypeError, ValueError):
+        return None, ""
+
+
 def scrubbed(reply: Reply) -> Reply:
     """A provider's error as Cryo will see it: any secret in it redacted. Unchanged: passed on byte for byte."""
     err = reply.get("error")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import threading
 from collections.abc import Iterable
 from typing import Any
@@ -15,19 +16,25 @@ from aiohttp import web
 from .. import traces as call_frames
 from ..budget import SharedBudget
 from ..config import Endpoint
-from ..errors import RpcError
+from ..errors import RpcError, register_secret_url
 from . import history, traces
 from .pool import Pool
-from .replies import GAVE_UP, describe_error, encode, error, json_response, response
+from .replies import GAVE_UP, Refusals, describe_error, encode, error, json_response, response
 
 log = logging.getLogger("cryo_ingest.gateway")
 
 UNKNOWN_PATH = "/_cryo_ingest/unknown"
 TRACE_SOURCE_PATH = "/_cryo_ingest/trace-source"
+REFUSALS_PATH = "/_cryo_ingest/refusals"
 
 
 class Gateway:
-    """Run with `with Gateway(job.rpc, job.chain_id) as gw:`; give Cryo `gw.url`."""
+    """Run with `with Gateway(job.rpc, job.chain_id) as gw:`; give Cryo `gw.url`.
+
+    Any process on the host can reach a loopback port: the URL's path is a random secret of this
+    run, anything else is answered 403 without an upstream call, so only Cryo spends the keys.
+    The URL is registered as a secret, redacted wherever a key would be.
+    """
 
     def __init__(
         self,
@@ -49,6 +56,7 @@ class Gateway:
         )
         self.chain_id = chain_id
         self.unknown = history.Unknown()
+        self.refusals = Refusals()
         self.trace_source = "trace_block"
         self.url = ""
         self._loop = uvloop.new_event_loop()  # about half asyncio's CPU per proxied request
@@ -105,9 +113,12 @@ class Gateway:
     async def _start(self) -> None:
         await self.pool.start()
         app = web.Application(client_max_size=1024**3)
-        app.router.add_post("/", self._handle)
-        app.router.add_get(UNKNOWN_PATH, self._handle_unknown)
-        app.router.add_get(TRACE_SOURCE_PATH, self._handle_trace_source)
+        base = "/" + secrets.token_hex(16)
+        app.router.add_post(base, self._handle)
+        app.router.add_get(base + UNKNOWN_PATH, self._handle_unknown)
+        app.router.add_get(base + TRACE_SOURCE_PATH, self._handle_trace_source)
+        app.router.add_get(base + REFUSALS_PATH, self._handle_refusals)
+        app.router.add_route("*", "/{tail:.*}", self._forbidden)
         # A request whose client went away (a partition killed at its timeout) is cancelled, not retried
         # upstream for minutes on behalf of no one; and stopping does not wait for such requests.
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True, shutdown_timeout=5)
@@ -115,7 +126,8 @@ class Gateway:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"http://127.0.0.1:{port}{base}"
+        register_secret_url(self.url)
 
     async def _stop(self) -> None:
         if self._runner is not None:
@@ -140,16 +152,23 @@ class Gateway:
         than that, so the reason is logged here (a spent retry budget was logged where it was spent)."""
         reply = await self.forward(req, passthrough=True)
         err = reply.get("error")
-        if err is not None and not (isinstance(err, dict) and str(err.get("message", "")).startswith(GAVE_UP)):
-            method = req.get("method") if isinstance(req, dict) else None
-            log.warning("%s: the pool answered %s; passed on to Cryo", method, describe_error(err))
+        if err is not None and isinstance(req, dict):
+            self.refusals.record(req, err)
+            if not (isinstance(err, dict) and str(err.get("message", "")).startswith(GAVE_UP)):
+                log.warning("%s: the pool answered %s; passed on to Cryo", req.get("method"), describe_error(err))
         return reply
+
+    async def _forbidden(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(status=403, text="forbidden")
 
     async def _handle_unknown(self, request: web.Request) -> web.StreamResponse:
         return json_response(self.unknown.between(int(request.query["from"]), int(request.query["to"])))
 
     async def _handle_trace_source(self, request: web.Request) -> web.StreamResponse:
         return json_response(self.trace_source)
+
+    async def _handle_refusals(self, request: web.Request) -> web.StreamResponse:
+        return json_response(self.refusals.between(int(request.query["from"]), int(request.query["to"])))
 
     async def forward(self, req: Any, passthrough: bool = False) -> dict[str, Any]:
         """One request, answered here, rewritten, or sent through the pool. `passthrough`: the caller

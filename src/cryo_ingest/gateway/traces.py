@@ -43,6 +43,6 @@ async def trace_block_from_debug(pool: Pool, req: dict[str, Any], unknown: Unkno
     try:
         flat, cells = call_frames.from_call_frames(debug["result"], block["result"])
     except (ValueError, KeyError, TypeError) as err:
-        return error(req.get("id"), f"untranslatable trace: {err}")
+        return error(req.get("id"), f"debug_traceBlockByNumber {int(number, 16)}: untranslatable: {err}")
     unknown.record(int(block["result"]["number"], 16), cells)
     return {"jsonrpc": "2.0", "id": req.get("id"), "result": flat}
