@@ -4,6 +4,7 @@ behind a real counting proxy; the logs Parquet is compared byte for byte with Cr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.request
 from collections import Counter
@@ -21,6 +22,7 @@ from cryo_ingest import devnet
 from cryo_ingest.config import Endpoint
 from cryo_ingest.extract import extract
 from cryo_ingest.gateway import Gateway
+from cryo_ingest.gateway.inflight import InFlight
 from cryo_ingest.gateway.logs import refused
 from cryo_ingest.plan import Partition, grid
 
@@ -143,9 +145,32 @@ def test_a_block_refused_alone_is_an_error(dense: str) -> None:
     assert per_block(proxy, 0, 59)["eth_getLogs"] == 1 + 2 + 4  # split down to single blocks, each refused, then given up
 
 
+# The messages gateway/logs.py lists, as providers and nodes send them.
+REFUSAL_MESSAGES = [
+    "query returned more than 10000 results",
+    "range 1000000 exceeds limit of 10000",
+    "Log response size exceeded. You can make eth_getLogs requests with up to a 2K block range and no limit on "
+    "the response size, or you can request any block range with a cap of 10K logs in the response.",
+    "Log response size exceeded. Please reduce query block range.",
+    "eth_getLogs is limited to a 10,000 range",
+    "query exceeds max block range 5000",
+    "query exceeds max results 20000, retry with the range 25766988-25775072",
+    "query block range exceeds server limit, narrow your filter: 1000",
+    "query returns too many logs, narrow your filter: 20000",
+    "block range too large, max range: 1000",
+    "invalid block range",
+    "block range is bigger than maxBlockRange",
+    "block range is larger than max block range, block range = 5120, max block range = 5000",
+    "block range is too wide (maximum 1024)",
+    "block range too high",
+]
+
+
 def test_what_is_a_refusal() -> None:
     for _, err in LOGS_REFUSALS.values():
         assert refused(err), err
+    for message in REFUSAL_MESSAGES:
+        assert refused({"code": -32602, "message": message}), message
     for err in (
         {"code": -32005, "message": "limit exceeded"},  # a rate limit: retried, not split
         {"code": -32005, "message": "daily request count exceeded, request rate limited"},
@@ -213,3 +238,33 @@ def test_identical_requests_in_flight_go_upstream_once(chain: Devnet) -> None:
     assert replies[2]["result"] == rpc(chain.url, "eth_getBlockByNumber", "0x6", True)
     assert replies[3]["error"] == replies[4]["error"] and replies[3]["error"]["code"] == -32601
     assert gw.inflight.shared == 2
+
+
+def test_a_call_no_one_waits_for_is_cancelled() -> None:
+    """Both clients hung up (aiohttp cancels their handlers): the upstream call stops, and the next
+    identical request starts afresh instead of joining the cancelled one. (asyncio alone: a unit test.)"""
+
+    async def scenario() -> tuple[list[str], dict[str, Any]]:
+        inflight, events, release = InFlight(), [], asyncio.Event()
+
+        async def upstream() -> dict[str, Any]:
+            events.append("sent")
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                events.append("cancelled")
+                raise
+            return {"jsonrpc": "2.0", "id": 1, "result": "0x1"}
+
+        req = {"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []}
+        waiters = [asyncio.ensure_future(inflight.run({**req, "id": i}, True, upstream)) for i in (1, 2)]
+        await asyncio.sleep(0.01)
+        for w in waiters:
+            w.cancel()
+        await asyncio.sleep(0)  # the waiters leave; the call is cancelled but has not stopped yet
+        release.set()
+        return events, await inflight.run({**req, "id": 3}, True, upstream)
+
+    events, reply = asyncio.run(scenario())
+    assert events == ["sent", "cancelled", "sent"]
+    assert reply == {"jsonrpc": "2.0", "id": 3, "result": "0x1"}

@@ -52,7 +52,7 @@ class InFlight:
 
 def with_id(reply: dict[str, Any], req_id: Any) -> dict[str, Any]:
     """The reply under `req_id`. An unparsed success (only its bytes) keeps its bytes, the id rewritten."""
-    if reply.get("id") == req_id and type(reply.get("id")) is type(req_id):
+    if reply.get("id") == req_id:
         return reply
     raw = reply.raw if isinstance(reply, Reply) else None
     if raw is not None and "result" not in reply and "error" not in reply:

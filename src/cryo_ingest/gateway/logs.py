@@ -35,8 +35,7 @@ log = logging.getLogger("cryo_ingest.gateway")
 #          "block range is too wide (maximum 1024)" (Frontier); -32600 "block range too high" (Candle)
 # A plain "limit exceeded" (-32005) is a rate limit: not matched, the pool retries it.
 REFUSED = re.compile(
-    r"more than [\d,]+ results|too many (?:logs|results)|max(?:imum)? results|response size|block range|"
-    r"range (?:\d+ )?(?:exceeds|is bigger|is larger|is too)|limited to a [\d,]+ range|narrow your filter",
+    r"more than [\d,]+ results|too many logs|max results|block range|range \d+ (?:exceeds|is bigger)|limited to a [\d,]+ range",
     re.I,
 )
 
