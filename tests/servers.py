@@ -113,6 +113,24 @@ class Faults:
     # debug_traceBlockByNumber answers every transaction with this error instead of its trace (as
     # nodes that lost or never kept the state do: "Resource not found", "traces not found").
     trace_errors: str | None = None
+    # eth_getLogs refused as providers refuse it (see LOGS_REFUSALS): wider than `logs_range` blocks, or
+    # (the proxy asks the node first) more than `logs_results` logs
+    logs_range: int | None = None
+    logs_results: int | None = None
+    logs_refusal: str = "infura_range"
+
+
+# A provider's refusal of an eth_getLogs range: (HTTP status, JSON-RPC error), as gateway/logs.py lists them.
+LOGS_REFUSALS: dict[str, tuple[int, dict[str, Any]]] = {
+    "infura_range": (200, {"code": -32602, "message": "range 50 exceeds limit of 10000"}),
+    "geth_results": (200, {"code": -32005, "message": "query returned more than 10000 results"}),
+    "quicknode": (413, {"code": -32614, "message": "eth_getLogs is limited to a 10,000 range"}),
+    "alchemy": (200, {"code": -32602, "message": "Log response size exceeded. Please reduce query block range."}),
+    "tenderly": (
+        200,
+        {"code": -32602, "message": "invalid params", "data": {"payload": "range 50 is bigger than range limit 2"}},
+    ),
+}
 
 
 class FaultProxy(Proxy):
@@ -128,6 +146,8 @@ class FaultProxy(Proxy):
         self.times: list[float] = []
         self.paths: list[str] = []  # the path of each request in `times` (which client, when they differ)
         self.calls: list[tuple[float, str]] = []  # (arrival, method) of every single request
+        self.bodies: list[dict[str, Any]] = []  # every single request (not batches), as sent
+        self.logs_refused = 0
         self.throttled: list[float] = []  # when each HTTP 429 of `throttle` was sent
         self.echoed: list[str] = []  # the error messages of `echo_url`, key and all
         self.answered: list[float] = []  # when requests were forwarded and answered by the node
@@ -148,6 +168,7 @@ class FaultProxy(Proxy):
             return await self._forward(raw)  # batches (ethereum-etl sends them) are counted per call, never faulted
         method = str(body.get("method"))
         self.calls.append((self.times[-1], method))
+        self.bodies.append(body)
         if f.die_after is not None and sum(self.methods.values()) > f.die_after:
             f.dead = True
         if f.dead:
@@ -182,6 +203,8 @@ class FaultProxy(Proxy):
                 reply = await resp.json()
             reply["result"] = [{"txHash": t.get("txHash"), "error": f.trace_errors} for t in reply.get("result") or []]
             return web.json_response(reply)
+        if method == "eth_getLogs" and (f.logs_range is not None or f.logs_results is not None):
+            return await self._limited_logs(raw, body)
         roll = self.random.random()
         for kind in ("http_429", "http_500", "http_503", "rpc_32005", "truncated", "reset", "null_result"):
             p = getattr(f, kind)
@@ -192,6 +215,18 @@ class FaultProxy(Proxy):
                 return await self._fault(kind, request, body)
             roll -= p
         return await self._forward(raw)
+
+    async def _limited_logs(self, raw: bytes, body: Any) -> web.StreamResponse:
+        f, query = self.faults, body["params"][0]
+        wide = f.logs_range is not None and int(query["toBlock"], 16) - int(query["fromBlock"], 16) + 1 > f.logs_range
+        if not wide:
+            async with self.client().post(self.upstream, data=raw, headers={"content-type": "application/json"}) as resp:
+                data = await resp.read()
+            if f.logs_results is None or len(json.loads(data).get("result") or []) <= f.logs_results:
+                return web.Response(body=data, content_type="application/json")
+        self.logs_refused += 1
+        status, err = LOGS_REFUSALS[f.logs_refusal]
+        return web.json_response({"jsonrpc": "2.0", "id": body["id"], "error": err}, status=status)
 
     async def _forward(self, raw: bytes) -> web.StreamResponse:
         async with self.client().post(self.upstream, data=raw, headers={"content-type": "application/json"}) as resp:

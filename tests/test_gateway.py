@@ -72,7 +72,7 @@ def test_rate_limit_is_respected(chain: Devnet, tmp_path: Path) -> None:
         p.__enter__()
     try:
         env = pool_env(*({"name": f"k{i}", "url": p.url(), "requests_per_second": 50} for i, p in enumerate(proxies)))
-        run = run_pool(tmp_path / "r", env, end=99)
+        run = run_pool(tmp_path / "r", env)  # 150 blocks: ~450 requests (logs: one a chunk) over 3 endpoints
     finally:
         for p in proxies:
             p.__exit__()

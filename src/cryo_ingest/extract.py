@@ -26,6 +26,7 @@ def extract(partition: Partition, gateway_url: str, chunk_size: int, staging: Pa
             rpc=gateway_url,  # the loopback gateway: Cryo never sees a provider URL
             output_dir=str(staging),
             chunk_size=chunk_size,
+            inner_request_size=chunk_size,  # logs: one eth_getLogs per chunk, split by the gateway where refused
             include_columns=["all"],
             no_report=True,  # its report would record the RPC URL
             verbose=False,

@@ -4,6 +4,7 @@ Cryo gets this proxy's URL, never a provider's (it leaks its RPC URL into report
 and does not survive 429s or 5xx). One concern a module: `server` (the proxy and what it answers
 itself), `pool` (endpoints, retries, the circuit breaker), `budgets` (how fast each endpoint may
 be sent to), `history` (old chains made readable), `traces` (traces from debug_traceBlockByNumber),
+`logs` (ranged eth_getLogs, split where refused), `inflight` (identical requests in flight sent once),
 `replies` (passing replies on unparsed and redacted). docs/rpc-pool.md says what it does.
 """
 

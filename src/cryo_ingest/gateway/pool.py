@@ -19,6 +19,7 @@ import aiohttp
 from ..budget import SharedBudget
 from ..config import Endpoint
 from ..errors import RpcError, redact
+from . import logs
 from .budgets import Bucket
 from .replies import GAVE_UP, Reply, body_text, describe_error, error, scrubbed, shorten
 
@@ -271,6 +272,10 @@ class Pool:
                 raise self._failed(up, req, kind, f"{type(exc).__name__}: {exc}") from None
         now = time.monotonic()
         up.bytes += len(raw)
+        if req["method"] == "eth_getLogs" and (refused := logs.refusal(status, raw)) is not None:
+            up.errors["range_refused"] += 1  # a definite answer, split by the caller (gateway/logs.py)
+            self._succeeded(up, now - started)
+            return refused
         if status in (401, 403):
             body = body_text(status, raw)
             self._disable(up, f"http {status}", body)

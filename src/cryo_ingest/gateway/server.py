@@ -18,6 +18,8 @@ from ..budget import SharedBudget
 from ..config import Endpoint
 from ..errors import RpcError, register_secret_url
 from . import history, traces
+from .inflight import InFlight
+from .logs import RangedLogs
 from .pool import Pool
 from .replies import GAVE_UP, Refusals, describe_error, encode, error, json_response, response
 
@@ -55,6 +57,8 @@ class Gateway:
             shared=shared,
         )
         self.chain_id = chain_id
+        self.logs = RangedLogs(self.pool)
+        self.inflight = InFlight()
         self.unknown = history.Unknown()
         self.refusals = Refusals()
         self.trace_source = "trace_block"
@@ -178,6 +182,11 @@ class Gateway:
         method = req["method"]
         if method == "eth_chainId" and self.pool.head >= 0:  # verified on every endpoint at start: no need to ask again
             return {"jsonrpc": "2.0", "id": req.get("id"), "result": hex(self.chain_id)}
+        return await self.inflight.run(req, passthrough, lambda: self._dispatch(req, method, passthrough))
+
+    async def _dispatch(self, req: dict[str, Any], method: str, passthrough: bool) -> dict[str, Any]:
+        if method == "eth_getLogs":
+            return await self.logs.get_logs(req, passthrough)
         if method == "eth_getBlockReceipts":
             return await history.block_receipts(self.pool, req, self.unknown)
         if method == "trace_block" and self.trace_source == call_frames.DEBUG_SOURCE:
