@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ..storage import open_store
-from .checks import verify
 from .report import Problem, Report, sorted_problems
+from .walk import verify
 
 WIDTH = 1000  # px of the block axis
 COLUMNS = ("dataset", "file", "blocks", "check", "what")
