@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import rlp
-from aiohttp import web
-from servers import Server
+from servers import Replay
 
 MODERN = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mainnet-modern"
 
@@ -52,23 +51,12 @@ def served(name: str) -> Served:
     return Served(chain_id, int(block["number"], 16), block, _load(receipts_file))
 
 
-class ModernReplay:
+class ModernReplay(Replay):
     """A node of one chain serving one block with all its receipts, and a head far enough above it to be final."""
 
     def __init__(self, block: Served) -> None:
         self.b = block
-        self.server = Server(self.handle)
-
-    def __enter__(self) -> ModernReplay:
-        self.server.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.__exit__()
-
-    @property
-    def url(self) -> str:
-        return self.server.url
+        super().__init__()
 
     def answer(self, method: str, params: list[Any]) -> Any:
         head = self.b.number + 1000
@@ -88,15 +76,6 @@ class ModernReplay:
             lo, hi = int(params[0]["fromBlock"], 16), int(params[0]["toBlock"], 16)
             return [log for r in self.b.receipts for log in r["logs"]] if lo <= self.b.number <= hi else []
         raise LookupError(f"{method} {params} is not in the fixtures")
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = json.loads(await request.read())
-        try:
-            return web.json_response(
-                {"jsonrpc": "2.0", "id": body["id"], "result": self.answer(body["method"], body.get("params", []))}
-            )
-        except LookupError as err:
-            return web.json_response({"jsonrpc": "2.0", "id": body["id"], "error": {"code": -32000, "message": str(err)}})
 
 
 # ---- blocks Cryo cannot read from these fixtures: the columns verify reads, from the receipts ----

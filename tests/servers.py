@@ -260,7 +260,39 @@ def _result(path: Path) -> Any:
     return json.loads(path.read_text())["result"]
 
 
-class MainnetReplay:
+class Replay:
+    """A JSON-RPC node answering from recorded responses (`answer`); a LookupError is a JSON-RPC error."""
+
+    def __init__(self) -> None:
+        self.methods: Counter[str] = Counter()
+        self.server = Server(self.handle)
+
+    def __enter__(self) -> Self:
+        self.server.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.__exit__()
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def answer(self, method: str, params: list[Any]) -> Any:
+        raise NotImplementedError
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = json.loads(await request.read())
+        self.methods[body["method"]] += 1
+        try:
+            return web.json_response(
+                {"jsonrpc": "2.0", "id": body["id"], "result": self.answer(body["method"], body.get("params", []))}
+            )
+        except LookupError as err:
+            return web.json_response({"jsonrpc": "2.0", "id": body["id"], "error": {"code": -32000, "message": str(err)}})
+
+
+class MainnetReplay(Replay):
     """Serves ../shared/fixtures/mainnet as a chain-1 node: only what the fixtures determine.
 
     eth_getBlockReceipts is built from the per-transaction receipt files (only for blocks whose
@@ -288,19 +320,7 @@ class MainnetReplay:
             if t
         }
         self.head = 2_200_000
-        self.methods: Counter[str] = Counter()
-        self.server = Server(self.handle)
-
-    def __enter__(self) -> MainnetReplay:
-        self.server.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.__exit__()
-
-    @property
-    def url(self) -> str:
-        return self.server.url
+        super().__init__()
 
     def block_receipts(self, number: int) -> list[Any] | None:
         block = self.full.get(number)
@@ -346,16 +366,6 @@ class MainnetReplay:
         if method == "debug_traceBlockByNumber" and int(params[0], 16) in self.debug:
             return self.debug[int(params[0], 16)]
         raise LookupError(f"{method} {params} is not in the fixtures")
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        body = json.loads(await request.read())
-        self.methods[body["method"]] += 1
-        try:
-            return web.json_response(
-                {"jsonrpc": "2.0", "id": body["id"], "result": self.answer(body["method"], body.get("params", []))}
-            )
-        except LookupError as err:
-            return web.json_response({"jsonrpc": "2.0", "id": body["id"], "error": {"code": -32000, "message": str(err)}})
 
 
 class S3FaultProxy(Proxy):
