@@ -39,6 +39,7 @@ bench: setup
 	$(BIN)/python bench/run.py --scaling
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/storage.py
+	$(BIN)/python bench/provider.py
 
 # The benchmark harness on a tiny chain, ethereum-etl included, nothing saved: so that it cannot rot.
 bench-smoke: setup

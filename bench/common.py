@@ -12,6 +12,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -126,25 +127,28 @@ class Measured:
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Measured:
-    """Wall time and peak RSS summed over the process and all its descendants, sampled every 20 ms."""
+    """Wall time and peak RSS summed over the process and all its descendants, sampled every 20 ms.
+
+    stderr goes to a file, not a pipe: a pipe read only at the end blocks a tool that logs more than
+    its buffer (ethereum-etl logs a traceback for each HTTP 429)."""
     started = time.monotonic()
-    proc = subprocess.Popen(
-        cmd, env={**os.environ, **(env or {})}, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    root = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            tree = [root, *root.children(recursive=True)]
-            rss = 0
-            for p in tree:
-                with suppress(psutil.Error):  # a process may end between listing and reading it
-                    rss += p.memory_info().rss
-            peak = max(peak, rss)
-        except psutil.Error:
-            pass
-        time.sleep(0.02)
-    stderr = proc.stderr.read() if proc.stderr else ""
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
+        root = psutil.Process(proc.pid)
+        peak = 0
+        while proc.poll() is None:
+            try:
+                tree = [root, *root.children(recursive=True)]
+                rss = 0
+                for p in tree:
+                    with suppress(psutil.Error):  # a process may end between listing and reading it
+                        rss += p.memory_info().rss
+                peak = max(peak, rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.02)
+        err.seek(0)
+        stderr = err.read()
     return Measured(time.monotonic() - started, peak, proc.returncode, stderr)
 
 

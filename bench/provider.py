@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import shlex
 import sys
@@ -273,10 +274,15 @@ def compare(url: str, datasets: Sequence[str], args: argparse.Namespace) -> dict
     }
 
 
-def markdown(results: list[dict[str, Any]], args: argparse.Namespace, budget_text: str) -> str:
+def markdown(results: list[dict[str, Any]], args: argparse.Namespace, budget_text: str, load: list[float]) -> str:
     lines = [
         f"### Provider-shaped: {budget_text} per key, {args.latency_ms:g} ± {args.jitter_ms:g} ms per request; "
-        f"{args.blocks:,} blocks ({args.txs_per_block} transactions each), ethereum-etl on the first {args.etl_blocks:,}",
+        f"{args.blocks:,} blocks ({args.txs_per_block} transactions each), ethereum-etl on the first {args.etl_blocks:,}"
+        + (f" ({args.note})" if args.note else ""),
+        "",
+        f"Load average (1 min) before and after the runs: {load[0]:.1f}, {load[1]:.1f} on {os.cpu_count()} cores. "
+        "Budget used: the calls (or CU) served over the key's limit × the tool's wall time; after the semicolon, "
+        "× the time from its first request to its last.",
     ]
     for res in results:
         lines += [
@@ -312,6 +318,7 @@ def main() -> None:
     ap.add_argument("--jitter-ms", type=float, default=10)
     ap.add_argument("--smoke", action="store_true", help="20 blocks, blocks+transactions+logs, nothing saved (so it cannot rot)")
     ap.add_argument("--no-save", action="store_true", help="print only")
+    ap.add_argument("--note", help="said in the heading, e.g. which change the figures are before or after")
     args = ap.parse_args()
     if args.smoke:
         args.blocks, args.chunk_size, args.etl_blocks, args.sets, args.no_save = 20, 10, 20, "btl", True
@@ -322,15 +329,17 @@ def main() -> None:
         ap.error("--blocks must be a multiple of --chunk-size (cryo-ingest archives whole, final chunks only)")
     if not 0 < args.etl_blocks <= args.blocks:
         ap.error("--etl-blocks must be between 1 and --blocks")
+    load = [os.getloadavg()[0]]
     with cached_chain(args.blocks + 2, args.txs_per_block) as url:
         results = [compare(url, SETS[name], args) for name in sets]
+    load.append(os.getloadavg()[0])
     cu = f"{args.cu_per_second:,} throughput CU per second (Alchemy's prices)" if args.cu_per_second else ""
     budget_text = cu or f"{args.rps} requests per second"
-    text = markdown(results, args, budget_text)
+    text = markdown(results, args, budget_text, load)
     print(text)
     if not args.no_save:
         command = "python bench/provider.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        print(save("provider", command.strip(), {"results": results}, text), file=sys.stderr)
+        print(save("provider", command.strip(), {"results": results, "load_average": load}, text), file=sys.stderr)
 
 
 if __name__ == "__main__":
