@@ -291,7 +291,7 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace, budget_tex
             f"{res['ingest_vs_raw_cryo_one_key'] or '–'}; three keys / one key {res['three_keys_vs_one'] or '–'}",
             "",
             "| tool | keys | s | blocks/s | requests/block (served) | 429s | budget used (wall; first to last request) "
-            "| max served in a window | requests by method |",
+            "| max served in a window (a key) | calls received by method (429s included) |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in res["runs"]:
