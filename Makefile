@@ -39,10 +39,12 @@ bench: setup
 	$(BIN)/python bench/run.py --scaling
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/storage.py
+	$(BIN)/python bench/provider.py
 
 # The benchmark harness on a tiny chain, ethereum-etl included, nothing saved: so that it cannot rot.
 bench-smoke: setup
 	$(BIN)/python bench/run.py --blocks 20 --txs-per-block 10 --chunk-size 10 --iterations 1 --no-save
+	$(BIN)/python bench/provider.py --smoke
 
 # The sdist and the wheel in dist/, built against the pinned setuptools.
 wheel: setup

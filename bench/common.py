@@ -1,16 +1,21 @@
-"""What the benchmarks share: the cached devnet chain, timing with the peak RSS of a process tree,
-and writing results (JSON under bench/results, a section of docs/benchmarks.md)."""
+"""What the benchmarks share: the cached devnet chain, the three tools' command lines (cryo-ingest,
+raw Cryo, ethereum-etl) and their row counts, timing with the peak RSS of a process tree, and
+writing results (JSON under bench/results, a section of docs/benchmarks.md)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,11 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / ".cache"
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
+DATASETS = ("blocks", "transactions", "logs", "traces")
+PY = sys.executable
+INGEST = str(Path(PY).parent / "cryo-ingest")
+ETL_VENV = CACHE / "etl-venv"
 sys.path.insert(0, str(ROOT / "tests"))  # the counting/fault proxy of the tests serves here too
 
 from cryo_ingest import devnet  # noqa: E402
@@ -44,6 +54,70 @@ def cached_chain(blocks: int, txs_per_block: int) -> Iterator[str]:
         yield node.url
 
 
+def etl_bin() -> Path:
+    """ethereum-etl 2.4.2 in its own venv, exactly as pinned (its parsimonious pin breaks on 3.11: see the file)."""
+    exe = ETL_VENV / "bin" / "ethereumetl"
+    if not exe.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(ETL_VENV)], check=True)
+        pip = [str(ETL_VENV / "bin" / "pip"), "install", "-q", "--no-deps", "-r", str(ROOT / "bench" / "etl-requirements.txt")]
+        subprocess.run(pip, check=True)
+    return exe
+
+
+def raw_cryo(
+    url: str, out: Path, blocks: int, chunk: int, datasets: Sequence[str] = DATASETS, requests_per_second: int | None = None
+) -> list[str]:
+    """`cryo.freeze` of blocks 0..blocks-1, all columns; at most `requests_per_second` where given (Cryo's own limiter)."""
+    code = (
+        f"import cryo; r = cryo.freeze({list(datasets)!r}, "
+        f"blocks=['0:{blocks}'], rpc={url!r}, output_dir={str(out)!r}, chunk_size={chunk}, "
+        f"requests_per_second={requests_per_second!r}, "
+        "include_columns=['all'], no_report=True, verbose=False); assert r['n_errored'] == 0, r"
+    )
+    return [PY, "-c", code]
+
+
+def ingest(url: str | None, out: Path, blocks: int, chunk: int, *pool: str, datasets: Sequence[str] = DATASETS) -> list[str]:
+    """cryo-ingest on blocks 0..blocks-1; `pool` (e.g. --rpc-pool NAME) where `url` is None."""
+    rpc = ["--rpc", url] if url else list(pool)
+    args = ["--chain-id", "31337", "--start", "0", "--end", str(blocks - 1), "--datasets", ",".join(datasets)]
+    return [INGEST, "backfill", *args, *rpc, "--root", str(out), "--chunk-size", str(chunk)]
+
+
+def etl(url: str, out: Path, blocks: int, chunk: int, datasets: Sequence[str] = DATASETS) -> list[str]:
+    """ethereum-etl's exports for `datasets` (blocks and transactions always; receipts for logs; traces) as CSV.
+
+    `chunk` is not used: ethereum-etl has its own batches."""
+    e, rng = shlex.quote(str(etl_bin())), f"--start-block 0 --end-block {blocks - 1} --provider-uri {url}"
+    steps = [
+        f"cd {shlex.quote(str(out))}",
+        f"{e} export_blocks_and_transactions {rng} --blocks-output blocks.csv --transactions-output transactions.csv",
+    ]
+    if "logs" in datasets:
+        steps += [
+            f"{e} extract_csv_column --input transactions.csv --column hash --output hashes.txt",
+            f"{e} export_receipts_and_logs --transaction-hashes hashes.txt --provider-uri {url} "
+            "--receipts-output receipts.csv --logs-output logs.csv",
+        ]
+    if "traces" in datasets:
+        steps.append(f"{e} export_traces {rng} --output traces.csv")
+    return ["bash", "-c", " && ".join(steps)]
+
+
+def rows_and_bytes(tool: str, out: Path, datasets: Sequence[str] = DATASETS) -> tuple[dict[str, int], int]:
+    """Rows per dataset in a tool's output (Parquet, or ethereum-etl's CSV) and the bytes of all its files."""
+    rows: Counter[str] = Counter()
+    files = [p for p in out.rglob("*") if p.is_file() and ".cryo" not in p.parts]
+    for p in files:
+        if tool == "ethereum_etl" and p.suffix == ".csv" and p.stem in datasets:
+            with p.open() as f:
+                rows[p.stem] += sum(1 for _ in csv.reader(f)) - 1
+        elif p.suffix == ".parquet":
+            dataset = p.name.split("__")[1] if tool == "raw_cryo" else p.parent.name
+            rows[dataset] += pq.read_metadata(p).num_rows
+    return {d: rows[d] for d in datasets}, sum(p.stat().st_size for p in files)
+
+
 @dataclass
 class Measured:
     seconds: float
@@ -53,25 +127,28 @@ class Measured:
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Measured:
-    """Wall time and peak RSS summed over the process and all its descendants, sampled every 20 ms."""
+    """Wall time and peak RSS summed over the process and all its descendants, sampled every 20 ms.
+
+    stderr goes to a file, not a pipe: a pipe read only at the end blocks a tool that logs more than
+    its buffer (ethereum-etl logs a traceback for each HTTP 429)."""
     started = time.monotonic()
-    proc = subprocess.Popen(
-        cmd, env={**os.environ, **(env or {})}, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    root = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            tree = [root, *root.children(recursive=True)]
-            rss = 0
-            for p in tree:
-                with suppress(psutil.Error):  # a process may end between listing and reading it
-                    rss += p.memory_info().rss
-            peak = max(peak, rss)
-        except psutil.Error:
-            pass
-        time.sleep(0.02)
-    stderr = proc.stderr.read() if proc.stderr else ""
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
+        root = psutil.Process(proc.pid)
+        peak = 0
+        while proc.poll() is None:
+            try:
+                tree = [root, *root.children(recursive=True)]
+                rss = 0
+                for p in tree:
+                    with suppress(psutil.Error):  # a process may end between listing and reading it
+                        rss += p.memory_info().rss
+                peak = max(peak, rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.02)
+        err.seek(0)
+        stderr = err.read()
     return Measured(time.monotonic() - started, peak, proc.returncode, stderr)
 
 

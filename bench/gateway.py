@@ -19,8 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import cached_chain, measure, save, spread
-from run import ingest, raw_cryo
+from common import cached_chain, ingest, measure, raw_cryo, save, spread
 from servers import FaultProxy, Faults
 
 from cryo_ingest.config import Endpoint

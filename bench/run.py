@@ -10,79 +10,18 @@ request counts. Row counts must agree across the tools, or the benchmark fails.
 from __future__ import annotations
 
 import argparse
-import csv
 import shlex
-import subprocess
 import sys
 import tempfile
-from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-from common import CACHE, ROOT, cached_chain, measure, save, spread
+from common import DATASETS, cached_chain, etl, ingest, measure, raw_cryo, rows_and_bytes, save, spread
 from servers import FaultProxy
 
-DATASETS = ("blocks", "transactions", "logs", "traces")
-PY = sys.executable
-INGEST = str(Path(PY).parent / "cryo-ingest")
-ETL_VENV = CACHE / "etl-venv"
-
-
-def etl_bin() -> Path:
-    """ethereum-etl 2.4.2 in its own venv, exactly as pinned (its parsimonious pin breaks on 3.11: see the file)."""
-    exe = ETL_VENV / "bin" / "ethereumetl"
-    if not exe.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(ETL_VENV)], check=True)
-        pip = [str(ETL_VENV / "bin" / "pip"), "install", "-q", "--no-deps", "-r", str(ROOT / "bench" / "etl-requirements.txt")]
-        subprocess.run(pip, check=True)
-    return exe
-
-
-def raw_cryo(url: str, out: Path, blocks: int, chunk: int) -> list[str]:
-    code = (
-        "import cryo; r = cryo.freeze(['blocks','transactions','logs','traces'], "
-        f"blocks=['0:{blocks}'], rpc={url!r}, output_dir={str(out)!r}, chunk_size={chunk}, "
-        "include_columns=['all'], no_report=True, verbose=False); assert r['n_errored'] == 0, r"
-    )
-    return [PY, "-c", code]
-
-
-def ingest(url: str | None, out: Path, blocks: int, chunk: int, *pool: str) -> list[str]:
-    """cryo-ingest on blocks 0..blocks-1, all four datasets; `pool` (e.g. --rpc-pool NAME) where `url` is None."""
-    rpc = ["--rpc", url] if url else list(pool)
-    args = ["--chain-id", "31337", "--start", "0", "--end", str(blocks - 1), "--datasets", ",".join(DATASETS)]
-    return [INGEST, "backfill", *args, *rpc, "--root", str(out), "--chunk-size", str(chunk)]
-
-
-def etl(url: str, out: Path, blocks: int, chunk: int) -> list[str]:
-    e, rng = shlex.quote(str(etl_bin())), f"--start-block 0 --end-block {blocks - 1} --provider-uri {url}"
-    script = (
-        f"cd {shlex.quote(str(out))} && "
-        f"{e} export_blocks_and_transactions {rng} --blocks-output blocks.csv --transactions-output transactions.csv && "
-        f"{e} extract_csv_column --input transactions.csv --column hash --output hashes.txt && "
-        f"{e} export_receipts_and_logs --transaction-hashes hashes.txt --provider-uri {url} "
-        "--receipts-output receipts.csv --logs-output logs.csv && "
-        f"{e} export_traces {rng} --output traces.csv"
-    )
-    return ["bash", "-c", script]
-
-
-TOOLS = {"raw_cryo": raw_cryo, "cryo_ingest": ingest, "ethereum_etl": etl}
+TOOLS: dict[str, Callable[[str, Path, int, int], list[str]]] = {"raw_cryo": raw_cryo, "cryo_ingest": ingest, "ethereum_etl": etl}
 SCALING_CHUNK = 100
-
-
-def rows_and_bytes(tool: str, out: Path) -> tuple[dict[str, int], int]:
-    rows: Counter[str] = Counter()
-    files = [p for p in out.rglob("*") if p.is_file() and ".cryo" not in p.parts]
-    for p in files:
-        if tool == "ethereum_etl" and p.suffix == ".csv" and p.stem in DATASETS:
-            with p.open() as f:
-                rows[p.stem] += sum(1 for _ in csv.reader(f)) - 1
-        elif p.suffix == ".parquet":
-            dataset = p.name.split("__")[1] if tool == "raw_cryo" else p.parent.name
-            rows[dataset] += pq.read_metadata(p).num_rows
-    return {d: rows[d] for d in DATASETS}, sum(p.stat().st_size for p in files)
 
 
 def compare(url: str, blocks: int, chunk: int, iterations: int, tools: list[str]) -> dict[str, Any]:

@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from common import cached_chain, measure, save, spread
-from run import ingest
+from common import cached_chain, ingest, measure, save, spread
 from servers import S3Server
 
 from cryo_ingest import manifest
