@@ -10,15 +10,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 from conftest import CANARY, Devnet, cli, files_under
-from test_cluster import Cluster, assert_no_canary, client_env, cluster, proxy
-from test_operator import dag_file, devnet_dag, finish, pool_env, request, start, wait_for
+from test_cluster import Cluster, assert_no_canary, client_env, cluster
+from test_operator import StallProxy, dag_file, devnet_dag, finish, pool_env, request, start, wait_for
 
-__all__ = ["cluster", "proxy"]  # the fixtures, from test_cluster.py
+__all__ = ["cluster"]  # the fixture, from test_cluster.py (with this module's proxy)
 
 NODE = "cryo_backfill"
 END = 249  # 5 cells of one chunk of 50
@@ -40,6 +41,13 @@ def outputs(root: Path) -> tuple[dict[str, bytes], list[dict[str, object]]]:
 
 def state(root: Path, request_id: str) -> str:
     return str(json.loads((root / "operator" / NODE / "requests" / f"{request_id}.json").read_text())["state"])
+
+
+@pytest.fixture(scope="module")
+def proxy(chain: Devnet) -> Iterator[StallProxy]:
+    """The workers' endpoint (its URL carries the canary key); a test may make it stall."""
+    with StallProxy(chain.url) as p:
+        yield p
 
 
 @pytest.fixture(scope="module")
@@ -117,17 +125,21 @@ def test_max_concurrency_holds_across_the_cluster_for_two_runners(
     assert outputs(root) == local_run
 
 
-def test_sigterm_stops_the_partitions_on_the_workers(cluster: Cluster, tmp_path: Path) -> None:
+def test_sigterm_stops_the_partitions_on_the_workers(cluster: Cluster, proxy: StallProxy, tmp_path: Path) -> None:
     """Past the grace period the runner stops its partitions: on a cluster, their processes on the workers end."""
     config, root = dag_file(tmp_path, dag(extra="    grace_seconds: 0\n")), tmp_path / "archive"
     request(config, root, 0, END, client_env(), "--id", "r1")
-    p = start("run", "--config", str(config), "--root", str(root), "--scheduler", cluster.address, env=client_env())
-    wait_for(lambda: partitions_running(cluster) > 0, 60, "a partition running on a worker")
-    p.send_signal(signal.SIGTERM)
-    stopped = finish(p, 60)
-    assert stopped.code == 0, stopped.text
-    assert "lease released" in stopped.text
-    wait_for(lambda: partitions_running(cluster) == 0, 5, "the partitions' processes to end")
+    proxy.stall = range(END + 1)  # every partition hangs on its first block, until stopped
+    try:
+        p = start("run", "--config", str(config), "--root", str(root), "--scheduler", cluster.address, env=client_env())
+        wait_for(lambda: any(block is not None for _, block, _ in proxy.seen), 60, "a partition asking for blocks")
+        p.send_signal(signal.SIGTERM)
+        stopped = finish(p, 60)
+        assert stopped.code == 0, stopped.text
+        assert "lease released" in stopped.text
+        wait_for(lambda: partitions_running(cluster) == 0, 5, "the partitions' processes on the workers to end")
+    finally:
+        proxy.stall = range(0)
     assert state(root, "r1") == "running"  # not failed: a fresh runner takes it up
 
 
