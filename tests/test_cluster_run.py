@@ -129,6 +129,7 @@ def test_sigterm_stops_the_partitions_on_the_workers(cluster: Cluster, proxy: St
     """Past the grace period the runner stops its partitions: on a cluster, their processes on the workers end."""
     config, root = dag_file(tmp_path, dag(extra="    grace_seconds: 0\n")), tmp_path / "archive"
     request(config, root, 0, END, client_env(), "--id", "r1")
+    proxy.seen.clear()  # the module's earlier tests' requests
     proxy.stall = range(END + 1)  # every partition hangs on its first block, until stopped
     try:
         p = start("run", "--config", str(config), "--root", str(root), "--scheduler", cluster.address, env=client_env())
