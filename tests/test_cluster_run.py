@@ -165,3 +165,12 @@ def test_run_without_scheduler_imports_no_dask() -> None:
     code = "import sys, cryo_ingest.cli; sys.exit('distributed' in sys.modules)"
     env = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+def test_run_with_an_unreachable_scheduler_says_so(tmp_path: Path) -> None:
+    config, root = dag_file(tmp_path, dag()), tmp_path / "archive"
+    env = {**client_env(), "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2"}
+    run = cli("run", "--config", str(config), "--root", str(root), "--scheduler", "tcp://127.0.0.1:9", env=env)
+    assert run.code == 1, run.text
+    assert "--scheduler tcp://127.0.0.1:9: cannot reach the scheduler" in run.text
+    assert "Traceback" not in run.text

@@ -46,7 +46,10 @@ class OnCluster:
 
     def __enter__(self) -> OnCluster:
         # not the process's default client: each runner (thread) of the DAG has its own
-        self._client = Client(self.scheduler, set_as_default=False)
+        try:
+            self._client = Client(self.scheduler, set_as_default=False)
+        except OSError as err:
+            raise IngestError(f"--scheduler {self.scheduler}: cannot reach the scheduler ({err})") from None
         self._semaphore = Semaphore(self.job.max_concurrency, self.semaphore_name, self._client.scheduler, self._client.loop)
         return self
 
