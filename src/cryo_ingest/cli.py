@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -26,12 +26,16 @@ from .errors import ConfigError, IngestError, RedactingFilter, redact, register_
 from .gateway import Gateway
 from .operator import datasets as requests_
 from .operator.dag import Dag, Pools, load_dag
+from .operator.executor import Executor, Executors, local
 from .operator.service import install_sigterm, run_dag
 from .operator.status import node_status
 from .storage import open_store
 from .task import PartitionResult
 from .verify import DEFAULT_GRACE, gc, parse_duration, sorted_problems, verify, write, write_from_manifests
 from .verify import deep as verify_deep
+
+if TYPE_CHECKING:
+    from .cluster import PoolRef
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 SCHEDULER_HELP = (
@@ -52,13 +56,15 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    cluster = _Parser(add_help=False)
+    cluster.add_argument("--scheduler", default=os.environ.get(SCHEDULER_ENV), help=SCHEDULER_HELP)
     from importlib.metadata import version  # here, not at the top: only the parser needs it
 
     p = _Parser(prog="cryo-ingest", description="Archive EVM chain data to Parquet in object storage, with Cryo.")
     p.add_argument("--version", action="version", version=f"cryo-ingest {version('cryo-ingest')} (cryo {manifest.CRYO_VERSION})")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    b = sub.add_parser("backfill", help="archive a block range", parents=[common])
+    b = sub.add_parser("backfill", help="archive a block range", parents=[common, cluster])
     b.add_argument("--config", type=Path, help="the spec's DAG node YAML (a node or a list of nodes)")
     b.add_argument("--node", help="node name in --config")
     b.add_argument("--chain-id", type=int)
@@ -70,7 +76,6 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--rpc-pool-file", type=Path, help="YAML/JSON pools file; values may use ${ENV}")
     b.add_argument("--rpc-pool-secret", help="AWS Secrets Manager secret holding the pool document")
     b.add_argument("--budget-store", default=os.environ.get(BUDGET_ENV), help=BUDGET_HELP)
-    b.add_argument("--scheduler", default=os.environ.get(SCHEDULER_ENV), help=SCHEDULER_HELP)
     b.add_argument("--timeout", type=float, help="--scheduler: seconds a partition may take before it is killed")
     b.add_argument("--root", help="archive root: path, file://, s3://, gs://, az://")
     b.add_argument("--chunk-size", type=int)
@@ -109,7 +114,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--id", help="request id (default: from its content, so the same request twice is one)")
     r.add_argument("--json", action="store_true")
 
-    run = sub.add_parser("run", help="run the DAG's nodes (or one, with --node) until idle or SIGTERM", parents=[dag_args])
+    run = sub.add_parser(
+        "run", help="run the DAG's nodes (or one, with --node) until idle or SIGTERM", parents=[dag_args, cluster]
+    )
     run.add_argument("--node", help="run only this node (a cryo_ingest node or a source)")
     run.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on /metrics and health on /healthz")
 
@@ -182,9 +189,18 @@ def cmd_request(a: argparse.Namespace) -> int:
 
 def cmd_run(a: argparse.Namespace) -> int:
     dag, pools = _dag(a)
+    executors: Executors = local
+    if a.scheduler:
+        from .operator.on_cluster import OnCluster  # Dask loads only here
+
+        pools.on_workers = True
+
+        def executors(name: str, job: Job) -> Executor[Any]:
+            return OnCluster(a.scheduler, pool_ref(a, job), job, name)
+
     stop = threading.Event()
     install_sigterm(stop)
-    return run_dag(dag, pools, a.node, stop, a.metrics_port)
+    return run_dag(dag, pools, a.node, stop, a.metrics_port, executors)
 
 
 def cmd_status(a: argparse.Namespace) -> int:
@@ -330,15 +346,23 @@ def _on_partition(pr: PartitionResult) -> None:
     )
 
 
+def pool_ref(a: argparse.Namespace, job: Job) -> PoolRef:
+    """--scheduler: where the workers find the job's pool. A URL (--rpc, a config's rpc) would travel with the tasks."""
+    if job.rpc or job.rpc_pool is None:
+        raise ConfigError(
+            "invalid arguments: --scheduler needs a pool by name, not --rpc or rpc (a URL would travel to the scheduler)"
+        )
+    from .cluster import PoolRef  # Dask loads only here
+
+    return PoolRef(job.rpc_pool, str(a.rpc_pool_file.resolve()) if a.rpc_pool_file else None, a.rpc_pool_secret)
+
+
 def cmd_backfill(a: argparse.Namespace) -> int:
     job = job_from_args(a)
     if a.scheduler:
-        if job.rpc_pool is None:
-            raise ConfigError("invalid arguments: --scheduler needs --rpc-pool (a URL would travel to the scheduler)")
-        from .cluster import PoolRef, backfill_on_cluster  # Dask loads only here
+        ref = pool_ref(a, job)
+        from .cluster import backfill_on_cluster
 
-        pool_file = str(a.rpc_pool_file.resolve()) if a.rpc_pool_file else None
-        ref = PoolRef(job.rpc_pool, pool_file, a.rpc_pool_secret)
         result = backfill_on_cluster(job, ref, a.scheduler, a.timeout, a.events_file, _on_partition)
     else:
         result = backfill(job, events_file=a.events_file, on_partition=_on_partition)

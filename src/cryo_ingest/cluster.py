@@ -5,7 +5,8 @@ never an endpoint URL or key: task arguments travel through the scheduler and sh
 dashboards and tracebacks. Each worker resolves the pool from its own environment, runs its own
 loopback gateway (its budget store, if any, from its own CRYO_INGEST_BUDGET_STORE), and runs the
 partition as a child process killed at the timeout, since Dask cannot stop a running task. So
-the submitting machine needs no secret: the final head, too, is asked for by a task.
+the submitting machine needs no secret: the final head, too, is asked for by a task. The
+operator's runner uses the same tasks (operator/on_cluster.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from distributed import Client, Semaphore, as_completed
+from distributed import Client, Event, Semaphore, as_completed
 
 from . import chains
 from .backfill import Result, open_job
@@ -57,21 +58,31 @@ def final_head_task(ref: PoolRef, chain_id: int, reorg_buffer: int) -> int:
         return chains.final_head(gw, chain_id, reorg_buffer)
 
 
-def partition_task(ref: PoolRef, task: Task, timeout: float | None, semaphore: Semaphore) -> PartitionResult:
-    """One partition on a worker, under the job's cluster-wide concurrency limit."""
+def partition_task(
+    ref: PoolRef, task: Task, timeout: float | None, semaphore: Semaphore, stop: Event | None = None
+) -> PartitionResult:
+    """One partition on a worker, under the job's cluster-wide concurrency limit; killed within a second of `stop`."""
     if multiprocessing.current_process().daemon:
         raise ConfigError(
             "dask worker: its process is daemonic and cannot start a partition's process: "
             "start workers with DASK_DISTRIBUTED__WORKER__DAEMON=False (docs/cluster.md)"
         )
-    with semaphore, _worker_gateway(ref, task.chain_id) as gw:
-        if "traces" in task.partition.datasets:
-            gw.require_traces(task.partition.start)
-        dispatcher = Dispatcher()
-        dispatcher.start(replace(task, gateway_url=gw.url), timeout)
-        while True:
-            for _, result in dispatcher.wait(1.0):
-                return result
+    part = task.partition
+    stopped = PartitionResult(part, error=f"partition {part.start}-{part.end}: stopped")
+    with semaphore:
+        if stop is not None and stop.is_set():  # stopped while it waited for its turn
+            return stopped
+        with _worker_gateway(ref, task.chain_id) as gw:
+            if "traces" in part.datasets:
+                gw.require_traces(part.start)
+            dispatcher = Dispatcher(spares=0)  # one partition per task: no spare to start ahead
+            run = dispatcher.start(replace(task, gateway_url=gw.url), timeout)
+            while True:
+                for _, result in dispatcher.wait(1.0):
+                    return result
+                if stop is not None and stop.is_set():
+                    dispatcher.stop(run)
+                    return stopped
 
 
 def backfill_on_cluster(

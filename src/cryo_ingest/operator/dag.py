@@ -48,6 +48,11 @@ class Pools:
     secret: str | None = None
     rpc: list[str] | None = None  # --rpc: overrides every node's pool
     budget_store: str | None = None  # --budget-store: the endpoints' budgets shared by every gateway
+    on_workers: bool = False  # --scheduler: Dask workers resolve the pools; this process holds none
+
+    def resolve(self, name: str) -> Any:
+        """The pool's endpoints; none with --scheduler, where its name is all that leaves this process."""
+        return () if self.on_workers else resolve_pool(name, self.pool_file, self.secret)
 
 
 @dataclass
@@ -85,7 +90,7 @@ class Dag:
         if rpc is None:
             if cfg.rpc_pool is None:
                 raise ConfigError(f"invalid config: {node.name}: config needs rpc_pool or rpc")
-            rpc = resolve_pool(cfg.rpc_pool, pools.pool_file, pools.secret)
+            rpc = pools.resolve(cfg.rpc_pool)
         settings = {
             k: getattr(cfg, k) for k in ("chunk_size", "reorg_buffer", "chunks_per_partition") if getattr(cfg, k) is not None
         }
@@ -110,7 +115,7 @@ class Dag:
         cfg = source.config
         own: dict[str, Any] = {k: v for k, v in (("chain_id", cfg.chain_id), ("root", self.root_override or cfg.root)) if v}
         if cfg.rpc or cfg.rpc_pool:
-            own["rpc"] = pools.rpc or cfg.rpc or resolve_pool(str(cfg.rpc_pool), pools.pool_file, pools.secret)
+            own["rpc"] = pools.rpc or cfg.rpc or pools.resolve(str(cfg.rpc_pool))
             own["rpc_pool"] = None if pools.rpc or cfg.rpc else cfg.rpc_pool
         return self.job(self.consumer(source), pools, **own)
 

@@ -38,7 +38,7 @@ class RunnerCollector(Collector):
             name = r.node.name
             for state, n in r.stats.partitions.items():
                 parts.add_metric([name, state], n)
-            running.add_metric([name], len(r.dispatcher.running))
+            running.add_metric([name], len(r.executor.running))
             blocks.add_metric([name], r.stats.blocks)
             for dataset, n in r.stats.lag.items():
                 lag.add_metric([name, dataset], n)

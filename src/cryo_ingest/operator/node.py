@@ -3,9 +3,9 @@
 One runner per process (several may serve one node on one root, on one machine or many). Each
 poll it reads the input datasets' requests, plans each open one on the chunk grid, claims the
 lease of each partition cell it can run (compare-and-swap on the store), and runs the partition
-in its own process through the dispatcher. Partitions write their chunks and their events
-themselves; the runner renews its leases, retries failures with backoff, and moves requests to
-done, waiting (not final yet) or failed.
+through its executor (executor.py: in a process of its own here, or on a Dask cluster). Partitions
+write their chunks and their events themselves; the runner renews its leases, retries failures
+with backoff, and moves requests to done, waiting (not final yet) or failed.
 """
 
 from __future__ import annotations
@@ -19,17 +19,15 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import chains, events, manifest
-from ..budget import shared_budget
+from .. import events, manifest
 from ..config import DagNode, Job
 from ..errors import IngestError, redact
-from ..gateway import Gateway
 from ..plan import Chunk, Partition, high_water, make_plan
 from ..storage import Store, open_store
 from ..task import PartitionResult, Task
 from . import datasets, requests
 from .datasets import Request
-from .dispatch import Dispatcher, Running
+from .executor import Executor
 
 log = logging.getLogger("cryo_ingest.node")
 
@@ -62,16 +60,17 @@ class _Claim:
 
 
 class Runner:
-    def __init__(self, node: DagNode, job: Job, stop: threading.Event, idle_timeout: float | None) -> None:
+    def __init__(
+        self, node: DagNode, job: Job, executor: Executor[_Claim], stop: threading.Event, idle_timeout: float | None
+    ) -> None:
         self.node, self.job, self.stop = node, job, stop
         self.cfg = node.config
         self.idle_timeout = idle_timeout  # None: never idle out (sources in the same process feed it)
         self.id = runner_id()
         self.store: Store = open_store(job.root, job.storage_options)
-        self.dispatcher = Dispatcher()
+        self.executor = executor
         self.stats = Stats()
         self.slots = 1 if node.scaling.mode == "steady" else node.scaling.max_concurrency
-        self._gw: Gateway | None = None
 
     @property
     def cell_span(self) -> int:
@@ -83,24 +82,23 @@ class Runner:
         return 3 * self.cfg.poll_seconds + self.cfg.lease_seconds
 
     def gateway_metrics(self) -> dict[str, Any]:
-        return self._gw.metrics() if self._gw is not None else {}
+        return self.executor.metrics()
 
     # ---- the loop -----------------------------------------------------------------------------
 
     def run(self) -> int:
         """Exit code: 0 every request it took is done or waiting, 1 one failed."""
         self.store.check_access()
-        with Gateway(self.job.rpc, self.job.chain_id, shared=shared_budget(self.job)) as gw:
-            self._gw = gw
+        with self.executor:
             idle_since, next_tick = time.monotonic(), 0.0
             while not self.stop.is_set():
                 self.stats.heartbeat = time.monotonic()
-                busy = bool(self.dispatcher.running)
-                ended = self.dispatcher.wait(min(self.cfg.poll_seconds, self.cfg.lease_seconds / 3))
+                busy = bool(self.executor.running)
+                ended = self.executor.wait(min(self.cfg.poll_seconds, self.cfg.lease_seconds / 3))
                 if busy:
                     self.stats.busy_seconds += time.monotonic() - self.stats.heartbeat
-                for run, result in ended:
-                    self._finish(run, result)
+                for claim, result in ended:
+                    self._finish(claim, result)
                 self._heartbeat()
                 if self.stop.is_set():
                     break
@@ -111,7 +109,7 @@ class Runner:
                         log.warning("%s: %s (retrying)", self.node.name, err)
                         open_work = True
                     next_tick = time.monotonic() + self.cfg.poll_seconds
-                    if open_work or self.dispatcher.running:
+                    if open_work or self.executor.running:
                         idle_since = time.monotonic()
                     elif self.idle_timeout is not None and time.monotonic() - idle_since >= self.idle_timeout:
                         break
@@ -120,38 +118,34 @@ class Runner:
 
     def _shutdown(self) -> None:
         """Let running partitions finish within the grace period, then kill them and release their leases."""
-        if self.dispatcher.running:
-            log.info("%s: stopping: %d partition(s) running", self.node.name, len(self.dispatcher.running))
+        if self.executor.running:
+            log.info("%s: stopping: %d partition(s) running", self.node.name, len(self.executor.running))
         deadline = time.monotonic() + (self.cfg.grace_seconds if self.stop.is_set() else 0)
-        while self.dispatcher.running and time.monotonic() < deadline:
-            for run, result in self.dispatcher.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
-                self._finish(run, result)
+        while self.executor.running and time.monotonic() < deadline:
+            for claim, result in self.executor.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+                self._finish(claim, result)
             self._heartbeat()
-        for run in list(self.dispatcher.running):
-            self.dispatcher.stop(run)
-            claim: _Claim = run.tag
+        for claim in list(self.executor.running):
+            self.executor.stop(claim)
             requests.release(self.store, self.node.name, claim.cell, self.id, "stopped")
             self.stats.partitions["stopped"] += 1
             log.info("%s: partition %s stopped, lease released", self.node.name, _span(claim.partition))
-        self.dispatcher.close()
 
     def _heartbeat(self) -> None:
-        for run in list(self.dispatcher.running):
-            claim: _Claim = run.tag
+        for claim in list(self.executor.running):
             if time.monotonic() - claim.last_renewal < self.cfg.lease_seconds / 3:
                 continue
             if requests.renew(self.store, self.node.name, claim.cell, self.id, self.cfg.lease_seconds):
                 claim.last_renewal = time.monotonic()
             else:  # it expired (we stalled) and another runner took it: it runs there now, not here
                 log.warning("%s: lease of partition %s lost: stopping it here", self.node.name, _span(claim.partition))
-                self.dispatcher.stop(run)
+                self.executor.stop(claim)
 
     # ---- requests -----------------------------------------------------------------------------
 
     def _tick(self) -> bool:
         """One pass over the requests; True while some request has work that is not waiting on finality."""
-        assert self._gw is not None
-        final = chains.final_head(self._gw, self.job.chain_id, self.job.reorg_buffer)
+        final = self.executor.final_head()
         archived: dict[str, set[int]] = {
             d: set(m.files) if (m := manifest.load(self.store, self.job.chain_id, d)) else set() for d in self.job.datasets
         }
@@ -189,7 +183,7 @@ class Runner:
             cells.setdefault(p.start // self.cell_span, []).append(p)
             key = (r.id, p.start // self.cell_span)
             self.stats.remaining[key] = self.stats.remaining.get(key, 0) + p.end - p.start + 1
-        here = {c.tag.cell for c in self.dispatcher.running if c.tag.request.id == r.id}
+        here = {c.cell for c in self.executor.running if c.request.id == r.id}
         if not cells and not here:
             if plan.pending:
                 reason = f"{len(plan.pending)} chunk(s) from block {plan.pending[0].start} on not final yet (final head {final})"
@@ -199,9 +193,9 @@ class Runner:
             return False
         exhausted: list[str] = []
         for cell, parts in sorted(cells.items()):
-            if cell in here or len(self.dispatcher.running) >= self.slots:
+            if cell in here or len(self.executor.running) >= self.slots:
                 continue
-            if self.node.scaling.mode == "steady" and self.dispatcher.running:
+            if self.node.scaling.mode == "steady" and self.executor.running:
                 break
             lease = requests.claim(self.store, self.node.name, cell, r.id, self.id, self.cfg.lease_seconds, self.cfg.attempts)
             if lease is None:
@@ -221,10 +215,9 @@ class Runner:
 
     def _start(self, r: Request, cell: int, part: Partition, datasets_: tuple[str, ...]) -> None:
         sinks = events.Sinks(str(self.job.output_dataset), self.job.root, None, to_store=True, request_id=r.id)
-        assert self._gw is not None
         task = Task(
             part,
-            self._gw.url,
+            "",  # the executor's gateway
             self.job.root,
             self.job.storage_options,
             self.job.chain_id,
@@ -233,12 +226,11 @@ class Runner:
             sinks,
             attempts=1,  # retries are the lease's: each in a fresh process, with backoff
         )
-        self.dispatcher.start(task, self.node.timeout_seconds, tag=_Claim(r, cell, part))
+        self.executor.start(task, self.node.timeout_seconds, _Claim(r, cell, part))
         requests.set_state(self.store, self.node.name, r.id, "running", "", self.id)
         log.info("%s: request %s: partition %s started", self.node.name, r.id, _span(part))
 
-    def _finish(self, run: Running, result: PartitionResult) -> None:
-        claim: _Claim = run.tag
+    def _finish(self, claim: _Claim, result: PartitionResult) -> None:
         span = _span(claim.partition)
         if result.error is None:
             requests.release(self.store, self.node.name, claim.cell, self.id, "done")

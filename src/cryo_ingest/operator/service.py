@@ -1,6 +1,7 @@
 """`cryo-ingest run`: every node of a DAG file in one process, or one node as a platform runs it.
 
-Nodes run in threads of this process (their partitions in processes of their own). With a
+Nodes run in threads of this process (their partitions where their executor runs them: in
+processes of their own, or on a Dask cluster). With a
 source in the same process, a node does not idle out: the source's next request activates it,
 as the platform would. SIGTERM stops sources and runners alike (runners get their grace period).
 """
@@ -14,12 +15,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from ..budget import shared_budget
 from ..errors import IngestError
-from ..gateway import Gateway
 from ..storage import open_store
 from . import metrics, sources
 from .dag import Dag, Pools, SourceNode
+from .executor import Executors, local
 from .node import Runner
 
 log = logging.getLogger("cryo_ingest.service")
@@ -33,7 +33,14 @@ def install_sigterm(stop: threading.Event) -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def run_dag(dag: Dag, pools: Pools, only: str | None, stop: threading.Event, metrics_port: int | None = None) -> int:
+def run_dag(
+    dag: Dag,
+    pools: Pools,
+    only: str | None,
+    stop: threading.Event,
+    metrics_port: int | None = None,
+    executors: Executors = local,
+) -> int:
     """Run one node (`only`) or all; returns the exit code (0, 1 if a request failed or a node crashed)."""
     names = [only] if only else [*dag.sources, *dag.nodes]
     for name in names:
@@ -44,11 +51,12 @@ def run_dag(dag: Dag, pools: Pools, only: str | None, stop: threading.Event, met
     runners: list[Runner] = []
     for name in names:
         if name in dag.sources:
-            targets.append(_source_target(dag, dag.sources[name], pools, stop))
+            targets.append(_source_target(dag, dag.sources[name], pools, stop, executors))
         else:
             node = dag.nodes[name]
             fed = any(d in feeds for d in node.input_datasets)
-            runner = Runner(node, dag.job(node, pools), stop, None if fed else float(node.idle_timeout or 0))
+            job = dag.job(node, pools)
+            runner = Runner(node, job, executors(name, job), stop, None if fed else float(node.idle_timeout or 0))
             runners.append(runner)
             targets.append(runner.run)
     if metrics_port is not None:
@@ -74,19 +82,19 @@ def run_dag(dag: Dag, pools: Pools, only: str | None, stop: threading.Event, met
     return max(codes, default=0)
 
 
-def _source_target(dag: Dag, source: SourceNode, pools: Pools, stop: threading.Event) -> Callable[[], int]:
+def _source_target(dag: Dag, source: SourceNode, pools: Pools, stop: threading.Event, executors: Executors) -> Callable[[], int]:
+    """A source asks its executor for the final head only: on a cluster, a worker asks the chain."""
     job = dag.source_job(source, pools)
     store = open_store(job.root, job.storage_options)
-
-    def gateway() -> Gateway:
-        return Gateway(job.rpc, job.chain_id, shared=shared_budget(job))
+    executor = executors(source.name, job)
 
     def run() -> int:
         store.check_access()
-        if source.operator == "cron_source":
-            sources.run_cron(source, job, store, stop, gateway, lambda: datetime.now(UTC))
-        else:
-            sources.run_threshold(source, job, store, stop, gateway)
+        with executor:
+            if source.operator == "cron_source":
+                sources.run_cron(source, job, store, stop, executor.final_head, lambda: datetime.now(UTC))
+            else:
+                sources.run_threshold(source, job, store, stop, executor.final_head)
         return 0
 
     return run

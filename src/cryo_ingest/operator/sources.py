@@ -16,9 +16,8 @@ from typing import Any
 
 from croniter import croniter
 
-from .. import chains, manifest
+from .. import manifest
 from ..config import Job
-from ..gateway import Gateway
 from ..plan import grid, high_water
 from ..storage import Store
 from . import datasets
@@ -47,9 +46,8 @@ def write_cursor(store: Store, source: str, cursor: dict[str, Any]) -> None:
     store.update(_cursor_key(source), lambda current: None if current == body else body)
 
 
-def catch_up_range(store: Store, job: Job, gw: Gateway, base: int) -> tuple[int, int]:
-    """From the archive's high-water mark to the last whole final chunk."""
-    final = chains.final_head(gw, job.chain_id, job.reorg_buffer)
+def catch_up_range(store: Store, job: Job, final: int, base: int) -> tuple[int, int]:
+    """From the archive's high-water mark to the last whole chunk at or below the final head."""
     chunks = grid(0, max(final, 0), job.chunk_size)
     last_whole = max((c.end for c in chunks if c.end <= final), default=-1)
     return archived_through(store, job, base) + 1, last_whole
@@ -70,7 +68,7 @@ def _emit(store: Store, source: SourceNode, job: Job, request_id: str, kind: str
 
 
 def run_cron(
-    source: SourceNode, job: Job, store: Store, stop: threading.Event, gateway: Callable[[], Gateway], now: Callable[[], datetime]
+    source: SourceNode, job: Job, store: Store, stop: threading.Event, final_head: Callable[[], int], now: Callable[[], datetime]
 ) -> None:
     """At each scheduled tick, one catch-up request; ticks missed while down give one catch-up, not one each."""
     schedule = str(source.config.schedule)
@@ -82,8 +80,7 @@ def run_cron(
     while not stop.is_set():
         due = croniter(schedule, now()).get_prev(datetime)
         if due > datetime.fromisoformat(cursor["last_tick"]):
-            with gateway() as gw:
-                start, end = catch_up_range(store, job, gw, base)
+            start, end = catch_up_range(store, job, final_head(), base)
             tick = due.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
             if end >= start:
                 _emit(store, source, job, f"cron-{source.name}-{tick}", "cron", start, end)
@@ -95,16 +92,15 @@ def run_cron(
         stop.wait(max(0.05, min(wait, 60.0)))
 
 
-def run_threshold(source: SourceNode, job: Job, store: Store, stop: threading.Event, gateway: Callable[[], Gateway]) -> None:
+def run_threshold(source: SourceNode, job: Job, store: Store, stop: threading.Event, final_head: Callable[[], int]) -> None:
     """When the final blocks not yet archived reach `blocks`, one request for the whole chunks among them."""
     blocks = int(source.config.blocks or 0)
     base = source.config.start_block or 0
-    with gateway() as gw:
-        while not stop.is_set():
-            start, end = catch_up_range(store, job, gw, base)
-            asked = int(read_cursor(store, source.name).get("requested_through", -1))
-            start = max(start, asked + 1)
-            if end - start + 1 >= blocks:
-                _emit(store, source, job, f"threshold-{source.name}-{start}-{end}", "threshold", start, end)
-                write_cursor(store, source.name, {"requested_through": end})
-            stop.wait(source.config.poll_seconds)
+    while not stop.is_set():
+        start, end = catch_up_range(store, job, final_head(), base)
+        asked = int(read_cursor(store, source.name).get("requested_through", -1))
+        start = max(start, asked + 1)
+        if end - start + 1 >= blocks:
+            _emit(store, source, job, f"threshold-{source.name}-{start}-{end}", "threshold", start, end)
+            write_cursor(store, source.name, {"requested_through": end})
+        stop.wait(source.config.poll_seconds)
