@@ -67,7 +67,7 @@ def partition_task(ref: PoolRef, task: Task, timeout: float | None, semaphore: S
     with semaphore, _worker_gateway(ref, task.chain_id) as gw:
         if "traces" in task.partition.datasets:
             gw.require_traces(task.partition.start)
-        dispatcher = Dispatcher()
+        dispatcher = Dispatcher(spares=0)  # one process for this one partition: no spare for a next one here
         dispatcher.start(replace(task, gateway_url=gw.url), timeout)
         while True:
             for _, result in dispatcher.wait(1.0):

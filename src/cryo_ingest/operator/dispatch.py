@@ -6,13 +6,17 @@ Cryo and pyarrow) takes 1 to 3 s, so a spare or two are started ahead and wait f
 one process still serves one partition and dies with it. The parent owns the staging folder and
 removes it whatever happens to the child, so a killed partition leaves nothing behind locally;
 objects go up whole or not at all (publish), so it leaves nothing partial in the archive either.
+A parent killed in turn (a Dask worker's SIGKILL) cannot: its orphaned child, which sees its parent
+change, removes the folder and exits, as the parent would have killed it.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -32,8 +36,23 @@ def _child(conn: Connection) -> None:
         task = conn.recv()
     except EOFError:  # the parent is done with this spare
         return
+    threading.Thread(target=_exit_with_parent, args=(task.staging_dir,), daemon=True).start()
     conn.send(run_partition(task))
     conn.close()
+
+
+def _exit_with_parent(staging: str) -> None:
+    """Orphaned (the parent killed), nobody owns the staging folder or waits for the result: end both.
+
+    The parent's end of the pipe that spawn gave this process closes when the parent dies, whenever
+    that was (before this thread started too). Not PR_SET_PDEATHSIG: that fires when the parent's
+    *thread* ends, and a Dask worker starts partitions from pool threads that come and go.
+    """
+    parent = multiprocessing.parent_process()
+    assert parent is not None  # a spawned child
+    parent.join()
+    shutil.rmtree(staging, ignore_errors=True)
+    os._exit(1)
 
 
 @dataclass
