@@ -368,7 +368,7 @@ def s3_env(endpoint: str) -> dict[str, str]:
 
 
 class S3Server:
-    """moto's S3 (and Secrets Manager) on loopback, one request at a time.
+    """moto's S3 (and Secrets Manager) on loopback (or `host`), one request at a time.
 
     moto checks If-Match / If-None-Match and then writes, without a lock: under its threaded
     server two writers holding the same ETag can both pass the check (seen here: a lost
