@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,14 +54,16 @@ def net() -> Iterator[dict[str, Host]]:
 
     Names are unique per run; teardown kills whatever still runs in each namespace, then removes it."""
     tag = uuid.uuid4().hex[:6]
-    bridge, prefix = f"cibr{tag}", free_subnet()
+    bridge = f"cibr{tag}"
     made: list[str] = []
     try:
         try:
             ip("netns", "add", f"ci-{tag}-{HOSTS[0]}")
         except (OSError, subprocess.CalledProcessError) as err:
-            pytest.skip(f"network namespaces unavailable (`ip netns add` needs root and iproute2): {err}")
+            detail = err.stderr.strip() if isinstance(err, subprocess.CalledProcessError) else err
+            pytest.skip(f"network namespaces unavailable (`ip netns add` needs root and iproute2): {detail}")
         made.append(f"ci-{tag}-{HOSTS[0]}")
+        prefix = free_subnet()
         ip("link", "add", bridge, "type", "bridge")
         ip("addr", "add", f"{prefix}.1/24", "dev", bridge)
         ip("link", "set", bridge, "up")
@@ -80,9 +84,11 @@ def net() -> Iterator[dict[str, Host]]:
     finally:
         for ns in made:
             for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
-                subprocess.run(["kill", "-9", pid], capture_output=True)
+                with suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)  # its veth ends go with it
-        subprocess.run(["ip", "link", "del", bridge], capture_output=True)
+        if made:  # else `ip netns add` failed, before the bridge (or there is no `ip`)
+            subprocess.run(["ip", "link", "del", bridge], capture_output=True)
 
 
 def reaches(host: Host, address: str, port: int) -> bool:
