@@ -7,11 +7,11 @@ BIN := $(VENV)/bin
 
 setup: system-deps $(VENV)/.installed node_modules/.installed
 
-# What the tests start as real processes besides ours: redis-server (the shared budget store), from Debian.
-# Servers and tools the tests start (Debian's packages): redis for the shared budget, Chromium for the coverage page.
+# Servers and tools the tests start (Debian's packages): redis for the shared budget, Chromium for the coverage page,
+# iproute2 (`ip netns`) for the hosts of tests/test_netns.py.
 system-deps:
-	@command -v redis-server >/dev/null && command -v chromium >/dev/null || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server chromium >/dev/null; }
+	@command -v redis-server >/dev/null && command -v chromium >/dev/null && command -v ip >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server chromium iproute2 >/dev/null; }
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)

@@ -408,8 +408,20 @@ class S3FaultProxy(Proxy):
             return web.Response(status=resp.status, body=data, headers=out)
 
 
+def s3_env(endpoint: str) -> dict[str, str]:
+    """What a client (obstore, boto3, a cryo-ingest process) needs to use the S3 server at `endpoint`."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",  # what boto3 reads
+        "AWS_ALLOW_HTTP": "true",
+    }
+
+
 class S3Server:
-    """moto's S3 (and Secrets Manager) on loopback, one request at a time.
+    """moto's S3 (and Secrets Manager) on loopback (or `host`), one request at a time.
 
     moto checks If-Match / If-None-Match and then writes, without a lock: under its threaded
     server two writers holding the same ETag can both pass the check (seen here: a lost
@@ -417,21 +429,13 @@ class S3Server:
     a time gives moto the same property.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
         from werkzeug.serving import make_server
 
-        self.server = make_server("127.0.0.1", 0, DomainDispatcherApplication(create_backend_app), threaded=False)
-        self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
-        # what a client (obstore, boto3, a cryo-ingest process) needs to use it
-        self.env = {
-            "AWS_ENDPOINT_URL": self.endpoint,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_REGION": "us-east-1",
-            "AWS_DEFAULT_REGION": "us-east-1",  # what boto3 reads
-            "AWS_ALLOW_HTTP": "true",
-        }
+        self.server = make_server(host, port, DomainDispatcherApplication(create_backend_app), threaded=False)
+        self.endpoint = f"http://{host}:{self.server.server_port}"
+        self.env = s3_env(self.endpoint)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self) -> S3Server:
@@ -522,3 +526,7 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+if __name__ == "__main__":  # `python tests/servers.py HOST PORT`: S3Server in a process of its own (tests/test_netns.py)
+    S3Server(sys.argv[1], int(sys.argv[2])).server.serve_forever()

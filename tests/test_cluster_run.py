@@ -16,7 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import CANARY, Devnet, cli, files_under
-from test_cluster import Cluster, assert_no_canary, client_env, cluster
+from dask_cluster import Cluster
+from test_cluster import assert_no_canary, client_env, cluster
 from test_operator import StallProxy, dag_file, devnet_dag, finish, pool_env, request, start, wait_for
 
 __all__ = ["cluster"]  # the fixture, from test_cluster.py (with this module's proxy)

@@ -12,7 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,13 +82,21 @@ class Anvil:
 
 
 @contextmanager
-def anvil(load_state: Path | None = None, dump_state: Path | None = None, chain_id: int = CHAIN_ID) -> Iterator[Anvil]:
-    """An anvil node on a free loopback port; finalized = head - 2 (`--slots-in-an-epoch 1`)."""
+def anvil(
+    load_state: Path | None = None,
+    dump_state: Path | None = None,
+    chain_id: int = CHAIN_ID,
+    host: str = "127.0.0.1",
+    launcher: Sequence[str] = (),
+) -> Iterator[Anvil]:
+    """An anvil node on a free port of `host` (loopback), started through `launcher` (e.g. `ip netns exec NS`:
+    a host of its own, tests/test_netns.py); finalized = head - 2 (`--slots-in-an-epoch 1`)."""
     port = free_port()
     args = [
+        *launcher,
         str(anvil_binary()),
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         str(port),
         "--chain-id",
@@ -105,12 +113,12 @@ def anvil(load_state: Path | None = None, dump_state: Path | None = None, chain_
     if dump_state:
         args += ["--dump-state", str(dump_state)]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                with socket.create_connection((host, port), timeout=0.5):
                     break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:

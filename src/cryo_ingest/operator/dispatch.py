@@ -6,14 +6,20 @@ Cryo and pyarrow) takes 1 to 3 s, so a spare or two are started ahead and wait f
 one process still serves one partition and dies with it. The parent owns the staging folder and
 removes it whatever happens to the child, so a killed partition leaves nothing behind locally;
 objects go up whole or not at all (publish), so it leaves nothing partial in the archive either.
+A parent killed in turn (a Dask worker's SIGKILL) cannot: so the parent only names the folder and
+the child makes it once it holds its task, and an orphaned child removes it and exits, as the
+parent would have killed it. A parent killed at any point leaves no folder behind.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import shutil
 import tempfile
+import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -32,8 +38,24 @@ def _child(conn: Connection) -> None:
         task = conn.recv()
     except EOFError:  # the parent is done with this spare
         return
+    os.mkdir(task.staging_dir, 0o700)
+    threading.Thread(target=_exit_with_parent, args=(task.staging_dir,), daemon=True).start()
     conn.send(run_partition(task))
     conn.close()
+
+
+def _exit_with_parent(staging: str) -> None:
+    """Orphaned (the parent killed), nobody owns the staging folder or waits for the result: end both.
+
+    The parent's end of the pipe that spawn gave this process closes when the parent dies, whenever
+    that was (before this thread started too). Not PR_SET_PDEATHSIG: that fires when the parent's
+    *thread* ends, and a Dask worker starts partitions from pool threads that come and go.
+    """
+    parent = multiprocessing.parent_process()
+    assert parent is not None  # a spawned child
+    parent.join()
+    shutil.rmtree(staging, ignore_errors=True)
+    os._exit(1)
 
 
 @dataclass
@@ -71,10 +93,10 @@ class Dispatcher:
             self._spares.append(_Spare(process, mine))
 
     def start(self, task: Task, timeout: float | None, tag: Any = None) -> Running:
-        staging = tempfile.mkdtemp(prefix="cryo-ingest-partition-")
-        task = Task(**{**task.__dict__, "staging_dir": staging})
         self._refill(at_least=1)
         spare = self._spares.pop(0)
+        staging = os.path.join(tempfile.gettempdir(), f"cryo-ingest-partition-{uuid.uuid4().hex}")  # the child makes it
+        task = Task(**{**task.__dict__, "staging_dir": staging})
         spare.conn.send(task)
         self._refill()  # the next spare starts while this partition runs
         run = Running(task, spare.process, spare.conn, staging, time.monotonic() + timeout if timeout else float("inf"), tag=tag)
