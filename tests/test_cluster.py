@@ -77,3 +77,22 @@ def test_worker_killed_mid_partition_the_job_still_completes(
     assert files_under(root) == local_archive
     assert_no_canary(out, cluster.scheduler_log.read_text(), folders=(root,))
     assert not staging_left(cluster, 10), "the killed worker's orphaned partition left its staging folder"
+
+
+def test_a_partition_the_cluster_gives_up_on_fails_as_a_local_one_does(
+    proxy: FaultProxy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dask gives up on a task whose worker died more often than allowed (0 here): that partition fails,
+    named in one line and in the summary; the job goes on with the others and exits 1, no traceback."""
+    monkeypatch.setenv("DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "0")
+    pool = {"endpoints": [{"name": "node", "url": proxy.url(f"/v2/{CANARY}")}]}
+    with dask_cluster(tmp_path, {"CRYO_INGEST_RPC_POOL_TEST": json.dumps(pool)}) as cluster:
+        cmd = backfill_command(tmp_path / "a", None, "--rpc-pool", "test", "--scheduler", cluster.address, "--json", end=END)
+        job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **client_env()})
+        killed = kill_a_busy_worker(cluster)
+        out, err = job.communicate(timeout=240)
+    assert killed is not None, "no partition was seen running"
+    assert job.returncode == 1, out + err
+    assert "Traceback" not in err, err
+    failed = json.loads(out)["failed"]
+    assert len(failed) == 1 and ": on the cluster: KilledWorker: " in failed[0], failed

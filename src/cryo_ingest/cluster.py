@@ -17,15 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from distributed import Client, Event, Semaphore, as_completed
+from distributed import Client, Event, Future, Semaphore, as_completed
 
 from . import chains
 from .backfill import Result, open_job
 from .budget import BUDGET_ENV, shared_budget
 from .config import Job, make_job, resolve_pool
-from .errors import ConfigError
+from .errors import ConfigError, redact
 from .gateway import Gateway
 from .operator.dispatch import Dispatcher
+from .plan import Partition
 from .task import PartitionResult, Task
 
 
@@ -98,7 +99,20 @@ def backfill_on_cluster(
     with Client(scheduler) as client:
         plan = run.plan(client.submit(final_head_task, ref, job.chain_id, job.reorg_buffer, pure=False).result())
         semaphore = Semaphore(max_leases=job.max_concurrency, name=f"cryo-ingest-{job.chain_id}-{job.root}")
-        futures = [client.submit(partition_task, ref, run.task(p, ""), timeout, semaphore, pure=False) for p in plan.partitions]
+        futures = {
+            client.submit(partition_task, ref, run.task(p, ""), timeout, semaphore, pure=False): p for p in plan.partitions
+        }
         for future in as_completed(futures):
-            run.record(future.result(), on_partition)
+            run.record(_result(future, futures[future]), on_partition)
     return run.finish()
+
+
+def _result(future: Future[PartitionResult], partition: Partition) -> PartitionResult:
+    """The task's result; a task the cluster gave up on (its workers died more often than Dask's
+    `allowed-failures`, a worker-side error) is that partition failed, as a local partition would be."""
+    try:
+        result: PartitionResult = future.result()
+        return result
+    except Exception as err:  # whatever the cluster raises for one task must not end the others' accounting
+        what = f"{type(err).__name__}: {redact(str(err))}"
+        return PartitionResult(partition, error=f"partition {partition.start}-{partition.end}: on the cluster: {what}")
