@@ -103,16 +103,17 @@ def backfill_on_cluster(
             client.submit(partition_task, ref, run.task(p, ""), timeout, semaphore, pure=False): p for p in plan.partitions
         }
         for future in as_completed(futures):
-            run.record(_result(future, futures[future]), on_partition)
+            run.record(task_result(future, futures[future]), on_partition)
     return run.finish()
 
 
-def _result(future: Future[PartitionResult], partition: Partition) -> PartitionResult:
-    """The task's result; a task the cluster gave up on (its workers died more often than Dask's
-    `allowed-failures`, a worker-side error) is that partition failed, as a local partition would be."""
-    try:
+def task_result(future: Future[PartitionResult], partition: Partition) -> PartitionResult:
+    """A partition task's result, once done. A task the cluster gave up on (its workers died more often
+    than Dask's `allowed-failures`), that raised or was cancelled is that partition failed, as a
+    local partition would be: the other partitions' accounting goes on."""
+    if future.status == "finished":
         result: PartitionResult = future.result()
         return result
-    except Exception as err:  # whatever the cluster raises for one task must not end the others' accounting
-        what = f"{type(err).__name__}: {redact(str(err))}"
-        return PartitionResult(partition, error=f"partition {partition.start}-{partition.end}: on the cluster: {what}")
+    err = future.exception() if future.status == "error" else future.status
+    what = f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else str(err)
+    return PartitionResult(partition, error=redact(f"partition {partition.start}-{partition.end}: on the cluster: {what}"))

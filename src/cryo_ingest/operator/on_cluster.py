@@ -18,7 +18,7 @@ from typing import Any
 
 from distributed import Client, Event, Future, Semaphore
 
-from ..cluster import PoolRef, final_head_task, partition_task
+from ..cluster import PoolRef, final_head_task, partition_task, task_result
 from ..config import Job
 from ..errors import IngestError
 from ..task import PartitionResult, Task
@@ -88,7 +88,7 @@ class OnCluster:
         ended = [run for run in self._runs if run.future.done()]
         for run in ended:
             self._runs.remove(run)
-        return [(run.tag, _result(run)) for run in ended]
+        return [(run.tag, task_result(run.future, run.task.partition)) for run in ended]
 
     def stop(self, tag: Any) -> None:
         for run in self._runs:
@@ -101,11 +101,3 @@ class OnCluster:
     def metrics(self) -> dict[str, Any]:
         """The gateways are the workers'."""
         return {}
-
-
-def _result(run: _Submitted) -> PartitionResult:
-    if run.future.status == "finished":
-        return run.future.result()
-    part = run.task.partition
-    err = run.future.exception() if run.future.status == "error" else run.future.status
-    return PartitionResult(part, error=f"partition {part.start}-{part.end}: on the cluster: {err}")
