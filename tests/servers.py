@@ -110,6 +110,7 @@ class Faults:
     echo_url: set[str] = field(default_factory=set)
     # (method, n, seconds): the first n calls of `method` get HTTP 429 with `Retry-After: seconds`.
     throttle: tuple[str, int, int] | None = None
+    stall: tuple[float, float] | None = None  # (fraction, seconds): these requests wait that long, then are answered
 
 
 class FaultProxy(Proxy):
@@ -174,6 +175,9 @@ class FaultProxy(Proxy):
             return web.json_response(
                 {"jsonrpc": "2.0", "id": body["id"], "error": {"code": -32601, "message": "the method does not exist"}}
             )
+        if f.stall is not None and self.random.random() < f.stall[0]:
+            self.injected["stall"] += 1
+            await asyncio.sleep(f.stall[1])
         roll = self.random.random()
         for kind in ("http_429", "http_500", "http_503", "rpc_32005", "truncated", "reset", "null_result"):
             p = getattr(f, kind)

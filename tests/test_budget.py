@@ -177,3 +177,32 @@ def test_store_unreachable_at_start_stops_the_job_without_its_password(chain: De
     assert "budget store unreachable at start" in run.text, run.text
     assert CANARY.lower() not in run.text.lower()
     assert not (tmp_path / "archive").exists()
+
+
+def test_shared_budget_charges_each_call_its_compute_units(redis_server: RedisServer) -> None:
+    """Two gateways' budgets on one store, 500 compute units/s, calls of 50 units (eth_getLogs in this
+    table): 30 calls take 3 s (less a twentieth of a second's burst) whichever gateway sends them."""
+    import asyncio
+
+    from cryo_ingest.budget import SharedBudget
+    from cryo_ingest.config import Endpoint
+
+    spec = Endpoint.model_validate(
+        {"name": "cu", "url": "https://a.example/k", "compute_units_per_second": 500, "costs": {"eth_getLogs": 50, "default": 5}}
+    )
+
+    async def run() -> float:
+        gateways = [SharedBudget(redis_server.url, "pool") for _ in range(2)]
+        for g in gateways:
+            await g.start([spec])
+        started = time.monotonic()
+        await asyncio.gather(*(gateways[i % 2].acquire("cu/cu", 500, spec.cost("eth_getLogs")) for i in range(30)))
+        took = time.monotonic() - started
+        for g in gateways:
+            await g.close()
+        return took
+
+    took = asyncio.run(run())
+    assert 2.7 <= took <= 3.5, took  # 1 unit a call would take 0.06 s
+    keys = sorted(redis.Redis.from_url(redis_server.url).keys("*"))
+    assert keys == [b"cryo-ingest:budget:pool:cu/cu:gateways", b"cryo-ingest:budget:pool:cu/cu:tat"]
