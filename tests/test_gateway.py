@@ -442,3 +442,25 @@ def test_a_stalled_request_is_raced_on_the_other_endpoint(stalls: bool, chain: D
         assert max(took) < 2.5  # not the 5 s stall
         assert metrics["other"]["hedge_wins"] >= slow.injected["stall"]
     assert hedges < 0.05 * sum(m["requests"] for m in metrics.values())
+
+
+def test_compute_units_limit_charges_each_call_its_cost(chain: Devnet) -> None:
+    """200 compute units a second, a block costing 20 in this table: 10 blocks a second reach the
+    provider (at most a tenth of a second's units, one call, above that), and the metrics count 20 each."""
+    with FaultProxy(chain.url) as proxy:
+        spec = {
+            "name": "cu",
+            "url": proxy.url(),
+            "compute_units_per_second": 200,
+            "costs": {"eth_getBlockByNumber": 20, "default": 1},
+        }
+        with Gateway([Endpoint.model_validate(spec)], 31337) as gw:
+            start = time.monotonic()
+            drive(gw.url, 3.0, threads=4)
+            metrics = gw.metrics()["cu"]
+    blocks = [t for t, m in proxy.calls if m == "eth_getBlockByNumber" and t >= start]
+    rate = len(blocks) / (blocks[-1] - blocks[0])
+    print(f"{rate:.1f} blocks/s; {metrics}")
+    assert 8.5 <= rate <= 11, rate  # 1 unit a call would give hundreds
+    assert metrics["rate_unit"] == "compute units/s" and metrics["rate_limit"] == 200
+    assert metrics["compute_units"] == 20 * len([m for _, m in proxy.calls if m == "eth_getBlockByNumber"]) + 2  # + start-up

@@ -170,6 +170,10 @@ class SharedBudget:
         share.rps = rps / self._peers.get(endpoint, 1)  # the tuner may have moved the rate since
         await self._slot(lambda: share.take(cost), share.rps, cost)
 
+    def peers(self, endpoint: str) -> int:
+        """The gateways the store last counted on this budget."""
+        return self._peers.get(endpoint, 1)
+
     async def _slot(self, take: Callable[[], Awaitable[float]], rps: float, cost: float) -> None:
         """Sleep until a slot. One woken late (a busy CPU stalls the event loop) is given up and another
         taken once: sent now, it would bunch with the slots after it and break the limit at the provider;

@@ -42,6 +42,8 @@ class Tuner:
         self.ceiling = ceiling
         self.rate = ceiling  # None: no limit known (a loopback node) until the first rate-limit answer
         self.best = 0.0  # the most units the endpoint answered within one second
+        # Gateways sharing the rate (budget store): each sees about 1/peers of the endpoint's traffic.
+        self.peers = 1
         self.peak: float | None = None  # the rate that last drew a rate-limit answer
         self.changed = -math.inf  # when the rate was last cut
         self._accepted: deque[tuple[float, float]] = deque()  # (when, units) answered in the last second
@@ -53,7 +55,8 @@ class Tuner:
         elapsed = now - self._since
         if elapsed < 1.0:
             return
-        full = self.rate is not None and self._used >= 0.8 * self.rate * elapsed  # the rate held sending back, not demand
+        # the rate held the sending back, not the demand
+        full = self.rate is not None and self._used * self.peers >= 0.8 * self.rate * elapsed
         if self.rate is not None and self.peak is not None and full and now - self.changed >= 1.0:
             self.rate = min(self.ceiling or math.inf, self.rate + RAISE * self.peak)
         self._since, self._used = now, 0.0
@@ -68,7 +71,7 @@ class Tuner:
         self._answered += units
         while self._accepted[0][0] < now - 1.0:
             self._answered -= self._accepted.popleft()[1]
-        self.best = max(self.best, self._answered)
+        self.best = max(self.best, self._answered * self.peers)
 
     def throttled(self, sent_at: float, now: float) -> bool:
         """A rate-limit answer to a request sent at `sent_at`; True if it cut the rate."""
@@ -77,7 +80,7 @@ class Tuner:
         if sum(1 for t, _ in self._accepted if t >= now - 1.0) < MIN_ANSWERED:
             return False
         if self.peak is None:  # the first: what the endpoint answered in the last second is about its limit
-            estimate = sum(u for t, u in self._accepted if t >= now - 1.0)
+            estimate = sum(u for t, u in self._accepted if t >= now - 1.0) * self.peers
             self.peak = min(self.rate or math.inf, estimate)
             self.rate = max(self.floor, self.peak * CUT_NEAR)
         else:
@@ -131,6 +134,8 @@ class Bucket:
             if b.slots is None and b.configured is not None:
                 assert self.shared is not None
                 await self.shared.acquire(b.name, rate, units)
+                if b is self.tuned:
+                    self.tuner.peers = self.shared.peers(b.name)
                 continue
             if b.slots is None:  # no limit configured, one found: this gateway's own
                 b.slots = LocalSlots(rate, LOCAL_BURST_SECONDS)
