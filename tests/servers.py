@@ -118,6 +118,7 @@ class Faults:
     logs_range: int | None = None
     logs_results: int | None = None
     logs_refusal: str = "infura_range"
+    stall: tuple[float, float] | None = None  # (fraction, seconds): these requests wait that long, then are answered
 
 
 # A provider's refusal of an eth_getLogs range: (HTTP status, JSON-RPC error), as gateway/logs.py lists them.
@@ -205,6 +206,9 @@ class FaultProxy(Proxy):
             return web.json_response(reply)
         if method == "eth_getLogs" and (f.logs_range is not None or f.logs_results is not None):
             return await self._limited_logs(raw, body)
+        if f.stall is not None and self.random.random() < f.stall[0]:
+            self.injected["stall"] += 1
+            await asyncio.sleep(f.stall[1])
         roll = self.random.random()
         for kind in ("http_429", "http_500", "http_503", "rpc_32005", "truncated", "reset", "null_result"):
             p = getattr(f, kind)

@@ -177,3 +177,69 @@ def test_store_unreachable_at_start_stops_the_job_without_its_password(chain: De
     assert "budget store unreachable at start" in run.text, run.text
     assert CANARY.lower() not in run.text.lower()
     assert not (tmp_path / "archive").exists()
+
+
+def test_shared_budget_charges_each_call_its_compute_units(redis_server: RedisServer) -> None:
+    """Two gateways' budgets on one store, 500 compute units/s, calls of 50 units (eth_getLogs in this
+    table): 30 calls take 3 s (less a twentieth of a second's burst) whichever gateway sends them."""
+    import asyncio
+
+    from cryo_ingest.budget import SharedBudget
+    from cryo_ingest.config import Endpoint
+
+    spec = Endpoint.model_validate(
+        {"name": "cu", "url": "https://a.example/k", "compute_units_per_second": 500, "costs": {"eth_getLogs": 50, "default": 5}}
+    )
+
+    async def run() -> float:
+        gateways = [SharedBudget(redis_server.url, "pool") for _ in range(2)]
+        for g in gateways:
+            await g.start([spec])
+        started = time.monotonic()
+        await asyncio.gather(*(gateways[i % 2].acquire("cu/cu", 500, spec.cost("eth_getLogs")) for i in range(30)))
+        took = time.monotonic() - started
+        for g in gateways:
+            await g.close()
+        return took
+
+    took = asyncio.run(run())
+    assert 2.7 <= took <= 3.5, took  # 1 unit a call would take 0.06 s
+    keys = sorted(redis.Redis.from_url(redis_server.url).keys("*"))
+    assert keys == [b"cryo-ingest:budget:pool:cu/cu:gateways", b"cryo-ingest:budget:pool:cu/cu:tat"]
+
+
+def test_gateways_sharing_a_budget_tune_it_together(chain: Devnet, redis_server: RedisServer) -> None:
+    """docs/rpc-pool.md: each gateway tunes the rate it charges its slots at. Two gateways, one shared
+    budget configured at 100 requests/s, the provider allowing 30 per one-second window: together
+    they converge near 30, with few 429s."""
+    import threading
+
+    from test_gateway import drive
+
+    from cryo_ingest.budget import SharedBudget
+    from cryo_ingest.config import Endpoint
+    from cryo_ingest.gateway import Gateway
+
+    real, warmup, measured = 30, 6.0, 6.0
+    with FaultProxy(chain.url, Faults(rate_limit=real)) as proxy:
+        spec = Endpoint.model_validate({"name": "shared", "url": proxy.url(), "requests_per_second": 100})
+        gateways = [Gateway([spec], 31337, shared=SharedBudget(redis_server.url, "pool")) for _ in range(2)]
+        for gw in gateways:
+            gw.__enter__()
+        try:
+            start = time.monotonic()
+            callers = [threading.Thread(target=drive, args=(gw.url, warmup + measured, 6)) for gw in gateways]
+            for c in callers:
+                c.start()
+            for c in callers:
+                c.join()
+            cuts = [gw.metrics()["shared"]["rate_cuts"] for gw in gateways]
+        finally:
+            for gw in gateways:
+                gw.__exit__(None, None, None)
+    window = [t for t in proxy.times if start + warmup <= t < start + warmup + measured]
+    answered = sum(1 for t in proxy.answered if start + warmup <= t < start + warmup + measured)
+    rate, refused = len(window) / measured, (len(window) - answered) / len(window)
+    print(f"two gateways: sent {rate:.1f}/s after warm-up, {refused:.1%} refused, cuts {cuts}")
+    assert 0.8 * real <= rate <= 1.1 * real, rate
+    assert refused <= 0.1, refused

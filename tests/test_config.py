@@ -158,3 +158,48 @@ def test_argument_errors_do_not_echo_keys(args: list[str]) -> None:
     run = cli(*args)
     assert run.code == 2 and "invalid arguments" in run.text and "<redacted>" in run.text, run.text
     assert CANARY not in run.text
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "reason"),
+    [
+        ({"compute_units_per_second": 330, "costs": "alchmy"}, "unknown cost profile 'alchmy' (choose from alchemy, infura"),
+        ({"compute_units_per_second": 330, "costs": {"eth_getLog": 60, "default": 20}}, "unknown method 'eth_getLog' in costs"),
+        ({"compute_units_per_second": 330, "costs": {"eth_getLogs": 60}}, 'a costs table needs a "default"'),
+        ({"compute_units_per_second": 330, "costs": {"eth_getLogs": -1, "default": 20}}, "the cost of 'eth_getLogs' is negative"),
+        ({"compute_units_per_second": 330}, "compute_units_per_second and costs go together"),
+        ({"costs": "infura"}, "compute_units_per_second and costs go together"),
+        ({"compute_units_per_second": 0, "costs": "infura"}, "greater than 0"),
+    ],
+)
+def test_invalid_compute_unit_budget(
+    endpoint: dict[str, object], reason: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pool = {"endpoints": [{"name": "p", "url": f"https://rpc.example/{CANARY}", **endpoint}]}
+    monkeypatch.setenv("CRYO_INGEST_RPC_POOL_TEST", json.dumps(pool))
+    root = tmp_path / "root"
+    args = [a for a in BASE if a not in ("--rpc", "http://127.0.0.1:9")]
+    assert main([*args, "--rpc-pool", "test", "--root", str(root)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    assert "invalid config: " in err and reason in err, err
+    assert CANARY not in err
+    assert not root.exists()
+
+
+def test_compute_unit_costs_by_profile_and_table() -> None:
+    from cryo_ingest.config import Endpoint
+
+    alchemy = Endpoint.model_validate({"url": "https://a.example/k", "compute_units_per_second": 330, "costs": "alchemy"})
+    assert [alchemy.cost(m) for m in ("eth_getBlockReceipts", "debug_traceBlockByNumber", "eth_getLogs", "eth_foo")] == [
+        500,
+        1000,
+        60,
+        20,
+    ]
+    assert alchemy.requests_per_second is None  # the compute units are its limit: no default request rate on top
+    table = Endpoint.model_validate(
+        {"url": "https://a.example/k", "compute_units_per_second": 100, "costs": {"eth_getLogs": 75, "default": 20}}
+    )
+    assert (table.cost("eth_getLogs"), table.cost("trace_block")) == (75, 20)
+    assert Endpoint.model_validate({"url": "https://a.example/k"}).cost("eth_getLogs") == 1

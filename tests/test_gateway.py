@@ -387,3 +387,127 @@ def test_gateway_secret_is_never_written(chain: Devnet, tmp_path: Path) -> None:
             assert secret not in run.text, run.text
             for p in root.rglob("*") if root.exists() else []:
                 assert not p.is_file() or secret.encode() not in p.read_bytes(), p
+
+
+def test_an_only_endpoint_that_rate_limits_is_slowed_down_not_dropped(
+    chain: Devnet, clean_archive: dict[str, bytes], tmp_path: Path
+) -> None:
+    """`--rpc` on loopback (no limit by default) in front of a provider allowing 20 requests a second:
+    the 429s cut the rate instead of tripping the breaker, and the run gives the unthrottled archive."""
+    root = tmp_path / "slow"
+    with FaultProxy(chain.url, Faults(rate_limit=20)) as proxy:
+        run = backfill(root, proxy.url(f"/v2/{CANARY}"), "--json", end=END)
+    assert run.code == 0, run.text
+    assert proxy.injected["http_429"] > 0  # it did rate-limit us
+    doc = json.loads(run.out)["gateway"]["rpc-0"]
+    assert doc["rate_cuts"] > 0 and doc["rate_limit"] is not None and doc["rate_unit"] == "requests/s"
+    assert files_under(root) == clean_archive
+    assert_no_canary(run, root)
+
+
+def drive(url: str, seconds: float, threads: int = 12) -> None:
+    """Demand well above any limit here: `threads` callers asking for blocks back to back."""
+    deadline = time.monotonic() + seconds
+
+    def caller(i: int) -> None:
+        n = i
+        while time.monotonic() < deadline:
+            rpc(url, "eth_getBlockByNumber", hex(n % 100), False)
+            n += threads
+
+    workers = [threading.Thread(target=caller, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+
+
+@pytest.mark.parametrize("configured", [100, None])
+def test_auto_tune_converges_near_the_real_limit(configured: int | None, chain: Devnet) -> None:
+    """Configured 100 requests/s (or nothing, loopback: unlimited), the provider allows 30 in each
+    one-second window: after a warm-up the gateway sends about 30 a second, and few get a 429."""
+    real, warmup, measured = 30, 6.0, 6.0
+    spec: dict[str, object] = {"name": "tuned"}
+    if configured is not None:
+        spec["requests_per_second"] = configured
+    with FaultProxy(chain.url, Faults(rate_limit=real)) as proxy:
+        spec["url"] = proxy.url()
+        with Gateway([Endpoint.model_validate(spec)], 31337) as gw:
+            start = time.monotonic()
+            drive(gw.url, warmup + measured)
+            metrics = gw.metrics()["tuned"]
+    window = [t for t in proxy.times if start + warmup <= t < start + warmup + measured]
+    rate = len(window) / measured
+    answered = sum(1 for t in proxy.answered if start + warmup <= t < start + warmup + measured)
+    refused = (len(window) - answered) / len(window)  # the share that got a 429
+    print(f"configured {configured}: sent {rate:.1f}/s after warm-up, {refused:.1%} refused; {metrics}")
+    assert 0.8 * real <= rate <= 1.1 * real, rate
+    assert metrics["rate_cuts"] >= 1
+    assert refused <= 0.1, refused
+
+
+def timed_calls(url: str, n: int, threads: int = 8) -> list[float]:
+    """`n` block requests from `threads` callers; how long each took, as the caller saw it."""
+    took: list[float] = []
+
+    def caller(i: int) -> None:
+        for k in range(i, n, threads):
+            t = time.monotonic()
+            assert rpc(url, "eth_getBlockByNumber", hex(k % 100), False) is not None
+            took.append(time.monotonic() - t)
+
+    workers = [threading.Thread(target=caller, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return took
+
+
+@pytest.mark.parametrize("stalls", [True, False])
+def test_a_stalled_request_is_raced_on_the_other_endpoint(stalls: bool, chain: Devnet) -> None:
+    """One endpoint holds 3% of its requests for 5 s: those are answered by the other well before. On a
+    normal run (no stalls) under 5% of the requests are hedged."""
+    with (
+        FaultProxy(chain.url) as slow,
+        FaultProxy(chain.url) as other,
+        Gateway(
+            [Endpoint.model_validate({"url": p.url(), "name": n}) for n, p in (("slow", slow), ("other", other))], 31337
+        ) as gw,
+    ):
+        timed_calls(gw.url, 60)  # each endpoint's latencies known (hedging waits for 20)
+        if stalls:
+            slow.faults.stall = (0.03, 5.0)
+        took = timed_calls(gw.url, 400)
+        metrics = gw.metrics()
+    hedges = sum(m["hedges"] for m in metrics.values())
+    print(f"stalls {stalls}: {slow.injected['stall']} stalled, {hedges} hedged, slowest {max(took):.2f} s")
+    assert len(took) == 400
+    assert all(m["errors"] == {} for m in metrics.values())
+    if stalls:
+        assert slow.injected["stall"] >= 3
+        assert max(took) < 2.5  # not the 5 s stall
+        assert metrics["other"]["hedge_wins"] >= slow.injected["stall"]
+    assert hedges < 0.05 * sum(m["requests"] for m in metrics.values())
+
+
+def test_compute_units_limit_charges_each_call_its_cost(chain: Devnet) -> None:
+    """200 compute units a second, a block costing 20 in this table: 10 blocks a second reach the
+    provider (at most a tenth of a second's units, one call, above that), and the metrics count 20 each."""
+    with FaultProxy(chain.url) as proxy:
+        spec = {
+            "name": "cu",
+            "url": proxy.url(),
+            "compute_units_per_second": 200,
+            "costs": {"eth_getBlockByNumber": 20, "default": 1},
+        }
+        with Gateway([Endpoint.model_validate(spec)], 31337) as gw:
+            start = time.monotonic()
+            drive(gw.url, 3.0, threads=4)
+            metrics = gw.metrics()["cu"]
+    blocks = [t for t, m in proxy.calls if m == "eth_getBlockByNumber" and t >= start]
+    rate = len(blocks) / (blocks[-1] - blocks[0])
+    print(f"{rate:.1f} blocks/s; {metrics}")
+    assert 8.5 <= rate <= 11, rate  # 1 unit a call would give hundreds
+    assert metrics["rate_unit"] == "compute units/s" and metrics["rate_limit"] == 200
+    assert metrics["compute_units"] == 20 * len([m for _, m in proxy.calls if m == "eth_getBlockByNumber"]) + 2  # + start-up

@@ -42,19 +42,21 @@ GRACE_SECONDS = 3.0
 STORE_TIMEOUT = 1.0
 
 # KEYS[1]: the endpoint's theoretical arrival time (TAT, µs on Redis's clock); KEYS[2]: its gateways
-# (sorted set, by last slot). ARGV: emission interval (µs), burst (requests), gateway id, liveness (µs).
+# (sorted set, by last slot). ARGV: emission interval (µs per unit), burst (units), gateway id,
+# liveness (µs), cost (units: 1 for a request, its compute units for a call).
 # Reserves the next slot and answers how long to wait for it, how far the endpoint's slots are
 # reserved (both µs from now), and how many gateways are live.
-# GCRA with burst tolerance (burst - 1) * interval: at most burst + rate * T requests in any T seconds.
+# GCRA with burst tolerance (burst - 1) * interval: at most burst + rate * T units in any T seconds
+# (a call costing more than the burst goes alone, and the calls after it wait for what it took).
 TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval, burst, live = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4])
+local interval, burst, live, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
-local start = tat - (burst - 1) * interval
+local new_tat = tat + interval * cost
+local start = new_tat - math.max(burst, cost) * interval
 if start < now then start = now end
-local new_tat = tat + interval
 local ttl = math.floor((new_tat - now) / 1000) + live / 1000
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', ttl)
 redis.call('ZADD', KEYS[2], now, ARGV[3])
@@ -64,24 +66,25 @@ return {start - now, new_tat - now, redis.call('ZCARD', KEYS[2])}
 """
 
 
-def burst(rps: float) -> float:
-    """A twentieth of a second's requests, half the in-process bucket's (docs/rpc-pool.md): gateways
+def burst(rps: float, seconds: float = 1 / 20) -> float:
+    """A twentieth of a second's units, half the in-process bucket's (docs/rpc-pool.md): gateways
     in other processes and hosts wake up for their slots with some jitter, which adds to the burst."""
-    return max(1.0, rps / 20)
+    return max(1.0, rps * seconds)
 
 
 class LocalSlots:
-    """The same GCRA in this process: a gateway's share while the store is down."""
+    """The same GCRA in this process: an endpoint's own bucket, or a gateway's share while the store
+    is down. `rps` (units per second) may change between calls: the auto-tuner lowers and raises it."""
 
-    def __init__(self, rps: float) -> None:
-        self.rps = rps
+    def __init__(self, rps: float, burst_seconds: float = 1 / 20) -> None:
+        self.rps, self.burst_seconds = rps, burst_seconds
         self._tat = 0.0
 
-    async def take(self) -> float:
+    async def take(self, cost: float = 1.0) -> float:
         now, interval = time.monotonic(), 1 / self.rps
         tat = max(self._tat, now)
-        self._tat = tat + interval
-        return max(0.0, tat - (burst(self.rps) - 1) * interval - now)
+        self._tat = tat + interval * cost
+        return max(0.0, self._tat - max(burst(self.rps, self.burst_seconds), cost) * interval - now)
 
 
 class SharedBudget:
@@ -97,7 +100,7 @@ class SharedBudget:
         self._client: aioredis.Redis | None = None
         self._peers: dict[str, int] = {}  # gateways the store last counted, by endpoint name
         self._reserved: dict[str, float] = {}  # until when (monotonic) the store may have given out slots, by endpoint
-        self._limits: dict[str, tuple[float, int]] = {}  # requests_per_second and max_concurrency, by endpoint
+        self._limits: dict[str, tuple[float, float]] = {}  # rate and units in flight at most (guessed), by budget
         self._fallback: dict[str, LocalSlots] = {}
         self._down = False
         self._failing_since = 0.0  # when the store began failing (0: it answers)
@@ -114,21 +117,21 @@ class SharedBudget:
             self._url, socket_timeout=STORE_TIMEOUT, socket_connect_timeout=STORE_TIMEOUT, retry_on_timeout=False
         )
         for e in endpoints:
-            if not e.requests_per_second:
-                continue
-            self._limits[e.name] = (e.requests_per_second, e.max_concurrency or 1)
-            try:
-                wait = await self._take(e.name, e.requests_per_second)
-            except (RedisError, OSError) as err:
-                raise RpcError(f"budget store unreachable at start ({type(err).__name__}: {redact(str(err))})") from None
-            await asyncio.sleep(wait)
+            for name, rate, cost in limits(e):
+                self._limits[name] = (rate, (e.max_concurrency or 1) * cost)
+                try:
+                    wait = await self._take(name, rate, cost)
+                except (RedisError, OSError) as err:
+                    raise RpcError(f"budget store unreachable at start ({type(err).__name__}: {redact(str(err))})") from None
+                await asyncio.sleep(wait)
 
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
 
-    async def acquire(self, endpoint: str, rps: float) -> None:
-        """Wait for this endpoint's next slot: the store's, or while it is down this gateway's share."""
+    async def acquire(self, endpoint: str, rps: float, cost: float = 1.0) -> None:
+        """Wait for a slot of `cost` units in this budget (an endpoint's requests, or its compute units:
+        see `limits`): the store's, or while it is down this gateway's share."""
         while True:
             now = time.monotonic()
             probe = self._down  # only a request sent to the store while it was down can say it is back
@@ -136,7 +139,7 @@ class SharedBudget:
                 break
             self._next_probe = now + PROBE_SECONDS
             try:
-                await self._slot(lambda: self._take(endpoint, rps), rps)
+                await self._slot(lambda: self._take(endpoint, rps, cost), rps, cost)
             except (RedisError, OSError) as err:
                 if self._down:
                     break
@@ -164,9 +167,14 @@ class SharedBudget:
         share = self._fallback.get(endpoint)
         if share is None:
             share = self._fallback[endpoint] = LocalSlots(rps / self._peers.get(endpoint, 1))
-        await self._slot(share.take, share.rps)
+        share.rps = rps / self._peers.get(endpoint, 1)  # the tuner may have moved the rate since
+        await self._slot(lambda: share.take(cost), share.rps, cost)
 
-    async def _slot(self, take: Callable[[], Awaitable[float]], rps: float) -> None:
+    def peers(self, endpoint: str) -> int:
+        """The gateways the store last counted on this budget."""
+        return self._peers.get(endpoint, 1)
+
+    async def _slot(self, take: Callable[[], Awaitable[float]], rps: float, cost: float) -> None:
         """Sleep until a slot. One woken late (a busy CPU stalls the event loop) is given up and another
         taken once: sent now, it would bunch with the slots after it and break the limit at the provider;
         given up every time, a slow machine would spend the whole budget on slots nobody uses."""
@@ -174,15 +182,22 @@ class SharedBudget:
             wait = await take()
             due = time.monotonic() + wait
             await asyncio.sleep(wait)
-            if not retake or time.monotonic() - due <= burst(rps) / rps:
+            if not retake or time.monotonic() - due <= max(burst(rps), cost) / rps:
                 return
             self.late += 1
 
-    async def _take(self, endpoint: str, rps: float) -> float:
+    async def _take(self, endpoint: str, rps: float, cost: float = 1.0) -> float:
         assert self._client is not None
         interval = 1_000_000 / rps
         wait_us, reserved_us, peers = await self._client.eval(
-            TAKE, 2, *self._keys(endpoint), f"{interval:.3f}", f"{burst(rps):.3f}", self.id, LIVE_SECONDS * 1_000_000
+            TAKE,
+            2,
+            *self._keys(endpoint),
+            f"{interval:.3f}",
+            f"{burst(rps):.3f}",
+            self.id,
+            LIVE_SECONDS * 1_000_000,
+            f"{cost:.3f}",
         )
         self._peers[endpoint] = max(1, int(peers))
         self._reserved[endpoint] = time.monotonic() + int(reserved_us) / 1_000_000
@@ -192,10 +207,22 @@ class SharedBudget:
         """Slots the store gave out before it went down are still being used, by every gateway: the share
         starts after them, or both would add up to twice the limit. A gateway holds at most one slot per
         request in flight, so the store's slots end within peers x max_concurrency slots of now (peers
-        using the same pool document); this gateway's own last answer may say later."""
-        for endpoint, (rps, concurrency) in self._limits.items():
-            ahead = self._peers.get(endpoint, 1) * concurrency / rps
+        using the same pool document; in compute units, each slot guessed at the table's default cost);
+        this gateway's own last answer may say later."""
+        for endpoint, (rps, in_flight) in self._limits.items():
+            ahead = self._peers.get(endpoint, 1) * in_flight / rps
             self._reserved[endpoint] = max(self._reserved.get(endpoint, 0.0), now + ahead)
+
+
+def limits(e: Endpoint) -> list[tuple[str, float, float]]:
+    """An endpoint's budgets, each (name in the store, configured rate, a typical call's cost): its
+    requests, keyed by its name, and its compute units, keyed `NAME/cu`."""
+    out = []
+    if e.requests_per_second:
+        out.append((e.name, e.requests_per_second, 1.0))
+    if e.compute_units_per_second:
+        out.append((f"{e.name}/cu", e.compute_units_per_second, e.cost("default")))
+    return out
 
 
 def shared_budget(job: Job) -> SharedBudget | None:

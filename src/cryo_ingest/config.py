@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from .costs import KNOWN_METHODS, PROFILES
 from .errors import ConfigError, register_secret_url
 
 DATASETS = ("blocks", "transactions", "logs", "traces")
@@ -79,6 +80,10 @@ class Endpoint(BaseModel):
     url: SecretStr
     name: str = ""
     requests_per_second: float | None = Field(default=None, gt=0)
+    # A provider that meters compute units or credits: the limit in those, and what each method costs
+    # (a provider's name, costs.PROFILES, or a table {method: cost, "default": cost}).
+    compute_units_per_second: float | None = Field(default=None, gt=0)
+    costs: str | dict[str, float] | None = None
     max_concurrency: PositiveInt | None = None
     weight: float = Field(default=1.0, gt=0)
 
@@ -97,10 +102,36 @@ class Endpoint(BaseModel):
             raise ValueError("RPC URL has an invalid port") from None
         return v
 
+    @field_validator("costs")
+    @classmethod
+    def _costs(cls, v: str | dict[str, float] | None) -> str | dict[str, float] | None:
+        if isinstance(v, str) and v not in PROFILES:
+            raise ValueError(f"unknown cost profile {v!r} (choose from {', '.join(PROFILES)}, or give a table)")
+        if isinstance(v, dict):
+            unknown = sorted(set(v) - KNOWN_METHODS - {"default"})
+            if unknown:
+                raise ValueError(f'unknown method {unknown[0]!r} in costs (a JSON-RPC method name, or "default")')
+            negative = sorted(m for m, c in v.items() if c < 0)
+            if negative:
+                raise ValueError(f"the cost of {negative[0]!r} is negative")
+            if "default" not in v:
+                raise ValueError('a costs table needs a "default": what the methods it does not name cost')
+        return v
+
+    def cost(self, method: str) -> float:
+        """What one call of `method` takes from `compute_units_per_second`."""
+        if self.costs is None:
+            return 1.0
+        table = PROFILES[self.costs] if isinstance(self.costs, str) else self.costs
+        return float(table.get(method, table["default"]))
+
     @model_validator(mode="after")
     def _defaults(self) -> Endpoint:
+        if (self.compute_units_per_second is None) != (self.costs is None):
+            raise ValueError("compute_units_per_second and costs go together: a limit in compute units needs their costs")
         local = _is_loopback(urlsplit(self.url.get_secret_value()).hostname)
-        if "requests_per_second" not in self.model_fields_set and not local:
+        limited = {"requests_per_second", "compute_units_per_second"} & self.model_fields_set
+        if not limited and not local:
             object.__setattr__(self, "requests_per_second", DEFAULT_RPS)
         if self.max_concurrency is None:
             object.__setattr__(self, "max_concurrency", LOOPBACK_CONCURRENCY if local else DEFAULT_CONCURRENCY)

@@ -1,30 +1,149 @@
-"""How fast the gateway may send to one endpoint: its own token bucket, or the cluster's shared one."""
+"""How fast the gateway may send to one endpoint: its own buckets or the cluster's shared ones, charged
+in requests or in compute units, at a rate the endpoint's rate-limit answers tune (docs/rpc-pool.md)."""
 
 from __future__ import annotations
 
-from aiolimiter import AsyncLimiter
+import asyncio
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
 
-from ..budget import SharedBudget
+from ..budget import LocalSlots, SharedBudget, limits
 from ..config import Endpoint
+
+# A rate-limit answer to a request sent while the rate was far from the last one that drew such an
+# answer: the limit is unknown, cut hard. Near it: the limit is about there, cut a little.
+CUT_FAR, CUT_NEAR, NEAR = 0.7, 0.9, 0.15
+# Each second spent sending at the rate (demand at or above it) raises it by this share of the rate
+# that last drew a rate-limit answer: back to it in 1 / (RAISE / (1 - CUT_NEAR)) = 5 s near the limit.
+RAISE = 0.02
+# At most one cut a second: providers count per second, and the requests already waiting for a slot
+# when the rate was cut go out (and get their 429s) in the same second.
+CUT_SECONDS = 1.0
+# Never below this share of the configured rate, nor below PROVEN x the most the endpoint answered in
+# one second so far: a provider answering 429 at random (not for our rate) must not starve the run.
+FLOOR, PROVEN = 0.1, 0.5
+# A rate-limit answer while fewer requests than this were answered in the last second says nothing
+# about our rate (the run is starting, or the endpoint refuses at random): it cuts nothing.
+MIN_ANSWERED = 5
+# The in-process bucket holds a tenth of a second's units: a one-second burst would let a provider
+# that counts per second see twice the rate.
+LOCAL_BURST_SECONDS = 0.1
+
+
+class Tuner:
+    """The rate an endpoint is sent at, in its limit's unit: additive increase while it is used in
+    full, multiplicative decrease on a rate-limit answer to a request sent after the last decrease (the
+    others are about a rate already left behind), at most once a second, within [floor, configured].
+    The first cut starts from what the endpoint answered in the last second: about its limit."""
+
+    def __init__(self, ceiling: float | None) -> None:
+        self.ceiling = ceiling
+        self.rate = ceiling  # None: no limit known (a loopback node) until the first rate-limit answer
+        self.best = 0.0  # the most units the endpoint answered within one second
+        # Gateways sharing the rate (budget store): each sees about 1/peers of the endpoint's traffic.
+        self.peers = 1
+        self.peak: float | None = None  # the rate that last drew a rate-limit answer
+        self.changed = -math.inf  # when the rate was last cut
+        self._accepted: deque[tuple[float, float]] = deque()  # (when, units) answered in the last second
+        self._answered = 0.0  # their units
+        self._since, self._used = time.monotonic(), 0.0  # units sent since `_since`
+
+    def sent(self, now: float, units: float) -> None:
+        self._used += units
+        elapsed = now - self._since
+        if elapsed < 1.0:
+            return
+        # the rate held the sending back, not the demand
+        full = self.rate is not None and self._used * self.peers >= 0.8 * self.rate * elapsed
+        if self.rate is not None and self.peak is not None and full and now - self.changed >= 1.0:
+            self.rate = min(self.ceiling or math.inf, self.rate + RAISE * self.peak)
+        self._since, self._used = now, 0.0
+
+    @property
+    def floor(self) -> float:
+        configured = self.ceiling * FLOOR if self.ceiling else 0.0
+        return min(self.ceiling or math.inf, max(configured, PROVEN * self.best))
+
+    def accepted(self, now: float, units: float) -> None:
+        self._accepted.append((now, units))
+        self._answered += units
+        while self._accepted[0][0] < now - 1.0:
+            self._answered -= self._accepted.popleft()[1]
+        self.best = max(self.best, self._answered * self.peers)
+
+    def throttled(self, sent_at: float, now: float) -> bool:
+        """A rate-limit answer to a request sent at `sent_at`; True if it cut the rate."""
+        if sent_at < self.changed or now - self.changed < CUT_SECONDS:
+            return False
+        if sum(1 for t, _ in self._accepted if t >= now - 1.0) < MIN_ANSWERED:
+            return False
+        if self.peak is None:  # the first: what the endpoint answered in the last second is about its limit
+            estimate = sum(u for t, u in self._accepted if t >= now - 1.0) * self.peers
+            self.peak = min(self.rate or math.inf, estimate)
+            self.rate = max(self.floor, self.peak * CUT_NEAR)
+        else:
+            assert self.rate is not None
+            near = abs(self.rate - self.peak) <= NEAR * self.peak
+            self.peak = self.rate
+            self.rate = max(self.floor, self.rate * (CUT_NEAR if near else CUT_FAR))
+        self.changed = now
+        self._since, self._used = now, 0.0
+        return True
+
+
+@dataclass
+class _Budget:
+    name: str  # in the shared store
+    configured: float | None
+    compute_units: bool  # charged each call's cost, else 1 a request
+    slots: LocalSlots | None  # in-process; None: taken from the shared store
 
 
 class Bucket:
-    """An endpoint's `requests_per_second`: taken from the budget store when the cluster shares one
-    (budget.py), else from a bucket in this process; no limit at all when none is configured."""
+    """An endpoint's limits: `requests_per_second` and `compute_units_per_second`, each taken from the
+    budget store when the cluster shares one (budget.py), else from a bucket in this process. The
+    tuner moves the compute-unit limit if there is one, else the request limit; an endpoint with no
+    limit configured is not held back until its first rate-limit answer, then by a limit in this process."""
 
     def __init__(self, spec: Endpoint, shared: SharedBudget | None) -> None:
-        self.name, self.rps, self.shared = spec.name, spec.requests_per_second, shared
-        self.local = _limiter(self.rps) if self.rps and shared is None else None
+        self.spec, self.shared = spec, shared
+        self.budgets = [
+            _Budget(name, rate, name.endswith("/cu"), None if shared else LocalSlots(rate, LOCAL_BURST_SECONDS))
+            for name, rate, _ in limits(spec)
+        ]
+        if not self.budgets:
+            self.budgets.append(_Budget(spec.name, None, False, None))
+        self.tuned = self.budgets[-1]  # the compute units if limited, else the requests
+        self.tuner = Tuner(self.tuned.configured)
+        self.compute_units = 0.0  # spent, by the endpoint's cost table
 
-    async def acquire(self) -> None:
-        if self.shared is not None and self.rps:
-            await self.shared.acquire(self.name, self.rps)
-        elif self.local is not None:
-            await self.local.acquire()
+    @property
+    def unit(self) -> str:
+        return "compute units/s" if self.tuned.compute_units else "requests/s"
 
-
-def _limiter(rps: float) -> AsyncLimiter:
-    """A bucket holding a tenth of a second's requests: a one-second burst would let a provider
-    that counts per second see twice the rate."""
-    capacity = max(1.0, rps / 10)
-    return AsyncLimiter(capacity, capacity / rps)
+    async def acquire(self, method: str) -> tuple[float, float]:
+        """Wait until `method` may be sent; answers when that was and what it cost in the tuned unit."""
+        cost = self.spec.cost(method)
+        for b in self.budgets:
+            rate = self.tuner.rate if b is self.tuned else b.configured
+            if rate is None:
+                continue
+            units = cost if b.compute_units else 1.0
+            if b.slots is None and b.configured is not None:
+                assert self.shared is not None
+                await self.shared.acquire(b.name, rate, units)
+                if b is self.tuned:
+                    self.tuner.peers = self.shared.peers(b.name)
+                continue
+            if b.slots is None:  # no limit configured, one found: this gateway's own
+                b.slots = LocalSlots(rate, LOCAL_BURST_SECONDS)
+            b.slots.rps = rate
+            await asyncio.sleep(await b.slots.take(units))
+        now = time.monotonic()
+        if self.spec.compute_units_per_second:
+            self.compute_units += cost
+        units = cost if self.tuned.compute_units else 1.0
+        self.tuner.sent(now, units)
+        return now, units

@@ -9,7 +9,7 @@ import logging
 import random
 import re
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +34,17 @@ TRANSIENT_MESSAGE = re.compile(
 )
 AUTH_MESSAGE = re.compile(r"unauthori[sz]ed|api.?key|forbidden|not authori[sz]ed|access denied|invalid.*token", re.I)
 TRANSIENT_CODES = {-32005, -32029, 429, -32603}
+# A rate-limit answer: the endpoint is fine, we are too fast (never a failure: the rate is cut instead).
+RATE_LIMIT_CODES = {-32005, -32029, 429}
+RATE_LIMIT_MESSAGE = re.compile(r"rate.?limit|too many requests|exceeds? .*capacity|compute units|throughput", re.I)
+# Only reads are raced on a second endpoint (sending a write twice would not be the same as once).
+HEDGED = re.compile(r"eth_get|trace_|debug_trace")
+# Recent latencies kept per endpoint, for its p50/p95 and the hedging delay.
+LATENCY_WINDOW = 1000
+# Hedge a request still unanswered after the endpoint's p95 (and at least these seconds, or 3 x p50:
+# a node on loopback answers in a millisecond, where a stall is not worth a second request); at most
+# HEDGE_SHARE of the requests are hedged.
+HEDGE_MIN_SECONDS, HEDGE_SHARE = 0.05, 0.05
 # The opening of a JSON-RPC success as nodes write it. A reply that opens so and ends with "}"
 # is a success whatever its size: passing it on unparsed saves the gateway most of its CPU.
 SUCCESS_OPENING = re.compile(rb'\s*\{\s*"jsonrpc"\s*:\s*"2\.0"\s*,\s*"id"\s*:\s*(?:-?\d+|"[^"\\]*"|null)\s*,\s*"result"\s*:\s*')
@@ -45,9 +56,9 @@ class Retry(Exception):
     """One failed attempt that another attempt may fix; `kind` names it in metrics, `detail` says
     what happened (the exception or the provider's words, redacted) for logs and error messages."""
 
-    def __init__(self, kind: str, delay: float = 0.0, detail: str = "") -> None:
+    def __init__(self, kind: str, delay: float = 0.0, detail: str = "", throttled: bool = False) -> None:
         super().__init__(f"{kind} ({detail})" if detail else kind)
-        self.kind, self.delay, self.detail = kind, delay, detail
+        self.kind, self.delay, self.detail, self.throttled = kind, delay, detail, throttled
 
 
 @dataclass
@@ -66,8 +77,13 @@ class Upstream:
     requests: int = 0
     retries: int = 0
     bytes: int = 0
+    hedges: int = 0  # requests sent here to race a slow one on another endpoint
+    hedge_wins: int = 0  # of those, answered first
+    rate_cuts: int = 0
     errors: Counter[str] = field(default_factory=Counter)
-    latencies: list[float] = field(default_factory=list)
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    _sorted: list[float] = field(default_factory=list)  # `latencies` sorted, redone every 5% of new ones
+    _fresh: int = 0
 
     @property
     def name(self) -> str:
@@ -90,19 +106,34 @@ class Upstream:
         self.trips = max(0, self.trips - 1)
         self.latency = 0.8 * self.latency + 0.2 * elapsed
         self.latencies.append(elapsed)
+        self._fresh += 1
+
+    def percentile(self, q: float) -> float | None:
+        if not self.latencies:
+            return None
+        if self._fresh * 20 >= len(self._sorted) or not self._sorted:
+            self._sorted, self._fresh = sorted(self.latencies), 0
+        return self._sorted[min(len(self._sorted) - 1, int(q * len(self._sorted)))]
 
     def metrics(self) -> dict[str, Any]:
-        lat = sorted(self.latencies)
-        pct = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 2)) if lat else (lambda q: None)
+        self._fresh = len(self.latencies)  # exact figures at the end of a run
+        p50, p95 = self.percentile(0.5), self.percentile(0.95)
+        rate = self.bucket.tuner.rate
         return {
             "requests": self.requests,
             "retries": self.retries,
             "errors": dict(sorted(self.errors.items())),
             "http_429": self.errors.get("http_429", 0),
-            "p50_ms": pct(0.5),
-            "p95_ms": pct(0.95),
+            "p50_ms": None if p50 is None else round(p50 * 1000, 2),
+            "p95_ms": None if p95 is None else round(p95 * 1000, 2),
             "bytes": self.bytes,
             "disabled": self.disabled,
+            "rate_limit": None if rate is None else round(rate, 1),  # after tuning; None: not limited
+            "rate_unit": self.bucket.unit,
+            "rate_cuts": self.rate_cuts,
+            "compute_units": round(self.bucket.compute_units, 1),
+            "hedges": self.hedges,
+            "hedge_wins": self.hedge_wins,
         }
 
 
@@ -203,17 +234,19 @@ class Pool:
         deadline = time.monotonic() + self.budget
         tried: set[str] = set()
         last = "no endpoint"
-        for attempt in range(self.attempts):
+        attempt = 0
+        while attempt < self.attempts:  # a rate-limit answer costs no attempt: only time, within the budget
             up = await self._pick(tried, deadline)
             if up is None:
                 last = "no endpoint left: each is disabled or failing without a success (circuit open)"
                 break
             tried.add(up.name)
             try:
-                return await self._attempt(up, req, passthrough=passthrough)
+                return await self._hedged(up, req, tried, passthrough)
             except Retry as r:
                 up.retries += 1
                 last = f"{up.name}: {r}"
+                attempt += not r.throttled
                 # Another endpoint with capacity: at once. Else back off; an endpoint that sent
                 # Retry-After is cooling down until then, and _pick waits for it.
                 fresh = any(u.usable(time.monotonic()) and u.name not in tried for u in self.upstreams)
@@ -224,6 +257,55 @@ class Pool:
         # While the pool is down every request ends here; that was logged once, as an error.
         (log.debug if self._down else log.warning)("%s gave up after retries (last: %s)", req["method"], last)
         return error(req.get("id"), f"{GAVE_UP} (last: {last})")
+
+    async def _hedged(self, up: Upstream, req: dict[str, Any], tried: set[str], passthrough: bool) -> dict[str, Any]:
+        """One attempt on `up`; a read still unanswered after `up`'s p95 races a second endpoint, and the
+        first answer wins (the other request is cancelled). A failure of one waits for the other."""
+        delay = self._hedge_delay(up, req)
+        if delay is None:
+            return await self._attempt(up, req, passthrough=passthrough)
+        first = asyncio.ensure_future(self._attempt(up, req, passthrough=passthrough))
+        racing = {first}
+        try:
+            done, _ = await asyncio.wait(racing, timeout=delay)
+            other = None if done else self._hedge_target(up)
+            if other is None:
+                return await first
+            other.hedges += 1
+            tried.add(other.name)
+            second = asyncio.ensure_future(self._attempt(other, req, passthrough=passthrough))
+            racing.add(second)
+            log.debug("%s on %s: no answer in %.0f ms, raced on %s", req["method"], up.name, delay * 1000, other.name)
+            while racing:
+                done, racing = await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.exception() is None:
+                        other.hedge_wins += task is second
+                        return task.result()
+            return first.result()  # both failed: the first's failure is retried as usual
+        finally:
+            for task in racing:
+                task.cancel()
+
+    def _hedge_delay(self, up: Upstream, req: dict[str, Any]) -> float | None:
+        """How long to wait before racing `req` on another endpoint; None: do not."""
+        if not HEDGED.match(req["method"]) or len(up.latencies) < 20:
+            return None
+        requests = sum(u.requests for u in self.upstreams)
+        if sum(u.hedges for u in self.upstreams) >= HEDGE_SHARE * requests:
+            return None
+        now = time.monotonic()
+        if not any(u is not up and u.usable(now) for u in self.upstreams):
+            return None
+        p50, p95 = up.percentile(0.5), up.percentile(0.95)
+        assert p50 is not None and p95 is not None
+        return max(p95, 3 * p50, HEDGE_MIN_SECONDS)
+
+    def _hedge_target(self, up: Upstream) -> Upstream | None:
+        now = time.monotonic()
+        others = [u for u in self.upstreams if u is not up and u.usable(now)]
+        free = [u for u in others if not u.semaphore.locked()]
+        return min(free or others, key=lambda u: u.latency) if others else None
 
     async def _pick(self, tried: set[str], deadline: float) -> Upstream | None:
         """An endpoint with capacity, weighted by weight and recent latency; fresh ones first."""
@@ -257,9 +339,8 @@ class Pool:
         """One request to one endpoint; raises Retry for anything another attempt may fix."""
         assert self._session is not None
         async with up.semaphore:
-            await up.bucket.acquire()
+            started, units = await up.bucket.acquire(req["method"])
             up.requests += 1
-            started = time.monotonic()
             try:
                 async with self._session.post(up.spec.url.get_secret_value(), json=req) as resp:
                     raw = await resp.read()
@@ -274,7 +355,7 @@ class Pool:
         up.bytes += len(raw)
         if req["method"] == "eth_getLogs" and (refused := logs.refusal(status, raw)) is not None:
             up.errors["range_refused"] += 1  # a definite answer, split by the caller (gateway/logs.py)
-            self._succeeded(up, now - started)
+            self._succeeded(up, now - started, units)
             return refused
         if status in (401, 403):
             body = body_text(status, raw)
@@ -284,6 +365,8 @@ class Pool:
             delay = _retry_after(retry_after)
             if delay > 0:  # the provider's word holds for the endpoint, not only for this request
                 up.cooldown_until = max(up.cooldown_until, now + delay)
+            if status == 429:
+                raise self._throttled(up, req, "http_429", body_text(status, raw), started, now, delay)
             kind = f"http_{status}" if status < 500 else "http_5xx"
             raise self._failed(up, req, kind, body_text(status, raw), now, delay)
         if status != 200:
@@ -292,7 +375,7 @@ class Pool:
         if opening is not None and raw.rstrip().endswith(b"}"):
             if raw[opening.end() : opening.end() + 4] == b"null" and _lagging(req, self.head):
                 raise self._failed(up, req, "null_result", "null for a block at or below the head", now)
-            self._succeeded(up, now - started)
+            self._succeeded(up, now - started, units)
             reply = Reply(jsonrpc="2.0", id=req.get("id"))
             reply.raw = raw
             return reply
@@ -307,6 +390,8 @@ class Pool:
         err = reply.get("error")
         if err is not None:
             code, message = (err.get("code"), str(err.get("message", ""))) if isinstance(err, dict) else (None, str(err))
+            if code in RATE_LIMIT_CODES or RATE_LIMIT_MESSAGE.search(message):  # before auth: "API key rate limit"
+                raise self._throttled(up, req, "rpc_rate_limit", describe_error(err), started, now)
             if AUTH_MESSAGE.search(message):
                 detail = describe_error(err)
                 self._disable(up, "auth error", detail)
@@ -315,12 +400,12 @@ class Pool:
                 TRANSIENT_MESSAGE.search(message)
             ):
                 raise self._failed(up, req, "rpc_transient", describe_error(err), now)
-            self._succeeded(up, now - started)  # a definite answer (e.g. method not found): pass it on
+            self._succeeded(up, now - started, units)  # a definite answer (e.g. method not found): pass it on
             log.debug("%s on %s: answered %s", req.get("method"), up.name, describe_error(err))
             return scrubbed(reply)
         if reply.get("result") is None and not first_try and _lagging(req, self.head):
             raise self._failed(up, req, "null_result", "null for a block at or below the head", now)
-        self._succeeded(up, now - started)
+        self._succeeded(up, now - started, units)
         return reply
 
     def _failed(
@@ -333,8 +418,21 @@ class Pool:
         log.debug("%s on %s failed: %s", req.get("method"), up.name, up.last_failure)
         return Retry(kind, delay, detail)
 
-    def _succeeded(self, up: Upstream, elapsed: float) -> None:
+    def _throttled(
+        self, up: Upstream, req: dict[str, Any], kind: str, detail: str, sent: float, now: float, delay: float = 0.0
+    ) -> Retry:
+        """A rate-limit answer: not a failure (no circuit breaker, no pool down), a cue to send slower."""
+        up.errors[kind] += 1
+        if up.bucket.tuner.throttled(sent, now):
+            up.rate_cuts += 1
+            rate = up.bucket.tuner.rate
+            log.debug("endpoint %s rate-limits us: %.1f %s from now", up.name, rate or 0.0, up.bucket.unit)
+        log.debug("%s on %s: rate-limited (%s)", req.get("method"), up.name, shorten(redact(detail)))
+        return Retry(kind, delay, shorten(redact(detail)), throttled=True)
+
+    def _succeeded(self, up: Upstream, elapsed: float, units: float) -> None:
         up.succeed(elapsed)
+        up.bucket.tuner.accepted(time.monotonic(), units)
         self._down = False
 
     def _disable(self, up: Upstream, reason: str, detail: str = "") -> None:
