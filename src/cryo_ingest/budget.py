@@ -74,7 +74,10 @@ def burst(rps: float, seconds: float = 1 / 20) -> float:
 
 class LocalSlots:
     """The same GCRA in this process: an endpoint's own bucket, or a gateway's share while the store
-    is down. `rps` (units per second) may change between calls: the auto-tuner lowers and raises it."""
+    is down. `rps` (units per second) may change between calls: the auto-tuner lowers and raises it.
+    Our own rather than aiolimiter's: its bucket neither changes rate under waiting callers nor
+    charges a call dearer than its capacity (a 1,000-CU trace), and one algorithm here and in the
+    store's script makes a local and a shared limit behave alike."""
 
     def __init__(self, rps: float, burst_seconds: float = 1 / 20) -> None:
         self.rps, self.burst_seconds = rps, burst_seconds
