@@ -30,9 +30,12 @@ from cryo_ingest import devnet  # noqa: E402
 
 @contextmanager
 def cached_chain(blocks: int, txs_per_block: int) -> Iterator[str]:
-    """An anvil node on the benchmark chain: generated once, then loaded from anvil's state dump."""
+    """An anvil node on the benchmark chain: generated once, then loaded from anvil's state dump.
+    A longer chain already cached with as many transactions per block serves too (the chain is
+    deterministic: its first blocks are the shorter chain's)."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    state = CACHE / f"chain-{blocks}x{txs_per_block}.json"
+    longer = sorted((n, p) for p in CACHE.glob(f"chain-*x{txs_per_block}.json") if (n := int(p.stem[6:].split("x")[0])) >= blocks)
+    state = longer[0][1] if longer else CACHE / f"chain-{blocks}x{txs_per_block}.json"
     if not state.exists():
         tmp = state.with_suffix(".tmp")
         started = time.monotonic()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -132,3 +134,12 @@ def test_unreachable_rpc_is_a_clear_error(tmp_path: Path) -> None:
     assert "no endpoint reachable" in run.text and "rpc-0" in run.text
     assert "TypeError" not in run.text and CANARY not in run.text
     assert not root.exists()
+
+
+def test_a_worker_imports_neither_the_gateway_nor_other_commands() -> None:
+    """A backfill's fixed cost: a spawned worker imports the CLI again (it is the main module) and the
+    partition's stages, and must not pay for the gateway (aiohttp, redis) or verify and the operator."""
+    heavy = ("aiohttp", "redis", "uvloop", "cryo_ingest.gateway", "cryo_ingest.verify", "cryo_ingest.operator")
+    code = f"import sys, cryo_ingest.cli, cryo_ingest.partition; sys.exit(str([m for m in {heavy!r} if m in sys.modules]))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.stderr.strip() == "[]", run.stderr

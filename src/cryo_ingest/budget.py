@@ -31,8 +31,6 @@ from .errors import RpcError, redact
 
 log = logging.getLogger("cryo_ingest.budget")
 
-BUDGET_ENV = "CRYO_INGEST_BUDGET_STORE"
-
 # A gateway that took no slot for this long no longer counts among an endpoint's gateways.
 LIVE_SECONDS = 30
 # While the store is down, one request a second tries it again (the others use the fallback).

@@ -1,8 +1,9 @@
 """Proving an archive whole at rest: `verify`, orphans and `gc`, the coverage page (docs/verify.md)."""
 
+from ..config import DEFAULT_GRACE
 from .checks import verify
 from .coverage import render, write, write_from_manifests
-from .gc import DEFAULT_GRACE, GcResult, gc, parse_duration
+from .gc import GcResult, gc, parse_duration
 from .report import Problem, Report, Skipped, sorted_problems
 
 __all__ = [
