@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -53,11 +54,12 @@ class Measured:
     peak_rss: int  # bytes, the whole process tree
     returncode: int
     stderr: str
+    cpu_seconds: float = 0.0  # user + sys of the process and its descendants (steadier than wall time on a loaded machine)
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Measured:
     """Wall time and peak RSS summed over the process and all its descendants, sampled every 20 ms."""
-    started = time.monotonic()
+    started, before = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(
         cmd, env={**os.environ, **(env or {})}, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -75,7 +77,9 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None 
             pass
         time.sleep(0.02)
     stderr = proc.stderr.read() if proc.stderr else ""
-    return Measured(time.monotonic() - started, peak, proc.returncode, stderr)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the process is waited for: its CPU, and its children's, are counted
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return Measured(time.monotonic() - started, peak, proc.returncode, stderr, cpu)
 
 
 def spread(values: list[float]) -> dict[str, float]:
