@@ -18,7 +18,7 @@ from typing import Any
 
 from . import chains, events, manifest
 from .config import Job
-from .plan import Chunk, Partition, Plan, make_plan
+from .plan import Chunk, Partition, Plan, grid, make_plan
 from .storage import Store, open_store
 from .task import PartitionResult, Task
 
@@ -130,9 +130,9 @@ def backfill(
     # spawn, not fork: this process runs the gateway's thread, which a fork would copy half-way.
     pool = ProcessPoolExecutor(max_workers=job.max_concurrency, mp_context=multiprocessing.get_context("spawn"))
     with pool:
-        warm = pool.submit(
-            _warm_up
-        )  # a worker starts and imports Cryo while the gateway is imported, starts, checks the endpoints
+        # Workers start and import Cryo while the gateway is imported and starts: as many as will run partitions at once.
+        chunks = len(grid(job.start_block, job.end_block, job.chunk_size))
+        warm = [pool.submit(_warm_up) for _ in range(min(job.max_concurrency, -(-chunks // job.chunks_per_partition)))]
         from .budget import shared_budget  # the gateway and its libraries: not imported by workers (they import this module)
         from .gateway import Gateway
 
@@ -144,7 +144,8 @@ def backfill(
                 run.result.trace_source = gw.trace_source
             tasks = [run.task(p, gw.url) for p in plan.partitions]
             if tasks:
-                warm.result()  # idle now: the first partition reuses it rather than spawning a second worker
+                for w in warm:  # idle now: the partitions reuse them rather than spawning more workers
+                    w.result()
                 _run_tasks(pool, tasks, run, on_partition)
             run.result.gateway = gw.metrics()
     return run.finish()
