@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import platform
+import resource
 import shlex
 import statistics
 import subprocess
@@ -40,9 +41,12 @@ from cryo_ingest import devnet  # noqa: E402
 
 @contextmanager
 def cached_chain(blocks: int, txs_per_block: int) -> Iterator[str]:
-    """An anvil node on the benchmark chain: generated once, then loaded from anvil's state dump."""
+    """An anvil node on the benchmark chain: generated once, then loaded from anvil's state dump.
+    A longer chain already cached with as many transactions per block serves too (the chain is
+    deterministic: its first blocks are the shorter chain's)."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    state = CACHE / f"chain-{blocks}x{txs_per_block}.json"
+    longer = sorted((n, p) for p in CACHE.glob(f"chain-*x{txs_per_block}.json") if (n := int(p.stem[6:].split("x")[0])) >= blocks)
+    state = longer[0][1] if longer else CACHE / f"chain-{blocks}x{txs_per_block}.json"
     if not state.exists():
         tmp = state.with_suffix(".tmp")
         started = time.monotonic()
@@ -124,14 +128,16 @@ class Measured:
     peak_rss: int  # bytes, the whole process tree
     returncode: int
     stderr: str
+    cpu_seconds: float = 0.0  # user + sys of the process and its descendants (steadier than wall time on a loaded machine)
 
 
 def measure(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Measured:
-    """Wall time and peak RSS summed over the process and all its descendants, sampled every 20 ms.
+    """Wall time, CPU time and peak RSS summed over the process and all its descendants (RSS sampled
+    every 20 ms).
 
     stderr goes to a file, not a pipe: a pipe read only at the end blocks a tool that logs more than
     its buffer (ethereum-etl logs a traceback for each HTTP 429)."""
-    started = time.monotonic()
+    started, before = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
         root = psutil.Process(proc.pid)
@@ -149,7 +155,9 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None 
             time.sleep(0.02)
         err.seek(0)
         stderr = err.read()
-    return Measured(time.monotonic() - started, peak, proc.returncode, stderr)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the process is waited for: its CPU, and its children's, are counted
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return Measured(time.monotonic() - started, peak, proc.returncode, stderr, cpu)
 
 
 def spread(values: list[float]) -> dict[str, float]:

@@ -38,12 +38,14 @@ def compare(url: str, blocks: int, chunk: int, iterations: int, tools: list[str]
                 if counted:
                     runs[tool][-1]["requests"] = dict(sorted(proxy.methods.items()))
                 else:
-                    runs[tool].append({"seconds": m.seconds, "peak_rss": m.peak_rss, "rows": rows, "bytes": size})
+                    run = {"seconds": m.seconds, "cpu": m.cpu_seconds, "peak_rss": m.peak_rss, "rows": rows, "bytes": size}
+                    runs[tool].append(run)
                 print(f"{tool:13} {'counted' if counted else f'run {i + 1}'}: {m.seconds:6.1f} s", file=sys.stderr)
     summary: dict[str, Any] = {}
     for tool, rs in runs.items():
         summary[tool] = {
             "seconds": spread([r["seconds"] for r in rs]),
+            "cpu_seconds": spread([r["cpu"] for r in rs]),
             "peak_rss_mb": round(max(r["peak_rss"] for r in rs) / 2**20, 1),
             "rows": rs[0]["rows"],
             "bytes_on_disk": rs[0]["bytes"],
@@ -62,13 +64,15 @@ def markdown(summary: dict[str, Any], blocks: int, txs: int, scaling: dict[str, 
     lines = [
         f"### Archive {blocks:,} blocks ({txs} transactions each) to local Parquet: all four datasets",
         "",
-        "| tool | wall s (median, min–max) | × raw Cryo | requests | × raw Cryo | peak RSS MB | × raw Cryo | bytes on disk |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| tool | wall s (median, min–max) | × raw Cryo | CPU s (median, min–max) | requests | × raw Cryo "
+        "| peak RSS MB | × raw Cryo | bytes on disk |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for tool, s in summary.items():
-        w = s["seconds"]
+        w, c = s["seconds"], s["cpu_seconds"]
         lines.append(
             f"| {tool} | {w['median']:.1f} ({w['min']:.1f}–{w['max']:.1f}) | {w['median'] / base['seconds']['median']:.2f} "
+            f"| {c['median']:.1f} ({c['min']:.1f}–{c['max']:.1f}) "
             f"| {s['requests_total']:,} | {s['requests_total'] / base['requests_total']:.2f} | {s['peak_rss_mb']:.0f} "
             f"| {s['peak_rss_mb'] / base['peak_rss_mb']:.2f} | {s['bytes_on_disk']:,} |"
         )

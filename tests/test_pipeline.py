@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from conftest import CANARY, CHUNK, DEVNET_BLOCKS, Devnet, backfill, files_under, manifest, rpc
 from servers import FaultProxy
 
@@ -132,3 +135,17 @@ def test_unreachable_rpc_is_a_clear_error(tmp_path: Path) -> None:
     assert "no endpoint reachable" in run.text and "rpc-0" in run.text
     assert "TypeError" not in run.text and CANARY not in run.text
     assert not root.exists()
+
+
+@pytest.mark.parametrize(
+    ("modules", "heavy"),
+    [  # a spawned worker imports the CLI again (it is the main module), then the partition's stages
+        ("cryo_ingest.cli, cryo_ingest.partition", ("aiohttp", "redis", "uvloop", "cryo_ingest.gateway", "cryo_ingest.verify")),
+        ("cryo_ingest.gateway", ("redis",)),  # redis only for a shared budget (budget.py)
+    ],
+)
+def test_start_up_imports_only_what_a_backfill_needs(modules: str, heavy: tuple[str, ...]) -> None:
+    """A backfill's fixed cost, paid again by every worker process."""
+    code = f"import sys, {modules}; sys.exit(str([m for m in {heavy!r} if m in sys.modules]))"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.stderr.strip() == "[]", run.stderr

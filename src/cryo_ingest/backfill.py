@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from . import chains, events, manifest
-from .budget import shared_budget
 from .config import Job
-from .gateway import Gateway
-from .plan import Chunk, Partition, Plan, make_plan
+from .plan import Chunk, Partition, Plan, grid, make_plan
 from .storage import Store, open_store
 from .task import PartitionResult, Task
 
@@ -131,23 +129,31 @@ def backfill(
     run = open_job(job, events_file)
     # spawn, not fork: this process runs the gateway's thread, which a fork would copy half-way.
     pool = ProcessPoolExecutor(max_workers=job.max_concurrency, mp_context=multiprocessing.get_context("spawn"))
-    with pool, Gateway(job.rpc, job.chain_id, shared=shared_budget(job)) as gw:
-        warm = pool.submit(_warm_up)  # a worker starts and imports Cryo while the gateway checks the endpoints
-        plan = run.plan(chains.final_head(gw, job.chain_id, job.reorg_buffer))
-        with_traces = [p for p in plan.partitions if "traces" in p.datasets]
-        if with_traces:
-            gw.require_traces(with_traces[0].start)
-            run.result.trace_source = gw.trace_source
-        tasks = [run.task(p, gw.url) for p in plan.partitions]
-        if tasks:
-            warm.result()  # idle now: the first partition reuses it rather than spawning a second worker
-            _run_tasks(pool, tasks, run, on_partition)
-        run.result.gateway = gw.metrics()
+    with pool:
+        # Workers start and import Cryo while the gateway is imported and starts: as many as will run partitions at once.
+        chunks = len(grid(job.start_block, job.end_block, job.chunk_size))
+        warm = [pool.submit(_warm_up) for _ in range(min(job.max_concurrency, -(-chunks // job.chunks_per_partition)))]
+        from .budget import shared_budget  # the gateway and its libraries: not imported by workers (they import this module)
+        from .gateway import Gateway
+
+        with Gateway(job.rpc, job.chain_id, shared=shared_budget(job)) as gw:
+            plan = run.plan(chains.final_head(gw, job.chain_id, job.reorg_buffer))
+            with_traces = [p for p in plan.partitions if "traces" in p.datasets]
+            if with_traces:
+                gw.require_traces(with_traces[0].start)
+                run.result.trace_source = gw.trace_source
+            tasks = [run.task(p, gw.url) for p in plan.partitions]
+            if tasks:
+                for w in warm:  # idle now: the partitions reuse them rather than spawning more workers
+                    w.result()
+                _run_tasks(pool, tasks, run, on_partition)
+            run.result.gateway = gw.metrics()
     return run.finish()
 
 
 def _warm_up() -> None:
-    """Nothing: the worker's start-up (spawn, imports of Cryo and pyarrow) is the point."""
+    """The worker's start-up (spawn, imports of Cryo and pyarrow), done before its first partition."""
+    from . import partition  # noqa: F401
 
 
 def _run_tasks(

@@ -22,16 +22,15 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from typing import TYPE_CHECKING
 
 from .config import Endpoint, Job
 from .errors import RpcError, redact
 
-log = logging.getLogger("cryo_ingest.budget")
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
-BUDGET_ENV = "CRYO_INGEST_BUDGET_STORE"
+log = logging.getLogger("cryo_ingest.budget")
 
 # A gateway that took no slot for this long no longer counts among an endpoint's gateways.
 LIVE_SECONDS = 30
@@ -101,6 +100,7 @@ class SharedBudget:
         self.id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._url = url
         self._client: aioredis.Redis | None = None
+        self._errors: tuple[type[Exception], ...] = (OSError,)  # and RedisError, once start() has imported redis
         self._peers: dict[str, int] = {}  # gateways the store last counted, by endpoint name
         self._reserved: dict[str, float] = {}  # until when (monotonic) the store may have given out slots, by endpoint
         self._limits: dict[str, tuple[float, float]] = {}  # rate and units in flight at most (guessed), by budget
@@ -116,6 +116,10 @@ class SharedBudget:
 
     async def start(self, endpoints: Iterable[Endpoint]) -> None:
         """Register this gateway on each rate-limited endpoint; raises RpcError if the store does not answer."""
+        import redis.asyncio as aioredis  # here: most gateways share no budget, and never load redis
+        from redis.exceptions import RedisError
+
+        self._errors = (RedisError, OSError)
         self._client = aioredis.Redis.from_url(
             self._url, socket_timeout=STORE_TIMEOUT, socket_connect_timeout=STORE_TIMEOUT, retry_on_timeout=False
         )
@@ -124,7 +128,7 @@ class SharedBudget:
                 self._limits[name] = (rate, (e.max_concurrency or 1) * cost)
                 try:
                     wait = await self._take(name, rate, cost)
-                except (RedisError, OSError) as err:
+                except self._errors as err:
                     raise RpcError(f"budget store unreachable at start ({type(err).__name__}: {redact(str(err))})") from None
                 await asyncio.sleep(wait)
 
@@ -143,7 +147,7 @@ class SharedBudget:
             self._next_probe = now + PROBE_SECONDS
             try:
                 await self._slot(lambda: self._take(endpoint, rps, cost), rps, cost)
-            except (RedisError, OSError) as err:
+            except self._errors as err:
                 if self._down:
                     break
                 # A blip (a busy CPU, a failover) is waited out: falling back while the other gateways

@@ -18,24 +18,19 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from . import devnet, manifest
-from .backfill import Result, backfill
-from .budget import BUDGET_ENV
-from .config import DATASETS, Job, load_node, make_job, resolve_pool
+from . import manifest
+from .config import BUDGET_ENV, DATASETS, DEFAULT_GRACE, Job, load_node, make_job, resolve_pool
 from .errors import ConfigError, IngestError, RedactingFilter, redact, register_secret_url
-from .gateway import Gateway
-from .operator import datasets as requests_
-from .operator.dag import Dag, Pools, load_dag
-from .operator.executor import Executor, Executors, local
-from .operator.service import install_sigterm, run_dag
-from .operator.status import node_status
 from .storage import open_store
-from .task import PartitionResult
-from .verify import DEFAULT_GRACE, gc, parse_duration, sorted_problems, verify, write, write_from_manifests
-from .verify import deep as verify_deep
 
+# Each command imports what only it needs: start-up is a backfill's fixed cost, and every worker
+# process that `backfill` spawns imports this module again (it is the main module).
 if TYPE_CHECKING:
+    from .backfill import Result
     from .cluster import PoolRef
+    from .operator.dag import Dag, Pools
+    from .operator.executor import Executor, Executors
+    from .task import PartitionResult
 
 SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 SCHEDULER_HELP = (
@@ -154,10 +149,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _dag(a: argparse.Namespace) -> tuple[Dag, Pools]:
+    from .operator.dag import Pools, load_dag
+
     return load_dag(a.config, a.root), Pools(a.rpc_pool_file, a.rpc_pool_secret, a.rpc, a.budget_store)
 
 
 def cmd_request(a: argparse.Namespace) -> int:
+    from .operator import datasets as requests_
+
     dag, _ = _dag(a)
     node = dag.node(a.node)
     cfg = node.config
@@ -188,6 +187,9 @@ def cmd_request(a: argparse.Namespace) -> int:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
+    from .operator.executor import local
+    from .operator.service import install_sigterm, run_dag
+
     dag, pools = _dag(a)
     executors: Executors = local
     if a.scheduler:
@@ -204,6 +206,9 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_status(a: argparse.Namespace) -> int:
+    from .operator.status import node_status
+    from .verify import write_from_manifests
+
     dag, pools = _dag(a)
     names = [dag.node(a.node).name] if a.node else list(dag.nodes)
     docs = [node_status(dag, name, pools, with_rpc=not a.no_rpc) for name in names]
@@ -358,6 +363,8 @@ def pool_ref(a: argparse.Namespace, job: Job) -> PoolRef:
 
 
 def cmd_backfill(a: argparse.Namespace) -> int:
+    from .backfill import backfill
+
     job = job_from_args(a)
     if a.scheduler:
         ref = pool_ref(a, job)
@@ -374,6 +381,9 @@ def cmd_backfill(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
+    from . import devnet
+    from .backfill import backfill
+
     if a.blocks < 1 or a.chunk_size < 1:
         raise ConfigError("invalid config: --blocks and --chunk-size must be positive")
     with devnet.anvil() as node:
@@ -419,6 +429,10 @@ def _datasets(chosen: list[str] | None) -> tuple[str, ...] | None:
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
+    from .gateway import Gateway
+    from .verify import deep as verify_deep
+    from .verify import sorted_problems, verify, write
+
     rpc = a.rpc or (resolve_pool(a.rpc_pool, a.rpc_pool_file, a.rpc_pool_secret) if a.rpc_pool else None)
     if a.deep is not None and (a.deep < 1 or not rpc):
         raise ConfigError("invalid arguments: --deep K: K must be positive, with --rpc or --rpc-pool")
@@ -461,6 +475,8 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 
 def cmd_gc(a: argparse.Namespace) -> int:
+    from .verify import gc, parse_duration
+
     result = gc(open_store(a.root), a.chain_id, parse_duration(a.older_than), _datasets(a.dataset) or DATASETS, a.dry_run)
     if a.json:
         doc = {

@@ -21,8 +21,8 @@ from distributed import Client, Event, Future, Semaphore, as_completed
 
 from . import chains
 from .backfill import Result, open_job
-from .budget import BUDGET_ENV, shared_budget
-from .config import Job, make_job, resolve_pool
+from .budget import shared_budget
+from .config import BUDGET_ENV, Job, make_job, resolve_pool
 from .errors import ConfigError, redact
 from .gateway import Gateway
 from .operator.dispatch import Dispatcher

@@ -13,8 +13,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .errors import ChunkError
-from .gateway import REFUSALS_PATH, TRACE_SOURCE_PATH, UNKNOWN_PATH
 from .plan import Chunk, Partition
+from .task import REFUSALS_PATH, TRACE_SOURCE_PATH, UNKNOWN_PATH
 
 
 def extract(partition: Partition, gateway_url: str, chunk_size: int, staging: Path) -> dict[tuple[str, Chunk], Path]:

@@ -8,6 +8,7 @@ be sent to), `history` (old chains made readable), `traces` (traces from debug_t
 `replies` (passing replies on unparsed and redacted). docs/rpc-pool.md says what it does.
 """
 
-from .server import REFUSALS_PATH, TRACE_SOURCE_PATH, UNKNOWN_PATH, Gateway
+from ..task import REFUSALS_PATH, TRACE_SOURCE_PATH, UNKNOWN_PATH
+from .server import Gateway
 
 __all__ = ["REFUSALS_PATH", "TRACE_SOURCE_PATH", "UNKNOWN_PATH", "Gateway"]

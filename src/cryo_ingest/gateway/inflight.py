@@ -8,6 +8,8 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
+
 from .pool import SUCCESS_OPENING
 from .replies import Reply
 
@@ -18,15 +20,15 @@ class InFlight:
     """The requests now upstream, by what they ask; lives on the gateway's event loop."""
 
     def __init__(self) -> None:
-        self._calls: dict[str, tuple[asyncio.Task[dict[str, Any]], list[int]]] = {}
+        self._calls: dict[bytes, tuple[asyncio.Task[dict[str, Any]], list[int]]] = {}
         self.shared = 0  # requests answered by another's call (how many went upstream once instead of twice)
 
     async def run(self, req: dict[str, Any], passthrough: bool, handler: Handler) -> dict[str, Any]:
         """`handler`'s reply for `req`, shared with every identical request that comes while it runs.
         A caller that goes away (its client hung up) leaves the call running for the others."""
-        try:
-            key = json.dumps([req["method"], req.get("params"), passthrough], sort_keys=True, separators=(",", ":"))
-        except (TypeError, ValueError):
+        try:  # orjson: a key for every request Cryo sends, at a fifth of the stdlib's cost
+            key = orjson.dumps([req["method"], req.get("params"), passthrough], option=orjson.OPT_SORT_KEYS)
+        except TypeError:  # not encodable (e.g. an integer beyond 64 bits): not shared
             return await handler()
         entry = self._calls.get(key)
         if entry is None:
@@ -45,7 +47,7 @@ class InFlight:
                 task.cancel()
         return with_id(reply, req.get("id"))
 
-    def _forget(self, key: str, entry: tuple[asyncio.Task[dict[str, Any]], list[int]]) -> None:
+    def _forget(self, key: bytes, entry: tuple[asyncio.Task[dict[str, Any]], list[int]]) -> None:
         if self._calls.get(key) is entry:
             del self._calls[key]
 

@@ -17,6 +17,7 @@ from .. import traces as call_frames
 from ..budget import SharedBudget
 from ..config import Endpoint
 from ..errors import RpcError, register_secret_url
+from ..task import REFUSALS_PATH, TRACE_SOURCE_PATH, UNKNOWN_PATH
 from . import history, traces
 from .inflight import InFlight
 from .logs import RangedLogs
@@ -24,10 +25,6 @@ from .pool import Pool
 from .replies import GAVE_UP, Refusals, describe_error, encode, error, json_response, response
 
 log = logging.getLogger("cryo_ingest.gateway")
-
-UNKNOWN_PATH = "/_cryo_ingest/unknown"
-TRACE_SOURCE_PATH = "/_cryo_ingest/trace-source"
-REFUSALS_PATH = "/_cryo_ingest/refusals"
 
 
 class Gateway:

@@ -1,7 +1,8 @@
 """Proving an archive whole at rest: `verify`, orphans and `gc`, the coverage page (docs/verify.md)."""
 
+from ..config import DEFAULT_GRACE
 from .coverage import render, write, write_from_manifests
-from .gc import DEFAULT_GRACE, GcResult, gc, parse_duration
+from .gc import GcResult, gc, parse_duration
 from .report import Problem, Report, Skipped, sorted_problems
 from .walk import verify
 

@@ -30,7 +30,6 @@ from .orphans import Orphan, list_orphans
 
 DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-DEFAULT_GRACE = "24h"  # longer than any partition's timeout (the spec's node: 3600 s)
 
 
 def parse_duration(text: str) -> timedelta:
