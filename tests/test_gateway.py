@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -164,13 +165,15 @@ def test_all_endpoints_dead_fails_cleanly(chain: Devnet, tmp_path: Path) -> None
     assert "requests fail at once until one answers" in err
     doc = json.loads(run.out)
     assert doc["ok"] is False and doc["published"] == [] and doc["conflicts"] == []
-    failed = (
-        "extract: blocks 0-49: 1 Cryo chunk(s) errored; missing blocks 0-49; the pool answered eth_getBlockByNumber, "
-        "50 requests from block 0 to 49: error -32000: cryo-ingest gateway: retry budget spent (last: no endpoint left: "
-        "each is disabled or failing without a success (circuit open))"
+    # How many of the chunk's requests were answered before Cryo gave up on it depends on timing.
+    failed = re.fullmatch(
+        r"extract: blocks 0-49: 1 Cryo chunk\(s\) errored; missing blocks 0-49; the pool answered eth_getBlockByNumber"
+        r"(?: block \d+|, \d+ requests from block \d+ to \d+): error -32000: cryo-ingest gateway: retry budget spent "
+        r"\(last: no endpoint left: each is disabled or failing without a success \(circuit open\)\)",
+        doc["failed"][0],
     )
-    assert doc["failed"] == [failed]
-    assert f"error: {failed}" in err
+    assert len(doc["failed"]) == 1 and failed is not None, doc["failed"]
+    assert f"error: {failed[0]}" in err
     assert set(doc["gateway"]["only"]["errors"]) == {"connection"}
     assert not root.exists()  # nothing written, not even the root
     assert list(staging.iterdir()) == []
