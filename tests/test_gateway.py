@@ -444,7 +444,7 @@ def test_auto_tune_converges_near_the_real_limit(configured: int | None, chain: 
     answered = sum(1 for t in proxy.answered if start + warmup <= t < start + warmup + measured)
     refused = (len(window) - answered) / len(window)  # the share that got a 429
     print(f"configured {configured}: sent {rate:.1f}/s after warm-up, {refused:.1%} refused; {metrics}")
-    assert 0.8 * real <= rate <= 1.1 * real, rate
+    assert 0.75 * real <= rate <= 1.1 * real, rate  # each 429 holds the endpoint a second (Retry-After: 1)
     assert metrics["rate_cuts"] >= 1
     assert refused <= 0.1, refused
 

@@ -7,7 +7,7 @@ import asyncio
 import math
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..budget import LocalSlots, SharedBudget, limits
 from ..config import Endpoint
@@ -18,6 +18,8 @@ CUT_FAR, CUT_NEAR, NEAR = 0.7, 0.9, 0.15
 # Each second spent sending at the rate (demand at or above it) raises it by this share of the rate
 # that last drew a rate-limit answer: back to it in 1 / (RAISE / (1 - CUT_NEAR)) = 5 s near the limit.
 RAISE = 0.02
+# Below RECOVER x the most the endpoint answered in one second, the rate climbs by CLIMB a second.
+RECOVER, CLIMB = 0.8, 1.5
 # At most one cut a second: providers count per second, and the requests already waiting for a slot
 # when the rate was cut go out (and get their 429s) in the same second.
 CUT_SECONDS = 1.0
@@ -58,7 +60,11 @@ class Tuner:
         # the rate held the sending back, not the demand
         full = self.rate is not None and self._used * self.peers >= 0.8 * self.rate * elapsed
         if self.rate is not None and self.peak is not None and full and now - self.changed >= 1.0:
-            self.rate = min(self.ceiling or math.inf, self.rate + RAISE * self.peak)
+            # Below what the endpoint has proven it answers in a second, back up fast: a first cut
+            # taken while little was answered (the burst of a start with no limit) is no estimate.
+            proven = RECOVER * self.best
+            step = self.rate * (CLIMB - 1) if self.rate < proven else RAISE * self.peak
+            self.rate = min(self.ceiling or math.inf, max(self.rate + RAISE * self.peak, min(proven, self.rate + step)))
         self._since, self._used = now, 0.0
 
     @property
@@ -99,6 +105,9 @@ class _Budget:
     configured: float | None
     compute_units: bool  # charged each call's cost, else 1 a request
     slots: LocalSlots | None  # in-process; None: taken from the shared store
+    # One waiter at a time takes its slot, when the one before has had its own: a slot taken at once by
+    # each of 70 waiting requests would keep them on the rate of that moment, whatever the tuner says since.
+    queue: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class Bucket:
@@ -139,8 +148,9 @@ class Bucket:
                 continue
             if b.slots is None:  # no limit configured, one found: this gateway's own
                 b.slots = LocalSlots(rate, LOCAL_BURST_SECONDS)
-            b.slots.rps = rate
-            await asyncio.sleep(await b.slots.take(units))
+            async with b.queue:
+                b.slots.rps = self.tuner.rate if b is self.tuned and self.tuner.rate is not None else rate
+                await asyncio.sleep(await b.slots.take(units))
         now = time.monotonic()
         if self.spec.compute_units_per_second:
             self.compute_units += cost
