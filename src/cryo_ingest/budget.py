@@ -82,6 +82,10 @@ class LocalSlots:
         self.rps, self.burst_seconds = rps, burst_seconds
         self._tat = 0.0
 
+    def ready(self, now: float) -> bool:
+        """A call taking a slot now would not wait."""
+        return self._tat <= now + (burst(self.rps, self.burst_seconds) - 1) / self.rps
+
     async def take(self, cost: float = 1.0) -> float:
         now, interval = time.monotonic(), 1 / self.rps
         tat = max(self._tat, now)

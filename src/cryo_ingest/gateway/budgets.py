@@ -132,6 +132,10 @@ class Bucket:
     def unit(self) -> str:
         return "compute units/s" if self.tuned.compute_units else "requests/s"
 
+    def ready(self, now: float) -> bool:
+        """Whether a request would go out at once (as far as this process knows: the store's slots are not)."""
+        return all(b.slots is None or (not b.queue.locked() and b.slots.ready(now)) for b in self.budgets)
+
     async def acquire(self, method: str) -> tuple[float, float]:
         """Wait until `method` may be sent; answers when that was and what it cost in the tuned unit."""
         cost = self.spec.cost(method)

@@ -331,6 +331,9 @@ class Pool:
                 continue
             fresh = [u for u in usable if u.name not in tried] or usable
             free = [u for u in fresh if not u.semaphore.locked()] or fresh
+            # keys whose budget has a slot now before keys where the request would queue: with several
+            # rate-limited keys, a random pick leaves some idle while others have a queue
+            free = [u for u in free if u.bucket.ready(now)] or free
             return random.choices(free, weights=[u.spec.weight / (u.latency + 0.01) for u in free])[0]
 
     async def _attempt(
