@@ -18,8 +18,10 @@ CUT_FAR, CUT_NEAR, NEAR = 0.7, 0.9, 0.15
 # Each second spent sending at the rate (demand at or above it) raises it by this share of the rate
 # that last drew a rate-limit answer: back to it in 1 / (RAISE / (1 - CUT_NEAR)) = 5 s near the limit.
 RAISE = 0.02
-# Below RECOVER x the most the endpoint answered in one second, the rate climbs by CLIMB a second.
-RECOVER, CLIMB = 0.8, 1.5
+# Below RECOVER x the most the endpoint answered within a second, and CALM_SECONDS after the last
+# cut, the rate climbs by CLIMB a second: a cut that drew no rate-limit answer since was too deep (a
+# first cut taken while little was answered, as after the burst of a start with no limit).
+RECOVER, CLIMB, CALM_SECONDS = 0.8, 1.5, 3.0
 # At most one cut a second: providers count per second, and the requests already waiting for a slot
 # when the rate was cut go out (and get their 429s) in the same second.
 CUT_SECONDS = 1.0
@@ -60,10 +62,9 @@ class Tuner:
         # the rate held the sending back, not the demand
         full = self.rate is not None and self._used * self.peers >= 0.8 * self.rate * elapsed
         if self.rate is not None and self.peak is not None and full and now - self.changed >= 1.0:
-            # Below what the endpoint has proven it answers in a second, back up fast: a first cut
-            # taken while little was answered (the burst of a start with no limit) is no estimate.
             proven = RECOVER * self.best
-            step = self.rate * (CLIMB - 1) if self.rate < proven else RAISE * self.peak
+            calm = now - self.changed >= CALM_SECONDS
+            step = self.rate * (CLIMB - 1) if self.rate < proven and calm else RAISE * self.peak
             self.rate = min(self.ceiling or math.inf, max(self.rate + RAISE * self.peak, min(proven, self.rate + step)))
         self._since, self._used = now, 0.0
 
