@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import sys
 import threading
 import time
@@ -17,10 +18,12 @@ from conftest import CANARY, S3, Devnet, Run, backfill, backfill_command, files_
 from pydantic import SecretStr
 from servers import FaultProxy, Faults
 
-from cryo_ingest import devnet
+from cryo_ingest import devnet, plan
 from cryo_ingest.config import Endpoint
 from cryo_ingest.errors import redact
+from cryo_ingest.extract import _refusals
 from cryo_ingest.gateway import Gateway
+from cryo_ingest.gateway.replies import MAX_ANSWERS, MAX_BLOCKS, Refusals
 
 END = 149
 DATASETS = "blocks,transactions,logs,traces"
@@ -514,3 +517,24 @@ def test_compute_units_limit_charges_each_call_its_cost(chain: Devnet) -> None:
     assert 8.5 <= rate <= 11, rate  # 1 unit a call would give hundreds
     assert metrics["rate_unit"] == "compute units/s" and metrics["rate_limit"] == 200
     assert metrics["compute_units"] == 20 * len([m for _, m in proxy.calls if m == "eth_getBlockByNumber"]) + 2  # + start-up
+
+
+def test_refusals_kept_for_errors_are_bounded() -> None:
+    """An operator's gateway lives as long as its runner: what it keeps of refusals must not grow without end."""
+    refusals = Refusals()
+    for i in range(MAX_ANSWERS + 10):
+        refusals.record({"method": "eth_getBlockByNumber", "params": [hex(i)]}, {"code": -32000, "message": f"no {i}"})
+    assert len(refusals.seen) == MAX_ANSWERS
+    assert not any("no 0" in line for line in refusals.between(0, 10))  # the oldest answers went first
+    for b in range(MAX_BLOCKS + 5):
+        refusals.record({"method": "trace_block", "params": [hex(b)]}, {"code": -32000, "message": "missing"})
+    (line,) = [x for x in refusals.between(0, MAX_BLOCKS + 5) if "missing" in x]
+    assert f"{MAX_BLOCKS} requests from block 0 to {MAX_BLOCKS - 1}" in line
+
+
+def test_a_gateway_gone_leaves_the_chunk_error_as_it_is() -> None:
+    """A partition whose gateway died with its worker still fails with Cryo's error, not the lookup's."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/secret"
+    assert _refusals(closed, plan.Partition((plan.Chunk(0, 49),), ("blocks",))) == ""

@@ -64,7 +64,10 @@ def extract(partition: Partition, gateway_url: str, chunk_size: int, staging: Pa
 
 def _refusals(gateway_url: str, partition: Partition, shown: int = 3) -> str:
     """What the pool answered Cryo's failed requests: retry, switch endpoint, or trace by transaction?"""
-    lines = _gateway_json(gateway_url, f"{REFUSALS_PATH}?from={partition.start}&to={partition.end}")
+    try:
+        lines = _gateway_json(gateway_url, f"{REFUSALS_PATH}?from={partition.start}&to={partition.end}")
+    except (OSError, ValueError):  # the gateway went away (its worker died): the error stands without them
+        return ""
     if not lines:
         return ""
     more = f" (and {len(lines) - shown} more)" if len(lines) > shown else ""

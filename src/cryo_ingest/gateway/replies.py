@@ -69,6 +69,9 @@ def _redacted(value: Any) -> Any:
     return value
 
 
+MAX_ANSWERS, MAX_BLOCKS = 256, 10_000  # distinct refusals kept, and blocks named per refusal
+
+
 class Refusals:
     """The errors Cryo was answered, by block. Cryo reports a failed chunk as no more than
     "errored": extract names the node's answer, the method and the block from these."""
@@ -77,9 +80,16 @@ class Refusals:
         self.seen: dict[tuple[str, str], dict[int, str]] = {}  # (method, answer) -> {first block: how to name it}
 
     def record(self, req: dict[str, Any], err: Any) -> None:
+        """Bounded: an operator's gateway lives as long as its runner, refusing nodes and all."""
         block, label = _blocks(req.get("params"))
-        if block is not None:
-            self.seen.setdefault((str(req["method"]), describe_error(err)), {})[block] = label
+        if block is None:
+            return
+        key = (str(req["method"]), describe_error(err))
+        if key not in self.seen and len(self.seen) >= MAX_ANSWERS:
+            del self.seen[next(iter(self.seen))]  # the oldest answer
+        blocks = self.seen.setdefault(key, {})
+        if len(blocks) < MAX_BLOCKS or block in blocks:
+            blocks[block] = label
 
     def between(self, lo: int, hi: int) -> list[str]:
         """One line per method and answer: the same refusal for 50 blocks is one line, not 50."""
