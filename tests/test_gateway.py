@@ -161,8 +161,8 @@ def test_all_endpoints_dead_fails_cleanly(chain: Devnet, tmp_path: Path) -> None
         env = {**pool_env({"name": "only", "url": proxy.url(f"/v2/{CANARY}")}), "TMPDIR": str(staging)}
         run = backfill(root, None, "--rpc-pool", "test", "--json", end=49, datasets="blocks", env=env)
     assert run.code == 1, run.text
-    # The pool's state once, naming its endpoint and what it does (the proxy closes connections: aiohttp
-    # calls that ServerDisconnectedError or a reset); then the one chunk, which got nothing, failed.
+    # The pool's state once, naming its endpoint and what it does (the proxy closes connections: a lost
+    # connection to the gateway's client); then the one chunk, which got nothing, failed.
     err = " ".join(run.err.split())  # log lines wrap at the terminal's width
     assert err.count("ERROR rpc pool down: every endpoint keeps failing (only: connection (") == 1, run.err
     assert "requests fail at once until one answers" in err
@@ -230,8 +230,8 @@ def closed_port() -> int:
 
 
 # Each scenario puts the canary key into text the run prints: a provider's error that quotes the request
-# URL (with the key in the path and query, or in the user info, as aiohttp sends it: Basic auth), an
-# aiohttp exception naming a host whose first label is the key (it does not resolve here; where
+# URL (with the key in the path and query, or in the user info, as the gateway sends it: Basic auth), a
+# connection error naming a host whose first label is the key (it does not resolve here; where
 # *.localhost does, nothing listens on its port: the message names the host either way), shown as
 # the reason the pool is unusable or with -v. The run must show "<redacted>" where the key was.
 KEY_IN_TEXT: dict[str, tuple[Faults, str, list[str], int, list[str]]] = {
@@ -271,7 +271,7 @@ KEY_IN_TEXT: dict[str, tuple[Faults, str, list[str], int, list[str]]] = {
         f"http://{CANARY}.localhost:{{closed}}/v2/",
         [],
         1,
-        ["error: rpc: no endpoint reachable: only: connect (ClientConnector", "Cannot connect to host <redacted>.localhost:"],
+        ["error: rpc: no endpoint reachable: only: connect (cannot connect to <redacted>.localhost:"],
     ),
 }
 
@@ -307,8 +307,7 @@ def test_failing_endpoint_shown_with_verbose_is_redacted(chain: Devnet, tmp_path
     assert run.code == 0, run.text
     assert_no_canary(run, root)
     text = " ".join(run.text.split())
-    assert "DEBUG eth_chainId on hostkey failed: connect (ClientConnector" in text, run.text
-    assert "Cannot connect to host <redacted>.localhost:" in text
+    assert "DEBUG eth_chainId on hostkey failed: connect (cannot connect to <redacted>.localhost:" in text, run.text
     assert len(manifest(root, 31337, "blocks")["files"]) == 1
 
 

@@ -241,7 +241,7 @@ def test_identical_requests_in_flight_go_upstream_once(chain: Devnet) -> None:
 
 
 def test_a_call_no_one_waits_for_is_cancelled() -> None:
-    """Both clients hung up (aiohttp cancels their handlers): the upstream call stops, and the next
+    """Both clients hung up (the gateway's listener cancels their handlers): the upstream call stops, and the next
     identical request starts afresh instead of joining the cancelled one. (asyncio alone: a unit test.)"""
 
     async def scenario() -> tuple[list[str], dict[str, Any]]:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
+import orjson
 
 from ..budget import SharedBudget
 from ..config import Endpoint
@@ -22,6 +22,7 @@ from ..errors import RpcError, redact
 from . import logs
 from .budgets import Bucket
 from .replies import GAVE_UP, Reply, body_text, describe_error, error, scrubbed, shorten
+from .upstream import Client, ConnectFailed
 
 log = logging.getLogger("cryo_ingest.gateway")
 
@@ -68,6 +69,7 @@ class Upstream:
     spec: Endpoint
     bucket: Bucket
     semaphore: asyncio.Semaphore
+    client: Client
     disabled: str | None = None
     consecutive_failures: int = 0
     trips: int = 0
@@ -157,15 +159,15 @@ class Pool:
         self.upstreams: list[Upstream] = []
         self.head = -1
         self._down = False  # every endpoint keeps failing (logged once per outage)
-        self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
-            timeout=aiohttp.ClientTimeout(total=self.timeout),
-        )
         self.upstreams = [
-            Upstream(spec=e, bucket=Bucket(e, self.shared), semaphore=asyncio.Semaphore(e.max_concurrency or 1))
+            Upstream(
+                spec=e,
+                bucket=Bucket(e, self.shared),
+                semaphore=asyncio.Semaphore(e.max_concurrency or 1),
+                client=Client(e.url.get_secret_value()),
+            )
             for e in self.specs
         ]
         if self.shared is not None:
@@ -173,8 +175,8 @@ class Pool:
         await self._preflight()
 
     async def stop(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for up in self.upstreams:
+            up.client.close()
         if self.shared is not None:
             await self.shared.close()
 
@@ -340,20 +342,18 @@ class Pool:
         self, up: Upstream, req: dict[str, Any], first_try: bool = False, passthrough: bool = False
     ) -> dict[str, Any]:
         """One request to one endpoint; raises Retry for anything another attempt may fix."""
-        assert self._session is not None
         async with up.semaphore:
             started, units = await up.bucket.acquire(req["method"])
             up.requests += 1
             try:
-                async with self._session.post(up.spec.url.get_secret_value(), json=req) as resp:
-                    raw = await resp.read()
-                    status, retry_after = resp.status, resp.headers.get("Retry-After")
+                async with asyncio.timeout(self.timeout):
+                    answer = await up.client.post(_encoded(req))
             except TimeoutError:
                 raise self._failed(up, req, "timeout", f"no answer in {self.timeout:g} s") from None
-            except aiohttp.ClientError as exc:
-                # aiohttp's messages name the host, or the whole URL (InvalidURL): redacted in _failed
-                kind = "connect" if isinstance(exc, aiohttp.ClientConnectorError) else "connection"
-                raise self._failed(up, req, kind, f"{type(exc).__name__}: {exc}") from None
+            except OSError as exc:
+                kind = "connect" if isinstance(exc, ConnectFailed) else "connection"
+                raise self._failed(up, req, kind, str(exc)) from None
+        raw, status, retry_after = answer.body, answer.status, answer.retry_after
         now = time.monotonic()
         up.bytes += len(raw)
         if req["method"] == "eth_getLogs" and (refused := logs.refusal(status, raw)) is not None:
@@ -444,6 +444,13 @@ class Pool:
             up.errors["auth"] += 1
             up.last_failure = f"{reason} ({detail})" if detail else reason
             log.error("endpoint %s refused our credentials (%s): out of the pool for this run", up.name, up.last_failure)
+
+
+def _encoded(req: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(req)
+    except TypeError:  # what orjson refuses and the stdlib writes: an integer beyond 64 bits
+        return json.dumps(req).encode()
 
 
 def _retry_after(value: str | None) -> float:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aiohttp import web
-
 from ..errors import redact
 
 # What the gateway answers Cryo when a request's retries are spent (logged where it happens).
@@ -27,14 +25,6 @@ def error(req_id: Any, message: str, code: int = -32000) -> dict[str, Any]:
 def encode(obj: Any) -> bytes:
     raw = obj.raw if isinstance(obj, Reply) else None
     return raw if raw is not None else json.dumps(obj, separators=(",", ":")).encode()
-
-
-def response(body: bytes) -> web.Response:
-    return web.Response(body=body, content_type="application/json")
-
-
-def json_response(obj: Any) -> web.Response:
-    return response(encode(obj))
 
 
 def shorten(text: str, limit: int = 300) -> str:

@@ -7,11 +7,11 @@ import json
 import logging
 import secrets
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import orjson
 import uvloop
-from aiohttp import web
 
 from .. import traces as call_frames
 from ..budget import SharedBudget
@@ -20,9 +20,10 @@ from ..errors import RpcError, register_secret_url
 from ..task import REFUSALS_PATH, TRACE_SOURCE_PATH, UNKNOWN_PATH
 from . import history, traces
 from .inflight import InFlight
+from .listener import Listener, Request, Response
 from .logs import RangedLogs
 from .pool import Pool
-from .replies import GAVE_UP, Refusals, describe_error, encode, error, json_response, response
+from .replies import GAVE_UP, Refusals, describe_error, encode, error
 
 log = logging.getLogger("cryo_ingest.gateway")
 
@@ -62,7 +63,14 @@ class Gateway:
         self.url = ""
         self._loop = uvloop.new_event_loop()  # about half asyncio's CPU per proxied request
         self._thread = threading.Thread(target=self._loop.run_forever, name="cryo-ingest-gateway", daemon=True)
-        self._runner: web.AppRunner | None = None
+        self._listener = Listener(self._route)
+        self._base = "/" + secrets.token_hex(16)
+        # What a partition asks of its gateway besides JSON-RPC, by path; answered from the query.
+        self._get: dict[str, Callable[[dict[str, str]], object]] = {
+            self._base + UNKNOWN_PATH: lambda q: self.unknown.between(int(q["from"]), int(q["to"])),
+            self._base + TRACE_SOURCE_PATH: lambda q: self.trace_source,
+            self._base + REFUSALS_PATH: lambda q: self.refusals.between(int(q["from"]), int(q["to"])),
+        }
 
     # ---- lifecycle (called from the main thread) -------------------------------------------
 
@@ -113,40 +121,39 @@ class Gateway:
 
     async def _start(self) -> None:
         await self.pool.start()
-        app = web.Application(client_max_size=1024**3)
-        base = "/" + secrets.token_hex(16)
-        app.router.add_post(base, self._handle)
-        app.router.add_get(base + UNKNOWN_PATH, self._handle_unknown)
-        app.router.add_get(base + TRACE_SOURCE_PATH, self._handle_trace_source)
-        app.router.add_get(base + REFUSALS_PATH, self._handle_refusals)
-        app.router.add_route("*", "/{tail:.*}", self._forbidden)
-        # A request whose client went away (a partition killed at its timeout) is cancelled, not retried
-        # upstream for minutes on behalf of no one; and stopping does not wait for such requests.
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True, shutdown_timeout=5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}{base}"
+        port = await self._listener.start()
+        self.url = f"http://127.0.0.1:{port}{self._base}"
         register_secret_url(self.url)
 
     async def _stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        await self._listener.stop()
         await self.pool.stop()
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
+    async def _route(self, request: Request) -> Response:
+        if request.path == self._base and request.method == "POST":
+            return Response(200, await self._handle(request.body))
+        answer = self._get.get(request.path) if request.method == "GET" else None
+        if answer is None:
+            return Response(403, b"forbidden", "text/plain")
         try:
-            body = json.loads(raw)
+            return Response(200, encode(answer(request.query)))
+        except (KeyError, ValueError):
+            return Response(400, b"from and to: block numbers", "text/plain")
+
+    async def _handle(self, raw: bytes) -> bytes:
+        try:
+            body = orjson.loads(raw)
         except ValueError:
-            return json_response(error(None, "parse error", -32700))
+            try:  # what orjson refuses and the stdlib reads: an integer beyond 64 bits
+                body = json.loads(raw)
+            except ValueError:
+                return encode(error(None, "parse error", -32700))
         if isinstance(body, list):
             if not body:
-                return json_response(error(None, "empty batch", -32600))
+                return encode(error(None, "empty batch", -32600))
             replies = await asyncio.gather(*(self._relay(item) for item in body))
-            return response(b"[" + b",".join(encode(r) for r in replies) + b"]")
-        return response(encode(await self._relay(body)))
+            return b"[" + b",".join(encode(r) for r in replies) + b"]"
+        return encode(await self._relay(body))
 
     async def _relay(self, req: Any) -> dict[str, Any]:
         """Cryo's request through the pool. An error Cryo gets fails its chunk and Cryo says no more
@@ -158,18 +165,6 @@ class Gateway:
             if not (isinstance(err, dict) and str(err.get("message", "")).startswith(GAVE_UP)):
                 log.warning("%s: the pool answered %s; passed on to Cryo", req.get("method"), describe_error(err))
         return reply
-
-    async def _forbidden(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(status=403, text="forbidden")
-
-    async def _handle_unknown(self, request: web.Request) -> web.StreamResponse:
-        return json_response(self.unknown.between(int(request.query["from"]), int(request.query["to"])))
-
-    async def _handle_trace_source(self, request: web.Request) -> web.StreamResponse:
-        return json_response(self.trace_source)
-
-    async def _handle_refusals(self, request: web.Request) -> web.StreamResponse:
-        return json_response(self.refusals.between(int(request.query["from"]), int(request.query["to"])))
 
     async def forward(self, req: Any, passthrough: bool = False) -> dict[str, Any]:
         """One request, answered here, rewritten, or sent through the pool. `passthrough`: the caller
