@@ -6,6 +6,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -137,10 +138,22 @@ def test_unreachable_rpc_is_a_clear_error(tmp_path: Path) -> None:
     assert not root.exists()
 
 
+# The module the `cryo-ingest` script imports: spawn imports it again in every worker.
+CONSOLE_SCRIPT_MODULE = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"][
+    "cryo-ingest"
+].split(":")[0]
+
+
 @pytest.mark.parametrize(
     ("modules", "heavy"),
-    [  # a spawned worker imports the CLI again (it is the main module), then the partition's stages
-        ("cryo_ingest.cli, cryo_ingest.partition", ("aiohttp", "redis", "uvloop", "cryo_ingest.gateway", "cryo_ingest.verify")),
+    [  # a spawned worker imports the main module again (the console script's), workers.py, then the partition's stages
+        (
+            f"{CONSOLE_SCRIPT_MODULE}, cryo_ingest.workers, cryo_ingest.partition",
+            (
+                *("pydantic", "rich", "yaml", "uvloop", "httptools", "aiohttp", "redis"),
+                *("cryo_ingest.config", "cryo_ingest.cli", "cryo_ingest.backfill", "cryo_ingest.gateway", "cryo_ingest.verify"),
+            ),
+        ),
         ("cryo_ingest.gateway", ("redis",)),  # redis only for a shared budget (budget.py)
     ],
 )

@@ -4,10 +4,17 @@ Nothing is imported until it runs: a spawned worker process imports the main mod
 the CLI's imports (pydantic's models, rich) would cost every worker about 0.25 s of CPU for nothing.
 """
 
+import os
 import sys
 
 
 def entry() -> None:
+    args = sys.argv[1:]
+    from .workers import SCHEDULER_ENV, prestart  # light: no more than multiprocessing
+
+    elsewhere = os.environ.get(SCHEDULER_ENV) or any(a.startswith("--scheduler") for a in args)
+    if args[:1] == ["backfill"] and not {"-h", "--help"} & set(args) and not elsewhere:
+        prestart()  # its worker starts up while the CLI is imported (workers.py)
     from .cli import main
 
     sys.exit(main())

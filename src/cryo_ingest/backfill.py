@@ -7,16 +7,15 @@ cannot reach a worker's logs, Cryo, or the archive.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import chains, events, manifest
+from . import chains, events, manifest, workers
 from .config import Job
 from .plan import Chunk, Partition, Plan, grid, make_plan
 from .storage import Store, open_store
@@ -46,14 +45,6 @@ class Result:
     @property
     def ok(self) -> bool:
         return not self.failed and not self.conflicts
-
-
-def _in_worker(task: Task) -> PartitionResult:
-    """Runs in a worker process. The stages (Cryo, pyarrow) are imported there only: the main
-    process, which holds the gateway, stays about 40 MB smaller."""
-    from .partition import run_partition
-
-    return run_partition(task)
 
 
 @dataclass
@@ -127,12 +118,10 @@ def backfill(
 ) -> Result:
     """Archive job.start_block..job.end_block (widened to the grid, capped at the final head)."""
     run = open_job(job, events_file)
-    # spawn, not fork: this process runs the gateway's thread, which a fork would copy half-way.
-    pool = ProcessPoolExecutor(max_workers=job.max_concurrency, mp_context=multiprocessing.get_context("spawn"))
+    # Workers start and import Cryo while the gateway is imported and starts: as many as will run partitions at once.
+    chunks = len(grid(job.start_block, job.end_block, job.chunk_size))
+    pool, warm = workers.pool(min(job.max_concurrency, -(-chunks // job.chunks_per_partition)))
     with pool:
-        # Workers start and import Cryo while the gateway is imported and starts: as many as will run partitions at once.
-        chunks = len(grid(job.start_block, job.end_block, job.chunk_size))
-        warm = [pool.submit(_warm_up) for _ in range(min(job.max_concurrency, -(-chunks // job.chunks_per_partition)))]
         from .budget import shared_budget  # the gateway and its libraries: not imported by workers (they import this module)
         from .gateway import Gateway
 
@@ -146,24 +135,38 @@ def backfill(
             if tasks:
                 for w in warm:  # idle now: the partitions reuse them rather than spawning more workers
                     w.result()
-                _run_tasks(pool, tasks, run, on_partition)
+                _run_tasks(pool, tasks, job.max_concurrency, run, on_partition)
             run.result.gateway = gw.metrics()
     return run.finish()
 
 
-def _warm_up() -> None:
-    """The worker's start-up (spawn, imports of Cryo and pyarrow), done before its first partition."""
-    from . import partition  # noqa: F401
-
-
 def _run_tasks(
-    pool: ProcessPoolExecutor, tasks: list[Task], run: Opened, on_partition: Callable[[PartitionResult], None] | None
+    pool: ProcessPoolExecutor,
+    tasks: list[Task],
+    at_once: int,
+    run: Opened,
+    on_partition: Callable[[PartitionResult], None] | None,
 ) -> None:
-    futures: dict[Future[PartitionResult], Task] = {pool.submit(_in_worker, t): t for t in tasks}
-    for future in as_completed(futures):
-        part = futures[future].partition
-        try:
-            pr = future.result()
-        except BrokenProcessPool:
-            pr = PartitionResult(part, error=f"partition {part.start}-{part.end}: worker process died")
-        run.record(pr, on_partition)
+    """At most `at_once` partitions in flight; a worker that dies breaks the pool, failing the partitions left."""
+    queue = list(tasks)
+    running: dict[Future[PartitionResult], Task] = {}
+    while queue or running:
+        while queue and len(running) < at_once:
+            task = queue.pop(0)
+            try:
+                running[pool.submit(workers.run_in_worker, task)] = task
+            except BrokenProcessPool:
+                run.record(_died(task), on_partition)
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            task = running.pop(future)
+            try:
+                pr = future.result()
+            except BrokenProcessPool:
+                pr = _died(task)
+            run.record(pr, on_partition)
+
+
+def _died(task: Task) -> PartitionResult:
+    part = task.partition
+    return PartitionResult(part, error=f"partition {part.start}-{part.end}: worker process died")

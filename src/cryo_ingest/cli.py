@@ -22,6 +22,7 @@ from . import manifest
 from .config import BUDGET_ENV, DATASETS, DEFAULT_GRACE, Job, load_node, make_job, resolve_pool
 from .errors import ConfigError, IngestError, RedactingFilter, redact, register_secret_url
 from .storage import open_store
+from .workers import SCHEDULER_ENV
 
 # Each command imports what only it needs: start-up is a backfill's fixed cost, and every worker
 # process that `backfill` spawns imports this module again (it is the main module).
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
     from .operator.executor import Executor, Executors
     from .task import PartitionResult
 
-SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
 SCHEDULER_HELP = (
     f"tcp://HOST:8786: run the partitions on this Dask cluster, the pool resolved by its workers (env {SCHEDULER_ENV})"
 )

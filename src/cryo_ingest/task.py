@@ -12,7 +12,7 @@ from .events import Event, Sinks
 from .plan import Partition
 
 # What a worker asks the gateway besides JSON-RPC (under the gateway URL's secret path); here, not
-# in gateway/, so that a worker need not import the gateway (aiohttp) to know them.
+# in gateway/, so that a worker need not import the gateway to know them.
 UNKNOWN_PATH = "/_cryo_ingest/unknown"
 TRACE_SOURCE_PATH = "/_cryo_ingest/trace-source"
 REFUSALS_PATH = "/_cryo_ingest/refusals"

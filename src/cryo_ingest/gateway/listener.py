@@ -20,6 +20,7 @@ import httptools
 from ..errors import redact
 
 log = logging.getLogger("cryo_ingest.gateway")
+STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 
 
 @dataclass
@@ -153,12 +154,12 @@ class _Session(asyncio.Protocol):
     def _write(self, response: Response, keep_alive: bool) -> None:
         if self._transport is None or self._transport.is_closing():
             return
-        head = (
-            f"HTTP/1.1 {response.status} {HTTPStatus(response.status).phrase}\r\n"
-            f"Content-Type: {response.content_type}\r\nContent-Length: {len(response.body)}\r\n"
-            + ("" if keep_alive else "Connection: close\r\n")
-            + "\r\n"
+        head = b"%sContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n" % (
+            STATUS_LINES[response.status],
+            response.content_type.encode(),
+            len(response.body),
+            b"" if keep_alive else b"Connection: close\r\n",
         )
-        self._transport.writelines((head.encode(), response.body))
+        self._transport.writelines((head, response.body))
         if not keep_alive:
             self._transport.close()

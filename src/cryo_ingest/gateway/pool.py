@@ -291,7 +291,7 @@ class Pool:
 
     def _hedge_delay(self, up: Upstream, req: dict[str, Any]) -> float | None:
         """How long to wait before racing `req` on another endpoint; None: do not."""
-        if not HEDGED.match(req["method"]) or len(up.latencies) < 20:
+        if len(self.upstreams) < 2 or not HEDGED.match(req["method"]) or len(up.latencies) < 20:
             return None
         requests = sum(u.requests for u in self.upstreams)
         if sum(u.hedges for u in self.upstreams) >= HEDGE_SHARE * requests:
@@ -311,6 +311,8 @@ class Pool:
 
     async def _pick(self, tried: set[str], deadline: float) -> Upstream | None:
         """An endpoint with capacity, weighted by weight and recent latency; fresh ones first."""
+        if len(self.upstreams) == 1 and self.upstreams[0].disabled is None and self.upstreams[0].usable(time.monotonic()):
+            return self.upstreams[0]  # an own node alone: the common case, on every request
         while True:
             now = time.monotonic()
             live = [u for u in self.upstreams if u.disabled is None]

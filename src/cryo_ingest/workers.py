@@ -1,0 +1,57 @@
+"""The processes that run `backfill`'s partitions.
+
+Spawned, not forked: the gateway's thread and the Rust runtimes of Cryo and obstore would be
+copied half-way. A worker's start-up (Python, then Cryo's and pyarrow's imports) is a backfill's
+fixed cost, so the console script calls `prestart` before the CLI is even imported: the first
+worker starts up while this process imports the CLI, checks the config and starts the gateway
+(about 0.3 s of wall time on 2 cores; docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .task import PartitionResult, Task
+
+# Where partitions run instead, when set: the Dask cluster it names (docs/cluster.md).
+SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
+# Workers spawn on demand, one per partition in flight: the job's max_concurrency bounds them (the
+# dispatch loop submits no more at once), this only bounds the pool.
+MOST = 256
+
+_prestarted: list[tuple[ProcessPoolExecutor, Future[None]]] = []
+
+
+def prestart() -> None:
+    """Start one worker now, for the backfill this process is about to run."""
+    pool = _new()
+    _prestarted.append((pool, pool.submit(warm_up)))
+
+
+def pool(warm: int) -> tuple[ProcessPoolExecutor, list[Future[None]]]:
+    """The pool, with `warm` workers starting up (the prestarted one among them, where there is one)."""
+    if _prestarted:
+        pool, first = _prestarted.pop()
+        return pool, [first, *(pool.submit(warm_up) for _ in range(warm - 1))]
+    pool = _new()
+    return pool, [pool.submit(warm_up) for _ in range(warm)]
+
+
+def run_in_worker(task: Task) -> PartitionResult:
+    """In a worker process, which imports this module for it: Cryo and pyarrow load there only, and
+    nothing of the dispatching side's (config's pydantic models would cost every worker 0.2 s)."""
+    from .partition import run_partition
+
+    return run_partition(task)
+
+
+def warm_up() -> None:
+    """A worker's start-up (spawn, the imports of Cryo and pyarrow), done before its first partition."""
+    from . import partition  # noqa: F401
+
+
+def _new() -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=MOST, mp_context=multiprocessing.get_context("spawn"))
