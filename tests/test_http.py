@@ -103,6 +103,7 @@ def test_request_line_host_and_basic_auth_from_the_url() -> None:
     lines = head.decode().split("\r\n")
     assert lines[0] == "POST /v2/key?x=1 HTTP/1.1" and body == b'{"a":1}'
     assert "Authorization: Basic " + base64.b64encode(b"us@er:pa:ss").decode() in lines
+    assert {"User-Agent: cryo-ingest", "Accept: application/json", "Content-Type: application/json"} <= set(lines)
     assert not any(line.lower().startswith("accept-encoding") for line in lines)  # plain http: a node near us
 
 

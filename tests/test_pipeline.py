@@ -151,7 +151,7 @@ CONSOLE_SCRIPT_MODULE = tomllib.loads((Path(__file__).parents[1] / "pyproject.to
             f"{CONSOLE_SCRIPT_MODULE}, cryo_ingest.workers, cryo_ingest.partition",
             (
                 *("pydantic", "rich", "yaml", "uvloop", "httptools", "aiohttp", "redis"),
-                *("cryo_ingest.config", "cryo_ingest.cli", "cryo_ingest.backfill", "cryo_ingest.gateway", "cryo_ingest.verify"),
+                *("cryo_ingest.config", "cryo_ingest.cli", "cryo_ingest.gateway", "cryo_ingest.verify"),
             ),
         ),
         ("cryo_ingest.gateway", ("redis",)),  # redis only for a shared budget (budget.py)

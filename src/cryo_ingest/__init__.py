@@ -1,36 +1,26 @@
 """cryo-ingest: archive EVM chain data to Parquet in object storage, with Cryo.
 
-The names below load on first use (PEP 562): every worker process imports this package, and
-most need none of them (config's pydantic models alone take 0.2 s to build).
+`Job`, `Endpoint` and `make_job` load on first use (PEP 562): every worker process imports this
+package, and needs none of them (config's pydantic models alone take 0.2 s to build). `backfill`
+cannot wait so: it is also a submodule's name, which an import of the submodule would bind here.
 """
 
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
+from .backfill import Result, backfill
+from .errors import ConfigError, ConflictError, IngestError
+
 if TYPE_CHECKING:
-    from .backfill import Result as Result
-    from .backfill import backfill as backfill
     from .config import Endpoint as Endpoint
     from .config import Job as Job
     from .config import make_job as make_job
-    from .errors import ConfigError as ConfigError
-    from .errors import ConflictError as ConflictError
-    from .errors import IngestError as IngestError
 
-_WHERE = {
-    "Result": "backfill",
-    "backfill": "backfill",
-    "Endpoint": "config",
-    "Job": "config",
-    "make_job": "config",
-    "ConfigError": "errors",
-    "ConflictError": "errors",
-    "IngestError": "errors",
-}
-__all__ = sorted(_WHERE)
+_LAZY = {"Endpoint", "Job", "make_job"}
+__all__ = ["ConfigError", "ConflictError", "Endpoint", "IngestError", "Job", "Result", "backfill", "make_job"]
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
+    if name not in _LAZY:
         raise AttributeError(f"module 'cryo_ingest' has no attribute {name!r}")
-    return getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    return getattr(import_module(".config", __name__), name)

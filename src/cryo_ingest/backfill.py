@@ -13,13 +13,15 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import chains, events, manifest, workers
-from .config import Job
 from .plan import Chunk, Partition, Plan, grid, make_plan
 from .storage import Store, open_store
 from .task import PartitionResult, Task
+
+if TYPE_CHECKING:  # the package imports this module: config's pydantic models would load in every worker
+    from .config import Job
 
 log = logging.getLogger("cryo_ingest")
 

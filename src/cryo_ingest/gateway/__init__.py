@@ -5,7 +5,8 @@ and does not survive 429s or 5xx). One concern a module: `server` (the proxy and
 itself), `pool` (endpoints, retries, the circuit breaker), `budgets` (how fast each endpoint may
 be sent to), `history` (old chains made readable), `traces` (traces from debug_traceBlockByNumber),
 `logs` (ranged eth_getLogs, split where refused), `inflight` (identical requests in flight sent once),
-`replies` (passing replies on unparsed and redacted). docs/rpc-pool.md says what it does.
+`replies` (passing replies on unparsed and redacted), and HTTP: `listener` (the server Cryo talks
+to) and `upstream` (the client to the endpoints). docs/rpc-pool.md says what it does.
 """
 
 from ..task import REFUSALS_PATH, TRACE_SOURCE_PATH, UNKNOWN_PATH

@@ -64,7 +64,8 @@ class Client:
         self._port = parts.port or (443 if self._tls else 80)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         host = parts.netloc.rpartition("@")[2]
-        head = [f"POST {target} HTTP/1.1", f"Host: {host}", "Content-Type: application/json", "Accept: application/json"]
+        head = [f"POST {target} HTTP/1.1", f"Host: {host}", "User-Agent: cryo-ingest", "Content-Type: application/json"]
+        head.append("Accept: application/json")  # some providers' firewalls turn away a request without these two
         if parts.username is not None:
             user = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
             head.append("Authorization: Basic " + base64.b64encode(user.encode()).decode())
