@@ -7,11 +7,18 @@ import asyncio
 import base64
 import gzip
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvloop
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from cryo_ingest.gateway import upstream
 from cryo_ingest.gateway.listener import Listener, Request, Response
@@ -200,6 +207,65 @@ def test_refused_names_host_and_port_and_a_timeout_closes_the_connection() -> No
             return server.connections, len(client._open)
 
     assert run(timeout()) == (2, 0)
+
+
+def self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context for `localhost` and a client context that trusts it alone."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert_file, key_file)
+    return server, ssl.create_default_context(cafile=str(cert_file))
+
+
+def test_https_asks_for_gzip_and_checks_the_certificate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Providers are https: the handshake on uvloop, the host's name checked, replies compressed."""
+    server_tls, trusting = self_signed(tmp_path)
+    requests: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            requests.append(head + await reader.readexactly(content_length(head)))
+            writer.write(ok(gzip.compress(BODY), "Content-Encoding: gzip"))
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    async def scenario() -> tuple[bytes, str]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_tls)
+        port = server.sockets[0].getsockname()[1]
+        body = (await Client(f"https://localhost:{port}/v2/key").post(b"{}")).body
+        monkeypatch.setattr(upstream, "_tls", ssl.create_default_context)  # the system's CAs: ours is unknown
+        with pytest.raises(ConnectFailed) as untrusted:
+            await Client(f"https://localhost:{port}/v2/key").post(b"{}")
+        server.close()
+        return body, str(untrusted.value)
+
+    monkeypatch.setattr(upstream, "_tls", lambda: trusting)
+    body, untrusted = run(scenario())
+    assert body == BODY
+    assert b"\r\nAccept-Encoding: gzip, deflate\r\n" in requests[0] and requests[0].startswith(b"POST /v2/key HTTP/1.1")
+    assert untrusted.startswith("cannot connect to localhost:") and "CERTIFICATE_VERIFY_FAILED" in untrusted, untrusted
 
 
 # ---- the listener --------------------------------------------------------------------------------
