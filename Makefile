@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 .PHONY: setup system-deps demo test lint bench bench-smoke wheel image-deps base-image image image-test clean
 
 setup: system-deps $(VENV)/.installed node_modules/.installed
+	@# Bytecode for the editable install, as pip writes it for an installed one: where PYTHONDONTWRITEBYTECODE
+	@# is set, every process (each spawned worker too) would otherwise compile the package again (0.05 s).
+	@$(BIN)/python -m compileall -q src
 
 # Servers and tools the tests start (Debian's packages): redis for the shared budget, Chromium for the coverage page,
 # iproute2 (`ip netns`) for the hosts of tests/test_netns.py.

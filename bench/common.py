@@ -4,6 +4,7 @@ writing results (JSON under bench/results, a section of docs/benchmarks.md)."""
 
 from __future__ import annotations
 
+import compileall
 import csv
 import json
 import os
@@ -37,6 +38,10 @@ ETL_VENV = CACHE / "etl-venv"
 sys.path.insert(0, str(ROOT / "tests"))  # the counting/fault proxy of the tests serves here too
 
 from cryo_ingest import devnet  # noqa: E402
+
+# cryo-ingest measured as installed: pip writes an installed package's bytecode (raw Cryo's is), an
+# editable one's is not written where PYTHONDONTWRITEBYTECODE is set (each process would compile it).
+compileall.compile_dir(ROOT / "src", quiet=1)
 
 
 @contextmanager

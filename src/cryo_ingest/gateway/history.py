@@ -37,12 +37,10 @@ async def block_receipts(pool: Pool, req: dict[str, Any], unknown: Unknown) -> d
         except orjson.JSONDecodeError:
             return await pool.send(req)  # shaped like a success, yet no JSON: the pool's checks, a retry elsewhere
     receipts = body.get("result")
-    if not isinstance(receipts, list):
-        return reply
+    if not isinstance(receipts, list) or all("from" in r and r.get("status") is not None for r in receipts):
+        return reply  # one pass on every block's receipts: the rest is for old chains only
     missing_from = any("from" not in r for r in receipts)
     lacking = [r for r in receipts if r.get("status") is None]
-    if not missing_from and not lacking:
-        return reply
     reply = Reply(body)  # changed below: encoded anew, not passed on as received
     if missing_from:
         block = await pool.send({**req, "method": "eth_getBlockByNumber", "params": [req["params"][0], True]})
