@@ -76,8 +76,8 @@ class Client:
         self._open: set[_Connection] = set()
 
     async def post(self, body: bytes) -> Answer:
-        """One request and its reply. A kept-alive connection the endpoint closed before answering
-        is replaced once; cancelled (a timeout, a hedge lost), the connection is closed."""
+        """One request and its reply. A connection idle for STALE_SECONDS or more that closes before
+        answering is replaced; cancelled (a timeout, a hedge lost), the connection is closed."""
         message = self._head + str(len(body)).encode() + b"\r\n\r\n" + body
         while True:
             conn, idle = await self._connection()
