@@ -1,13 +1,11 @@
 """Proving an archive whole at rest: `verify`, orphans and `gc`, the coverage page (docs/verify.md)."""
 
-from ..config import DEFAULT_GRACE
 from .coverage import render, write, write_from_manifests
 from .gc import GcResult, gc, parse_duration
 from .report import Problem, Report, Skipped, sorted_problems
 from .walk import verify
 
 __all__ = [
-    "DEFAULT_GRACE",
     "GcResult",
     "Problem",
     "Report",
