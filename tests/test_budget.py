@@ -153,8 +153,7 @@ def test_run_takes_its_slots_from_the_store_keyed_by_names(chain: Devnet, redis_
         assert req.code == 0, req.text
         run = cli("run", "--config", str(config), "--root", str(root), "--budget-store", redis_server.url, env=env)
     assert run.code == 0, run.text
-    keys = redis.Redis.from_url(redis_server.url).keys("*")
-    assert sorted(keys) == [b"cryo-ingest:budget:monad:local:gateways", b"cryo-ingest:budget:monad:local:tat"]
+    assert_keys(redis_server, "cryo-ingest:budget:monad:local")
     assert CANARY.lower() not in run.text.lower()
 
 
@@ -204,14 +203,28 @@ def test_shared_budget_charges_each_call_its_compute_units(redis_server: RedisSe
 
     took = asyncio.run(run())
     assert 2.7 <= took <= 3.5, took  # 1 unit a call would take 0.06 s
-    keys = sorted(redis.Redis.from_url(redis_server.url).keys("*"))
-    assert keys == [b"cryo-ingest:budget:pool:cu/cu:gateways", b"cryo-ingest:budget:pool:cu/cu:tat"]
+    assert_keys(redis_server, "cryo-ingest:budget:pool:cu/cu")
 
 
-def test_gateways_sharing_a_budget_tune_it_together(chain: Devnet, redis_server: RedisServer) -> None:
+def assert_keys(server: RedisServer, base: str) -> None:
+    """The store holds one endpoint's keys, named by pool and endpoint; its flow (the last second's
+    counts) lives 2 s, so it may be gone already."""
+    keys = set(redis.Redis.from_url(server.url, decode_responses=True).keys("*"))
+    assert {f"{base}:gateways", f"{base}:tat"} <= keys <= {f"{base}:gateways", f"{base}:tat", f"{base}:flow"}, keys
+
+
+# (callers, seconds between one caller's requests) per gateway
+DEMANDS = {"even": [(6, 0.0), (6, 0.0)], "uneven": [(8, 0.0), (1, 0.2)]}
+
+
+@pytest.mark.parametrize("demand", DEMANDS)
+def test_gateways_sharing_a_budget_tune_it_together(demand: str, chain: Devnet, redis_server: RedisServer) -> None:
     """docs/rpc-pool.md: each gateway tunes the rate it charges its slots at. Two gateways, one shared
     budget configured at 100 requests/s, the provider allowing 30 per one-second window: together
-    they converge near 30, with few 429s."""
+    they converge near 30, with few 429s. Also when one job asks for far more than the other (about 5
+    a second): what a gateway sees is then not half the endpoint's traffic, and only the store's count
+    of every gateway's answers says what the endpoint allowed (the gateway asking most, scaling its own
+    view by two, took about twice the limit for it: 17-21 % of 429s)."""
     import threading
 
     from test_gateway import drive
@@ -228,7 +241,10 @@ def test_gateways_sharing_a_budget_tune_it_together(chain: Devnet, redis_server:
             gw.__enter__()
         try:
             start = time.monotonic()
-            callers = [threading.Thread(target=drive, args=(gw.url, warmup + measured, 6)) for gw in gateways]
+            callers = [
+                threading.Thread(target=drive, args=(gw.url, warmup + measured, threads, pause))
+                for gw, (threads, pause) in zip(gateways, DEMANDS[demand], strict=True)
+            ]
             for c in callers:
                 c.start()
             for c in callers:
@@ -240,6 +256,6 @@ def test_gateways_sharing_a_budget_tune_it_together(chain: Devnet, redis_server:
     window = [t for t in proxy.times if start + warmup <= t < start + warmup + measured]
     answered = sum(1 for t in proxy.answered if start + warmup <= t < start + warmup + measured)
     rate, refused = len(window) / measured, (len(window) - answered) / len(window)
-    print(f"two gateways: sent {rate:.1f}/s after warm-up, {refused:.1%} refused, cuts {cuts}")
+    print(f"two gateways, {demand} demand: sent {rate:.1f}/s after warm-up, {refused:.1%} refused, cuts {cuts}")
     assert 0.8 * real <= rate <= 1.1 * real, rate
     assert refused <= 0.1, refused

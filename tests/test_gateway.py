@@ -65,7 +65,10 @@ def test_30_percent_faults_still_give_the_clean_archive(
     assert run.code == 0, run.text
     assert proxy.injected[kind] > 20
     doc = json.loads(run.out)
-    assert doc["gateway"]["flaky"]["retries"] >= proxy.injected[kind] * 0.9
+    # every fault was seen: retried, or (a reset on a connection idle for a second or more, which a busy
+    # machine leaves more of) resent as a server's idle close (docs/rpc-pool.md)
+    seen = doc["gateway"]["flaky"]["retries"] + doc["gateway"]["flaky"]["resent"]
+    assert seen >= proxy.injected[kind] * 0.9
     assert files_under(root) == clean_archive
     assert_no_canary(run, root)
 
@@ -410,8 +413,9 @@ def test_an_only_endpoint_that_rate_limits_is_slowed_down_not_dropped(
     assert_no_canary(run, root)
 
 
-def drive(url: str, seconds: float, threads: int = 12) -> None:
-    """Demand well above any limit here: `threads` callers asking for blocks back to back."""
+def drive(url: str, seconds: float, threads: int = 12, pause: float = 0.0) -> None:
+    """Demand well above any limit here: `threads` callers asking for blocks back to back (or each
+    `pause` seconds apart)."""
     deadline = time.monotonic() + seconds
 
     def caller(i: int) -> None:
@@ -419,6 +423,7 @@ def drive(url: str, seconds: float, threads: int = 12) -> None:
         while time.monotonic() < deadline:
             rpc(url, "eth_getBlockByNumber", hex(n % 100), False)
             n += threads
+            time.sleep(pause)
 
     workers = [threading.Thread(target=caller, args=(i,)) for i in range(threads)]
     for w in workers:

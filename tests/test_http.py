@@ -168,20 +168,21 @@ def test_a_reset_is_a_fault_but_a_stale_idle_connection_is_replaced(monkeypatch:
     retry; on one idle past STALE_SECONDS (the server's idle timeout struck as we sent), sent again."""
     monkeypatch.setattr(upstream, "STALE_SECONDS", 0.2)
 
-    async def scenario() -> tuple[str, bytes, int]:
+    async def scenario() -> tuple[str, bytes, int, int]:
         async with Scripted(lambda n, r: ok() if n != 2 else None) as server:
             client = Client(server.url)
             await client.post(b"{}")
             with pytest.raises(ConnectionFailed) as fault:
                 await client.post(b"{}")  # request 2: closed at once
             assert (await client.post(b"{}")).body == BODY  # a new connection
+            assert client.resent == 0
             client._idle[0].idle_since -= 1.0  # as if idle for a second: the server's close is taken for its idle timeout
             server.answer = lambda n, r: ok() if n != 4 else None
-            return str(fault.value), (await client.post(b"{}")).body, server.connections
+            return str(fault.value), (await client.post(b"{}")).body, server.connections, client.resent
 
-    message, body, connections = run(scenario())
+    message, body, connections, resent = run(scenario())
     assert message == "the connection closed before an answer"
-    assert body == BODY and connections == 3
+    assert body == BODY and connections == 3 and resent == 1  # counted in the endpoint's metrics
 
 
 def test_refused_names_host_and_port_and_a_timeout_closes_the_connection() -> None:

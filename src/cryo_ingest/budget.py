@@ -21,6 +21,7 @@ import os
 import socket
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -41,10 +42,15 @@ GRACE_SECONDS = 3.0
 STORE_TIMEOUT = 1.0
 
 # KEYS[1]: the endpoint's theoretical arrival time (TAT, µs on Redis's clock); KEYS[2]: its gateways
-# (sorted set, by last slot). ARGV: emission interval (µs per unit), burst (units), gateway id,
-# liveness (µs), cost (units: 1 for a request, its compute units for a call).
+# (sorted set, by last slot); KEYS[3]: its flow (hash: units taken, `s<tenth of a second>`, and
+# answered, `a<tenth>`, by every gateway). ARGV: emission interval (µs per unit), burst (units),
+# gateway id, liveness (µs), cost (units: 1 for a request, its compute units for a call), the units
+# this gateway saw answered since its last slot, by how many tenths of a second ago ("age:units,...":
+# a gateway held back by a Retry-After tells its last answers a second late, and counted as of now
+# they would add up with the next second's).
 # Reserves the next slot and answers how long to wait for it, how far the endpoint's slots are
-# reserved (both µs from now), and how many gateways are live.
+# reserved (both µs from now), how many gateways are live, and the units every gateway took and saw
+# answered in the last second (strings: Redis would cut a Lua number to an integer).
 # GCRA with burst tolerance (burst - 1) * interval: at most burst + rate * T units in any T seconds
 # (a call costing more than the burst goes alone, and the calls after it wait for what it took).
 TAKE = """
@@ -61,7 +67,25 @@ redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', ttl)
 redis.call('ZADD', KEYS[2], now, ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - live)
 redis.call('PEXPIRE', KEYS[2], ttl)
-return {start - now, new_tat - now, redis.call('ZCARD', KEYS[2])}
+local tenth = math.floor(now / 100000)
+redis.call('HINCRBYFLOAT', KEYS[3], 's' .. tenth, cost)
+for age, units in string.gmatch(ARGV[6], '(%d+):([%d.]+)') do
+  if tonumber(age) < 10 then redis.call('HINCRBYFLOAT', KEYS[3], 'a' .. (tenth - tonumber(age)), units) end
+end
+local flow = redis.call('HGETALL', KEYS[3])
+local taken, seen = 0, 0
+for i = 1, #flow, 2 do
+  local at = tonumber(string.sub(flow[i], 2))
+  if at <= tenth - 10 then
+    redis.call('HDEL', KEYS[3], flow[i])
+  elseif string.sub(flow[i], 1, 1) == 's' then
+    taken = taken + tonumber(flow[i + 1])
+  else
+    seen = seen + tonumber(flow[i + 1])
+  end
+end
+redis.call('PEXPIRE', KEYS[3], 2000)
+return {start - now, new_tat - now, redis.call('ZCARD', KEYS[2]), tostring(taken), tostring(seen)}
 """
 
 
@@ -106,6 +130,9 @@ class SharedBudget:
         self._client: aioredis.Redis | None = None
         self._errors: tuple[type[Exception], ...] = (OSError,)  # and RedisError, once start() has imported redis
         self._peers: dict[str, int] = {}  # gateways the store last counted, by endpoint name
+        self._flow: dict[str, tuple[float, float]] = {}  # units every gateway took and saw answered in the last second
+        # units answered here, not yet told to the store, by tenth of a second
+        self._answered: defaultdict[str, defaultdict[int, float]] = defaultdict(lambda: defaultdict(float))
         self._reserved: dict[str, float] = {}  # until when (monotonic) the store may have given out slots, by endpoint
         self._limits: dict[str, tuple[float, float]] = {}  # rate and units in flight at most (guessed), by budget
         self._fallback: dict[str, LocalSlots] = {}
@@ -116,7 +143,7 @@ class SharedBudget:
 
     def _keys(self, endpoint: str) -> list[str]:
         base = f"cryo-ingest:budget:{self.pool}:{endpoint}"
-        return [f"{base}:tat", f"{base}:gateways"]
+        return [f"{base}:tat", f"{base}:gateways", f"{base}:flow"]
 
     async def start(self, endpoints: Iterable[Endpoint]) -> None:
         """Register this gateway on each rate-limited endpoint; raises RpcError if the store does not answer."""
@@ -185,6 +212,17 @@ class SharedBudget:
         """The gateways the store last counted on this budget."""
         return self._peers.get(endpoint, 1)
 
+    def answered(self, endpoint: str, units: float) -> None:
+        """Units of this budget answered here: told to the store with the next slot taken."""
+        if not self._down:
+            self._answered[endpoint][int(time.monotonic() * 10)] += units
+
+    def flow(self, endpoint: str) -> tuple[float, float] | None:
+        """The units every gateway took and saw answered in the last second, as of this gateway's last
+        slot; None while the store is down. A gateway's own view is its share of the endpoint's,
+        which is not 1/N when jobs differ in demand."""
+        return None if self._down else self._flow.get(endpoint)
+
     async def _slot(self, take: Callable[[], Awaitable[float]], rps: float, cost: float) -> None:
         """Sleep until a slot. One woken late (a busy CPU stalls the event loop) is given up and another
         taken once: sent now, it would bunch with the slots after it and break the limit at the provider;
@@ -200,17 +238,26 @@ class SharedBudget:
     async def _take(self, endpoint: str, rps: float, cost: float = 1.0) -> float:
         assert self._client is not None
         interval = 1_000_000 / rps
-        wait_us, reserved_us, peers = await self._client.eval(
-            TAKE,
-            2,
-            *self._keys(endpoint),
-            f"{interval:.3f}",
-            f"{burst(rps):.3f}",
-            self.id,
-            LIVE_SECONDS * 1_000_000,
-            f"{cost:.3f}",
-        )
+        answered: dict[int, float] = self._answered.pop(endpoint, {})
+        now = int(time.monotonic() * 10)
+        try:
+            wait_us, reserved_us, peers, taken, seen = await self._client.eval(
+                TAKE,
+                3,
+                *self._keys(endpoint),
+                f"{interval:.3f}",
+                f"{burst(rps):.3f}",
+                self.id,
+                LIVE_SECONDS * 1_000_000,
+                f"{cost:.3f}",
+                ",".join(f"{now - tenth}:{units:.3f}" for tenth, units in answered.items() if now - tenth < 10),
+            )
+        except BaseException:
+            for tenth, units in answered.items():  # told with the next slot
+                self._answered[endpoint][tenth] += units
+            raise
         self._peers[endpoint] = max(1, int(peers))
+        self._flow[endpoint] = (float(taken), float(seen))
         self._reserved[endpoint] = time.monotonic() + int(reserved_us) / 1_000_000
         return max(0.0, int(wait_us) / 1_000_000)
 

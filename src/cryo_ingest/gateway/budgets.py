@@ -20,7 +20,10 @@ CUT_FAR, CUT_NEAR, NEAR = 0.7, 0.9, 0.15
 RAISE = 0.02
 # Below RECOVER x the most the endpoint answered within a second, and CALM_SECONDS after the last
 # cut, the rate climbs by CLIMB a second: a cut that drew no rate-limit answer since was too deep (a
-# first cut taken while little was answered, as after the burst of a start with no limit).
+# first cut taken while little was answered, as after the burst of a start with no limit). Never to
+# above CUT_NEAR x the rate that drew the last cut: against a provider counting per fixed second, a
+# second spanning two of its windows answers up to twice its limit, and the most answered so far
+# says more than the endpoint allows.
 RECOVER, CLIMB, CALM_SECONDS = 0.8, 1.5, 3.0
 # At most one cut a second: providers count per second, and the requests already waiting for a slot
 # when the rate was cut go out (and get their 429s) in the same second.
@@ -40,19 +43,23 @@ class Tuner:
     """The rate an endpoint is sent at, in its limit's unit: additive increase while it is used in
     full, multiplicative decrease on a rate-limit answer to a request sent after the last decrease (the
     others are about a rate already left behind), at most once a second, within [floor, configured].
-    The first cut starts from what the endpoint answered in the last second: about its limit."""
+    The first cut starts from what the endpoint answered in the last second: about its limit.
+
+    With a budget store, what the endpoint took and answered is the cluster's (`cluster`), counted in
+    the store; while the store is down, this gateway's view times the gateways last counted (`peers`)."""
 
     def __init__(self, ceiling: float | None) -> None:
         self.ceiling = ceiling
         self.rate = ceiling  # None: no limit known (a loopback node) until the first rate-limit answer
         self.best = 0.0  # the most units the endpoint answered within one second
-        # Gateways sharing the rate (budget store): each sees about 1/peers of the endpoint's traffic.
         self.peers = 1
-        self.peak: float | None = None  # the rate that last drew a rate-limit answer
+        self.cluster: tuple[float, float] | None = None  # units (taken, answered) in the last second, every gateway's
+        self.peak: float | None = None  # the rate that last drew a rate-limit answer (the first: an estimate)
+        self.refused = math.inf  # the rate sent at when the last cut came
         self.changed = -math.inf  # when the rate was last cut
-        self._accepted: deque[tuple[float, float]] = deque()  # (when, units) answered in the last second
+        self._accepted: deque[tuple[float, float]] = deque()  # (when, units) answered here in the last second
         self._answered = 0.0  # their units
-        self._since, self._used = time.monotonic(), 0.0  # units sent since `_since`
+        self._since, self._used = time.monotonic(), 0.0  # units sent here since `_since`
 
     def sent(self, now: float, units: float) -> None:
         self._used += units
@@ -60,9 +67,10 @@ class Tuner:
         if elapsed < 1.0:
             return
         # the rate held the sending back, not the demand
-        full = self.rate is not None and self._used * self.peers >= 0.8 * self.rate * elapsed
+        used = self.cluster[0] if self.cluster else self._used * self.peers / elapsed
+        full = self.rate is not None and used >= 0.8 * self.rate
         if self.rate is not None and self.peak is not None and full and now - self.changed >= 1.0:
-            proven = RECOVER * self.best
+            proven = min(RECOVER * self.best, CUT_NEAR * self.refused)
             calm = now - self.changed >= CALM_SECONDS
             step = self.rate * (CLIMB - 1) if self.rate < proven and calm else RAISE * self.peak
             self.rate = min(self.ceiling or math.inf, max(self.rate + RAISE * self.peak, min(proven, self.rate + step)))
@@ -78,7 +86,12 @@ class Tuner:
         self._answered += units
         while self._accepted[0][0] < now - 1.0:
             self._answered -= self._accepted.popleft()[1]
-        self.best = max(self.best, self._answered * self.peers)
+        self.best = max(self.best, self.answered)
+
+    @property
+    def answered(self) -> float:
+        """Units the endpoint answered in the last second."""
+        return self.cluster[1] if self.cluster else self._answered * self.peers
 
     def throttled(self, sent_at: float, now: float) -> bool:
         """A rate-limit answer to a request sent at `sent_at`; True if it cut the rate."""
@@ -86,15 +99,17 @@ class Tuner:
             return False
         if sum(1 for t, _ in self._accepted if t >= now - 1.0) < MIN_ANSWERED:
             return False
+        self.refused = self.rate or math.inf
         if self.peak is None:  # the first: what the endpoint answered in the last second is about its limit
-            estimate = sum(u for t, u in self._accepted if t >= now - 1.0) * self.peers
-            self.peak = min(self.rate or math.inf, estimate)
+            self.peak = min(self.rate or math.inf, self.answered)
             self.rate = max(self.floor, self.peak * CUT_NEAR)
         else:
             assert self.rate is not None
             near = abs(self.rate - self.peak) <= NEAR * self.peak
             self.peak = self.rate
-            self.rate = max(self.floor, self.rate * (CUT_NEAR if near else CUT_FAR))
+            # and never above what the endpoint answered: a rate far above the limit (a first cut taken from a
+            # second that held two of the provider's windows) comes down to it at once, not by a tenth a cut
+            self.rate = max(self.floor, min(self.rate * (CUT_NEAR if near else CUT_FAR), self.answered * CUT_NEAR))
         self.changed = now
         self._since, self._used = now, 0.0
         return True
@@ -149,7 +164,7 @@ class Bucket:
                 assert self.shared is not None
                 await self.shared.acquire(b.name, rate, units)
                 if b is self.tuned:
-                    self.tuner.peers = self.shared.peers(b.name)
+                    self.tuner.peers, self.tuner.cluster = self.shared.peers(b.name), self.shared.flow(b.name)
                 continue
             if b.slots is None:  # no limit configured, one found: this gateway's own
                 b.slots = LocalSlots(rate, LOCAL_BURST_SECONDS)
@@ -162,3 +177,9 @@ class Bucket:
         units = cost if self.tuned.compute_units else 1.0
         self.tuner.sent(now, units)
         return now, units
+
+    def answered(self, now: float, units: float) -> None:
+        """A request sent at the tuned unit's cost `units` was answered (not rate-limited)."""
+        self.tuner.accepted(now, units)
+        if self.shared is not None and self.tuned.configured is not None:
+            self.shared.answered(self.tuned.name, units)

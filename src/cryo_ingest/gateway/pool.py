@@ -124,6 +124,7 @@ class Upstream:
         return {
             "requests": self.requests,
             "retries": self.retries,
+            "resent": self.client.resent,  # on a new connection, the kept-alive one having closed (not retries)
             "errors": dict(sorted(self.errors.items())),
             "http_429": self.errors.get("http_429", 0),
             "p50_ms": None if p50 is None else round(p50 * 1000, 2),
@@ -437,7 +438,7 @@ class Pool:
 
     def _succeeded(self, up: Upstream, elapsed: float, units: float) -> None:
         up.succeed(elapsed)
-        up.bucket.tuner.accepted(time.monotonic(), units)
+        up.bucket.answered(time.monotonic(), units)
         self._down = False
 
     def _disable(self, up: Upstream, reason: str, detail: str = "") -> None:

@@ -74,6 +74,7 @@ class Client:
         self._head = ("\r\n".join(head) + "\r\nContent-Length: ").encode()
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
+        self.resent = 0  # requests sent again after a stale connection closed on them
 
     async def post(self, body: bytes) -> Answer:
         """One request and its reply. A connection idle for STALE_SECONDS or more that closes before
@@ -85,6 +86,7 @@ class Client:
                 answer = await conn.exchange(message)
             except _Unanswered:
                 if idle >= STALE_SECONDS:
+                    self.resent += 1
                     continue
                 raise ConnectionFailed("the connection closed before an answer") from None
             except BaseException:
