@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -150,11 +151,11 @@ def _run_tasks(
     on_partition: Callable[[PartitionResult], None] | None,
 ) -> None:
     """At most `at_once` partitions in flight; a worker that dies breaks the pool, failing the partitions left."""
-    queue = list(tasks)
+    queue = deque(tasks)
     running: dict[Future[PartitionResult], Task] = {}
     while queue or running:
         while queue and len(running) < at_once:
-            task = queue.pop(0)
+            task = queue.popleft()
             try:
                 running[pool.submit(workers.run_in_worker, task)] = task
             except BrokenProcessPool:

@@ -14,14 +14,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from ..budget import SharedBudget
 from ..config import Endpoint
 from ..errors import RpcError, redact
 from . import logs
 from .budgets import Bucket
-from .replies import GAVE_UP, Reply, body_text, describe_error, error, scrubbed, shorten
+from .replies import GAVE_UP, Reply, body_text, describe_error, encode, error, scrubbed, shorten
 from .upstream import Client, ConnectFailed
 
 log = logging.getLogger("cryo_ingest.gateway")
@@ -312,7 +310,7 @@ class Pool:
 
     async def _pick(self, tried: set[str], deadline: float) -> Upstream | None:
         """An endpoint with capacity, weighted by weight and recent latency; fresh ones first."""
-        if len(self.upstreams) == 1 and self.upstreams[0].disabled is None and self.upstreams[0].usable(time.monotonic()):
+        if len(self.upstreams) == 1 and self.upstreams[0].usable(time.monotonic()):
             return self.upstreams[0]  # an own node alone: the common case, on every request
         while True:
             now = time.monotonic()
@@ -350,7 +348,7 @@ class Pool:
             up.requests += 1
             try:
                 async with asyncio.timeout(self.timeout):
-                    answer = await up.client.post(_encoded(req))
+                    answer = await up.client.post(encode(req))
             except TimeoutError:
                 raise self._failed(up, req, "timeout", f"no answer in {self.timeout:g} s") from None
             except OSError as exc:
@@ -447,13 +445,6 @@ class Pool:
             up.errors["auth"] += 1
             up.last_failure = f"{reason} ({detail})" if detail else reason
             log.error("endpoint %s refused our credentials (%s): out of the pool for this run", up.name, up.last_failure)
-
-
-def _encoded(req: dict[str, Any]) -> bytes:
-    try:
-        return orjson.dumps(req)
-    except TypeError:  # what orjson refuses and the stdlib writes: an integer beyond 64 bits
-        return json.dumps(req).encode()
 
 
 def _retry_after(value: str | None) -> float:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
+
 from ..errors import redact
 
 # What the gateway answers Cryo when a request's retries are spent (logged where it happens).
@@ -23,8 +25,14 @@ def error(req_id: Any, message: str, code: int = -32000) -> dict[str, Any]:
 
 
 def encode(obj: Any) -> bytes:
+    """A request or a reply as sent: a reply received unchanged as it came."""
     raw = obj.raw if isinstance(obj, Reply) else None
-    return raw if raw is not None else json.dumps(obj, separators=(",", ":")).encode()
+    if raw is not None:
+        return raw
+    try:
+        return orjson.dumps(obj)
+    except TypeError:  # what orjson refuses and the stdlib writes: an integer beyond 64 bits
+        return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def shorten(text: str, limit: int = 300) -> str:
