@@ -277,7 +277,9 @@ class DagNode(BaseModel):
     config: NodeConfig
     scaling: Scaling = Field(default_factory=Scaling)
     output_dataset: str | None = None
-    timeout_seconds: PositiveInt | None = None
+    # A partition still running after this is killed and its attempt counts; left out, an hour
+    # (the spec's example), so that a hung partition never holds its lease and its request forever.
+    timeout_seconds: PositiveInt = 3600
 
     @field_validator("operator")
     @classmethod

@@ -25,7 +25,7 @@ from .storage import Store
 
 log = logging.getLogger("cryo_ingest.events")
 
-# Above this many events, one listing of the dataset beats one conditional PUT per event.
+# Above this many events, a listing of the blocks they cover beats one conditional PUT per event.
 LIST_FIRST = 64
 
 
@@ -138,7 +138,11 @@ def _put_new(store: Store, name: str, events: list[Event]) -> list[Event]:
     if len(events) > LIST_FIRST:
         held = set()
         for chain_ds in {f"{e.chain_id}/{e.dataset}/" for e in events}:
-            held |= {k.removeprefix(prefix).removesuffix(".json") for k in store.list(prefix + chain_ds)}
+            starts = [f"{e.start_block:012}" for e in events if e.key.startswith(chain_ds)]
+            # the keys that share the events' first digits: the blocks they cover, not the dataset's history
+            lo, hi = min(starts), max(starts)
+            common = lo[: next((i for i, (a, b) in enumerate(zip(lo, hi, strict=True)) if a != b), len(lo))]
+            held |= {k.removeprefix(prefix).removesuffix(".json") for k in store.list(prefix + chain_ds + common)}
         events = [e for e in events if e.key not in held]
 
     def put(event: Event) -> bool:

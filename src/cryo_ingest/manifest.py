@@ -12,6 +12,7 @@ content writes nothing. The format is documented in docs/manifest.md; keep the k
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
@@ -73,6 +74,11 @@ def shard_path(start: int, chunk_size: int) -> str:
     return f"manifest/{lo:08}_{lo + shard_span(chunk_size) - 1:08}.json"
 
 
+def shard_start(shard: str) -> int:
+    """The first block of a shard's span, from its name (`manifest/{lo:08}_{hi:08}.json`)."""
+    return int(shard.rsplit("/", 1)[-1].split("_", 1)[0])
+
+
 def _dir(chain_id: int, dataset: str) -> str:
     return f"cold/{chain_id}/{dataset}/"
 
@@ -94,7 +100,9 @@ def _entries(doc: dict[str, Any], where: str) -> dict[int, Entry]:
         raise IngestError(f"manifest {where} is unreadable: {err}") from None
 
 
-def encode_index(m: Manifest, shards: list[str]) -> bytes:
+def encode_index(m: Manifest, shards: list[str], complete: list[str] | None = None) -> bytes:
+    """`complete`: the shards that hold all SHARD_CHUNKS entries. Entries are never removed, so a
+    shard once complete stays so, and a reader that plans or measures coverage skips it unread."""
     doc = {
         **m.header(FORMAT),
         "chunk_size": m.chunk_size,
@@ -102,6 +110,7 @@ def encode_index(m: Manifest, shards: list[str]) -> bytes:
         "cryo_version": m.cryo_version,
         "schema": m.schema,
         "shards": sorted(shards),
+        "complete": sorted(complete or ()),
     }
     return (json.dumps(doc, indent=1) + "\n").encode()
 
@@ -128,10 +137,9 @@ def load(store: Store, chain_id: int, dataset: str, blocks: tuple[int, int] | No
         return None
     m = Manifest(chain_id, dataset, index["chunk_size"], index["schema"], index["cryo_version"])
     shards = index["shards"]
-    if blocks is not None:
-        wanted = {shard_path(b, m.chunk_size) for b in range(blocks[0], blocks[1] + 1, shard_span(m.chunk_size))}
-        wanted.add(shard_path(blocks[1], m.chunk_size))
-        shards = [s for s in shards if s in wanted]
+    if blocks is not None:  # by the listed shards' spans: a range up to block 10^12 costs what is listed
+        lo = blocks[0] - blocks[0] % shard_span(m.chunk_size)
+        shards = [s for s in shards if lo <= shard_start(s) <= blocks[1]]
 
     def read(shard: str) -> dict[int, Entry]:
         where = _dir(chain_id, dataset) + shard
@@ -194,31 +202,39 @@ def add(
     for entry in entries:
         by_shard.setdefault(shard_path(entry.start_block, chunk_size), []).append(entry)
     changed: list[Entry] = []
+    complete: set[str] = set()
     for shard, items in sorted(by_shard.items()):
-        changed += _add_to_shard(store, meta, shard, items, overwrite_conflicts)
+        added, full = _add_to_shard(store, meta, shard, items, overwrite_conflicts)
+        changed += added
+        if full:
+            complete.add(shard)
     if not by_shard.keys() <= set(index["shards"] if index else ()):
         crash_point("mid-index")  # a shard holds the entries; the index does not list it yet
 
     def list_shards(current: bytes | None) -> bytes | None:
         doc = _parse(current, FORMAT, key(chain_id, dataset)) if current is not None else None
         listed = set(doc["shards"]) if doc else set()
-        if doc is not None and listed >= by_shard.keys():
+        marked = set(doc.get("complete", ())) if doc else set()
+        if doc is not None and listed >= by_shard.keys() and marked >= complete:
             return None
         if doc is not None and doc["schema"] != schema:
             raise ConflictError(f"conflict: {dataset}: schema changed while recording; nothing listed")
-        return encode_index(meta, sorted(listed | by_shard.keys()))
+        return encode_index(meta, sorted(listed | by_shard.keys()), sorted(marked | complete))
 
     store.update(key(chain_id, dataset), list_shards)
     return changed
 
 
-def _add_to_shard(store: Store, meta: Manifest, shard: str, entries: list[Entry], overwrite: bool) -> list[Entry]:
+def _add_to_shard(store: Store, meta: Manifest, shard: str, entries: list[Entry], overwrite: bool) -> tuple[list[Entry], bool]:
+    """The entries changed, and whether the shard now holds every chunk of its span."""
     where = _dir(meta.chain_id, meta.dataset) + shard
     changed: list[Entry] = []
+    full = [False]
 
     def change(current: bytes | None) -> bytes | None:
         changed.clear()
         files = _entries(_parse(current, SHARD_FORMAT, where), where) if current is not None else {}
+        full[0] = len(files) >= SHARD_CHUNKS
         for entry in entries:
             old = files.get(entry.start_block)
             if old == entry:
@@ -231,6 +247,7 @@ def _add_to_shard(store: Store, meta: Manifest, shard: str, entries: list[Entry]
                 )
             files[entry.start_block] = entry
             changed.append(entry)
+        full[0] = len(files) >= SHARD_CHUNKS
         if not changed:
             return None
         breaks = continuity_breaks(
@@ -241,7 +258,7 @@ def _add_to_shard(store: Store, meta: Manifest, shard: str, entries: list[Entry]
         return encode_shard(meta, files)
 
     store.update(where, change)
-    return list(changed)
+    return list(changed), full[0]
 
 
 def _with_neighbours(store: Store, meta: Manifest, files: dict[int, Entry], changed: list[Entry]) -> dict[int, Entry]:
@@ -262,3 +279,85 @@ def _with_neighbours(store: Store, meta: Manifest, files: dict[int, Entry], chan
             if data is not None:
                 out.update(_entries(_parse(data, SHARD_FORMAT, where), where))
     return out
+
+
+class View:
+    """One dataset's manifest as a long-lived reader (a runner, a source, `status`) keeps it.
+
+    Each `refresh` costs one conditional GET of the index; a shard is then read only when asked
+    for, at most once per refresh, and with its ETag, so an unchanged one costs a 304 and no
+    parse. Shards the index marks complete are never read: every chunk of their span is there.
+    So what a poll pays follows the blocks it asks about, not the archive's length.
+    """
+
+    def __init__(self, store: Store, chain_id: int, dataset: str) -> None:
+        self.store, self.chain_id, self.dataset = store, chain_id, dataset
+        self._index: dict[str, Any] | None = None
+        self._index_tag: str | None = None
+        self._shards: dict[str, tuple[str | None, dict[int, Entry]]] = {}
+        self._fresh: set[str] = set()
+        self._listed: set[str] = set()
+        self._complete: set[str] = set()
+
+    def refresh(self) -> None:
+        got = self.store.get_if_changed(key(self.chain_id, self.dataset), self._index_tag)
+        self._fresh.clear()
+        if got is None:
+            return
+        data, self._index_tag = got
+        self._index = None if data is None else _parse(data, FORMAT, key(self.chain_id, self.dataset))
+        self._listed = set(self._index["shards"]) if self._index else set()
+        self._complete = set(self._index.get("complete", ())) if self._index else set()
+
+    @property
+    def chunk_size(self) -> int | None:
+        return int(self._index["chunk_size"]) if self._index else None
+
+    @property
+    def shards(self) -> list[str]:
+        return sorted(self._listed)
+
+    def complete(self, shard: str) -> bool:
+        return shard in self._complete
+
+    def check_grid(self, chunk_size: int) -> None:
+        if self.chunk_size is not None:
+            check_grid(Manifest(self.chain_id, self.dataset, self.chunk_size), chunk_size)
+
+    def first(self) -> int | None:
+        """The first archived chunk's start block; None for an empty archive."""
+        for shard in self.shards:
+            if shard in self._complete:
+                return shard_start(shard)
+            if entries := self.entries(shard):
+                return min(entries)
+        return None
+
+    def entries(self, shard: str) -> dict[int, Entry]:
+        """The shard's entries by start block; {} for a shard the index does not list."""
+        if shard not in self._listed:
+            return {}
+        tag, entries = self._shards.get(shard, (None, {}))
+        if shard not in self._fresh:
+            where = _dir(self.chain_id, self.dataset) + shard
+            got = self.store.get_if_changed(where, tag)
+            if got is not None:
+                data, tag = got
+                if data is None:
+                    raise IngestError(f"manifest {key(self.chain_id, self.dataset)} lists {shard}, which is missing")
+                entries = _entries(_parse(data, SHARD_FORMAT, where), where)
+                self._shards[shard] = (tag, entries)
+            self._fresh.add(shard)
+        return entries
+
+    def held(self, lo: int, hi: int) -> Collection[int]:
+        """The start blocks of the chunks archived in lo..hi, which lie on the grid within one shard."""
+        size = self.chunk_size
+        if size is None:
+            return ()
+        shard = shard_path(lo, size)
+        if shard in self._complete:
+            return range(lo, hi + 1, size)
+        if shard not in self._listed:
+            return ()
+        return {s for s in self.entries(shard) if lo <= s <= hi}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from obstore.exceptions import (
     AlreadyExistsError,
     BaseError,
     NotFoundError,
+    NotModifiedError,
     PermissionDeniedError,
     PreconditionError,
     UnauthenticatedError,
@@ -96,6 +97,32 @@ class Store:
         except BaseError as err:
             raise _storage_error("read", key, err) from None
 
+    def get_if_changed(self, key: str, e_tag: str | None) -> tuple[bytes | None, str | None] | None:
+        """The object and its ETag, or None when its ETag is still `e_tag` (a 304: no body sent).
+
+        What lets a long-lived reader (a runner's manifest cache) pay a request, not a download and
+        a parse, for each object that did not change. (None, None): there is no such object.
+        """
+        if self._absent_locally():
+            return None, None
+        try:
+            result = obstore.get(self.store, key, options={"if_none_match": e_tag} if e_tag else None)
+            return bytes(result.bytes()), result.meta.get("e_tag")
+        except NotModifiedError:
+            return None
+        except (NotFoundError, FileNotFoundError):
+            return None, None
+        except BaseError as err:
+            raise _storage_error("read", key, err) from None
+
+    def delete(self, key: str) -> None:
+        try:
+            obstore.delete(self.store, key)
+        except (NotFoundError, FileNotFoundError):
+            return
+        except BaseError as err:
+            raise _storage_error("delete", key, err) from None
+
     def head(self, key: str) -> int | None:
         if self._absent_locally():
             return None
@@ -167,11 +194,17 @@ class Store:
         finally:
             lock.release()
 
-    def list(self, prefix: str) -> list[str]:
+    def list(self, prefix: str, offset: str | None = None) -> list[str]:
+        """Keys under `prefix`, sorted; after `offset` where given (S3 and GCS then list only those)."""
+        return [m["path"] for m in self.list_meta(prefix, offset)]
+
+    def list_meta(self, prefix: str, offset: str | None = None) -> Sequence[dict[str, Any]]:
+        """Keys with their ETags: a poll can tell which objects changed without reading them."""
         if self._absent_locally():
             return []
         try:
-            return [m["path"] for batch in obstore.list(self.store, prefix) for m in batch]
+            metas: list[Any] = [m for batch in obstore.list(self.store, prefix, offset=offset, chunk_size=1000) for m in batch]
+            return sorted(metas, key=lambda m: str(m["path"]))
         except (NotFoundError, FileNotFoundError):
             return []
         except BaseError as err:

@@ -67,35 +67,62 @@ def key(dataset: str, request_id: str) -> str:
     return f"{dataset_prefix(dataset)}{request_id}.json"
 
 
+def arrivals_prefix(dataset: str) -> str:
+    """Where each put of a request leaves a key named by the time it came: `{day}/{time}-{id}`.
+
+    A consumer follows this log from where it last looked (one listing of today's folder), so
+    finding new requests costs what came in, not every request the dataset ever held.
+    """
+    return f"datasets/{dataset}/arrivals/"
+
+
+def arrival_key(dataset: str, request_id: str, at: datetime) -> str:
+    return f"{arrivals_prefix(dataset)}{at:%Y-%m-%d}/{at:%H%M%S.%f}-{request_id}"
+
+
+def arrival_id(key: str) -> str:
+    return key.rsplit("/", 1)[-1].split("-", 1)[1]
+
+
 def put(store: Store, dataset: str, request: Request) -> bool:
-    """Store the request unless one with its id exists; True if it is new."""
+    """Store the request unless one with its id exists, then its arrival; True if it is new.
+
+    The arrival is written even when the request existed: putting it again is how a request
+    whose writer died between the two is announced (a consumer ignores arrivals of requests it
+    has seen).
+    """
     if not re.match(ID_PATTERN, request.id):
         raise ConfigError(f"invalid request: id: {request.id!r} must match {ID_PATTERN}")
     body = json.dumps(request.model_dump(mode="json"), sort_keys=True).encode() + b"\n"
-    return store.put_new(key(dataset, request.id), body)
+    new = store.put_new(key(dataset, request.id), body)
+    store.put_new(arrival_key(dataset, request.id, datetime.now(UTC)), b"")
+    return new
 
 
-def read(store: Store, dataset: str) -> list[tuple[str, Request | str]]:
-    """Every event of the dataset by id: the request, or why it is not one (someone else wrote it)."""
+def parse(event_id: str, data: bytes | None) -> Request | str:
+    """The request an event object holds, or why it is not one (someone else wrote it)."""
+    try:
+        doc = json.loads(data or b"")
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        request = Request(**doc)
+        if request.id != event_id:
+            raise ValueError(f"id {request.id!r} differs from the object's name")
+        return request
+    except ValidationError as err:
+        first = err.errors()[0]
+        return f"{'.'.join(str(p) for p in first['loc']) or 'event'}: {first['msg']}"
+    except ValueError as err:
+        return f"malformed event: {str(err)[:200]}"
+
+
+def get(store: Store, dataset: str, event_id: str) -> Request | str | None:
+    data = store.get(key(dataset, event_id))
+    return None if data is None else parse(event_id, data)
+
+
+def ids(store: Store, dataset: str) -> list[str]:
+    """Every event id of the dataset: a listing, no reads (a runner's start-up scan)."""
     prefix = dataset_prefix(dataset)
-    out: list[tuple[str, Request | str]] = []
-    for path in sorted(store.list(prefix)):
-        name = path.removeprefix(prefix)
-        if not name.endswith(".json") or "/" in name:
-            continue
-        event_id = name.removesuffix(".json")
-        data = store.get(path)
-        try:
-            doc = json.loads(data or b"")
-            if not isinstance(doc, dict):
-                raise ValueError("not a JSON object")
-            request = Request(**doc)
-            if request.id != event_id:
-                raise ValueError(f"id {request.id!r} differs from the object's name")
-            out.append((event_id, request))
-        except ValidationError as err:
-            first = err.errors()[0]
-            out.append((event_id, f"{'.'.join(str(p) for p in first['loc']) or 'event'}: {first['msg']}"))
-        except ValueError as err:
-            out.append((event_id, f"malformed event: {str(err)[:200]}"))
-    return out
+    names = (p.removeprefix(prefix) for p in store.list(prefix))
+    return [n.removesuffix(".json") for n in names if n.endswith(".json") and "/" not in n]

@@ -42,6 +42,9 @@ class Executor(Protocol[T]):
     def stop(self, tag: T) -> None:
         """Kill the partition now; its lease is the caller's to release."""
 
+    def kill(self, tag: T) -> None:
+        """Kill the partition, from any thread: it then ends through `wait` like any other."""
+
     def metrics(self) -> dict[str, Any]:
         """The gateway's metrics by endpoint, where the gateway is in this process."""
 
@@ -90,6 +93,11 @@ class Local:
             if run.tag is tag:
                 self.dispatcher.stop(run)
                 return
+
+    def kill(self, tag: Any) -> None:
+        for run in list(self.dispatcher.running):
+            if run.tag is tag:
+                run.process.kill()  # a signal: safe beside the loop's wait
 
     def metrics(self) -> dict[str, Any]:
         return self._gw.metrics() if self._gw is not None else {}

@@ -1,11 +1,17 @@
 """A cryo_ingest node as the spec runs it: reactive, PerPartition, bounded, killed at its timeout.
 
 One runner per process (several may serve one node on one root, on one machine or many). Each
-poll it reads the input datasets' requests, plans each open one on the chunk grid, claims the
-lease of each partition cell it can run (compare-and-swap on the store), and runs the partition
-through its executor (executor.py: in a process of its own here, or on a Dask cluster). Partitions
-write their chunks and their events themselves; the runner renews its leases, retries failures
-with backoff, and moves requests to done, waiting (not final yet) or failed.
+poll it takes in the requests that arrived (intake.py), reads the open requests' states, looks
+at each open request over ranges of chunks (plan.outlook, against a cached view of the
+manifests), claims the lease of each cell it can run (compare-and-swap on the store), and runs
+the partition through its executor (executor.py: in a process of its own here, or on a Dask
+cluster). Partitions write their chunks and their events themselves; the runner moves requests
+to done, waiting (not final yet) or failed. A poll costs what the open work costs: done
+requests, old leases, events and archived chunks are not read (docs/operator.md, "Scale").
+
+Leases, timeouts and SIGTERM are watched by a thread of their own (`_Watch`), so that neither a
+slow poll nor a slow store lets a lease lapse or a partition outlive its timeout. A store error
+anywhere is logged and retried; it never ends the runner.
 """
 
 from __future__ import annotations
@@ -19,17 +25,24 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from filelock import Timeout as LockTimeout
+
 from .. import events, manifest
 from ..config import DagNode, Job
-from ..errors import IngestError, redact
-from ..plan import Chunk, Partition, high_water, make_plan
+from ..errors import ConfigError, IngestError, redact
+from ..plan import Partition, contiguous_through, outlook
 from ..storage import Store, open_store
 from ..task import PartitionResult, Task
 from . import datasets, requests
 from .datasets import Request
 from .executor import Executor
+from .intake import Intake
 
 log = logging.getLogger("cryo_ingest.node")
+
+# What a loop turn catches and retries: the store's errors (after obstore's own retries), a lock
+# on a local root held too long, a gateway that cannot answer the final head.
+TRANSIENT = (IngestError, LockTimeout, OSError)
 
 
 def runner_id() -> str:
@@ -42,21 +55,25 @@ class Stats:
 
     partitions: dict[str, int] = field(default_factory=lambda: {"ok": 0, "failed": 0, "timed_out": 0, "stopped": 0})
     blocks: int = 0
-    remaining: dict[tuple[str, int], int] = field(default_factory=dict)  # (request, cell) -> blocks left, as last planned
+    remaining: dict[str, int] = field(default_factory=dict)  # by request: final blocks not archived, as last looked at
     busy_seconds: float = 0.0  # time with partitions running: the rate's denominator, so idle time does not dilute it
     failed_requests: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
     heartbeat: float = field(default_factory=time.monotonic)  # the loop's last turn, for /healthz
     lag: dict[str, int] = field(default_factory=dict)  # by dataset: final head - contiguous high-water mark
-    requests: dict[str, int] = field(default_factory=dict)  # by state
+    requests: dict[str, int] = field(default_factory=dict)  # open requests by state
+    store_errors: int = 0
 
 
-@dataclass
+@dataclass(eq=False)
 class _Claim:
     request: Request
     cell: int
     partition: Partition
+    expires: float  # the lease's, as last written (wall clock)
+    deadline: float  # timeout_seconds after the start (monotonic)
     last_renewal: float = field(default_factory=time.monotonic)
+    ended: str = ""  # set by the watch when it killed the partition: "lost", "timed_out", "stopped"
 
 
 class Runner:
@@ -71,50 +88,83 @@ class Runner:
         self.executor = executor
         self.stats = Stats()
         self.slots = 1 if node.scaling.mode == "steady" else node.scaling.max_concurrency
+        self.views: dict[str, manifest.View] = {d: manifest.View(self.store, job.chain_id, d) for d in job.datasets}
+        self.intake = Intake(self.store, node.name, node.input_datasets)
+        self.open = requests.OpenStates(self.store, node.name)
+        self.bodies: dict[str, Request | str] = {}  # requests are immutable: read once per runner
+        self.exhausted: dict[str, dict[int, str]] = {}  # by request: cells out of attempts, with their last error
+        self.unfinished: list[tuple[_Claim, PartitionResult]] = []  # ended partitions whose bookkeeping failed
 
     @property
     def cell_span(self) -> int:
         return self.job.chunk_size * self.job.chunks_per_partition
 
     @property
+    def window(self) -> int:
+        return manifest.shard_span(self.job.chunk_size)
+
+    @property
     def stall_seconds(self) -> float:
-        """A loop that has not turned for this long is stuck (a pass can take a while on a big archive)."""
+        """A loop that has not turned for this long is stuck."""
         return 3 * self.cfg.poll_seconds + self.cfg.lease_seconds
+
+    @property
+    def timeout(self) -> float:
+        return float(self.node.timeout_seconds)
 
     def gateway_metrics(self) -> dict[str, Any]:
         return self.executor.metrics()
+
+    def held(self, dataset: str, lo: int, hi: int) -> Any:
+        return self.views[dataset].held(lo, hi)
 
     # ---- the loop -----------------------------------------------------------------------------
 
     def run(self) -> int:
         """Exit code: 0 every request it took is done or waiting, 1 one failed."""
         self.store.check_access()
-        with self.executor:
-            idle_since, next_tick = time.monotonic(), 0.0
+        with self.executor, _Watch(self):
+            idle_since, next_tick, pause = time.monotonic(), 0.0, 0.0
             while not self.stop.is_set():
                 self.stats.heartbeat = time.monotonic()
                 busy = bool(self.executor.running)
-                ended = self.executor.wait(min(self.cfg.poll_seconds, self.cfg.lease_seconds / 3))
+                ended = self.executor.wait(max(pause, min(self.cfg.poll_seconds, self.cfg.lease_seconds / 3)))
                 if busy:
                     self.stats.busy_seconds += time.monotonic() - self.stats.heartbeat
-                for claim, result in ended:
-                    self._finish(claim, result)
-                self._heartbeat()
+                self.unfinished += ended
+                self._finish_all()
                 if self.stop.is_set():
                     break
                 if ended or time.monotonic() >= next_tick:
                     try:
                         open_work = self._tick()
-                    except IngestError as err:
-                        log.warning("%s: %s (retrying)", self.node.name, err)
+                        pause = 0.0
+                    except ConfigError:
+                        raise
+                    except TRANSIENT as err:
+                        self.stats.store_errors += 1
+                        pause = min(30.0, max(1.0, 2 * pause))
+                        log.warning("%s: %s (retrying in %.0f s)", self.node.name, redact(str(err)), pause)
                         open_work = True
                     next_tick = time.monotonic() + self.cfg.poll_seconds
-                    if open_work or self.executor.running:
+                    if open_work or self.executor.running or self.unfinished:
                         idle_since = time.monotonic()
                     elif self.idle_timeout is not None and time.monotonic() - idle_since >= self.idle_timeout:
                         break
             self._shutdown()
         return 1 if self.stats.failed_requests else 0
+
+    def _finish_all(self) -> None:
+        """Each ended partition's bookkeeping; one the store refused stays queued for the next turn."""
+        left = []
+        for claim, result in self.unfinished:
+            try:
+                self._finish(claim, result)
+            except TRANSIENT as err:
+                self.stats.store_errors += 1
+                log.warning("%s: partition %s: %s (retrying)", self.node.name, _span(claim.partition), redact(str(err)))
+                left.append((claim, result))
+        self.unfinished = left
 
     def _shutdown(self) -> None:
         """Let running partitions finish within the grace period, then kill them and release their leases."""
@@ -122,52 +172,59 @@ class Runner:
             log.info("%s: stopping: %d partition(s) running", self.node.name, len(self.executor.running))
         deadline = time.monotonic() + (self.cfg.grace_seconds if self.stop.is_set() else 0)
         while self.executor.running and time.monotonic() < deadline:
-            for claim, result in self.executor.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
-                self._finish(claim, result)
-            self._heartbeat()
+            self.unfinished += self.executor.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+            self._finish_all()
         for claim in list(self.executor.running):
             self.executor.stop(claim)
-            requests.release(self.store, self.node.name, claim.cell, self.id, "stopped")
-            self.stats.partitions["stopped"] += 1
-            log.info("%s: partition %s stopped, lease released", self.node.name, _span(claim.partition))
-
-    def _heartbeat(self) -> None:
-        for claim in list(self.executor.running):
-            if time.monotonic() - claim.last_renewal < self.cfg.lease_seconds / 3:
-                continue
-            if requests.renew(self.store, self.node.name, claim.cell, self.id, self.cfg.lease_seconds):
-                claim.last_renewal = time.monotonic()
-            else:  # it expired (we stalled) and another runner took it: it runs there now, not here
-                log.warning("%s: lease of partition %s lost: stopping it here", self.node.name, _span(claim.partition))
-                self.executor.stop(claim)
+            claim.ended = "stopped"
+            self.unfinished.append((claim, PartitionResult(claim.partition, error="stopped")))
+        self._finish_all()  # one try; a lease the store did not let go of expires within lease_seconds
 
     # ---- requests -----------------------------------------------------------------------------
 
     def _tick(self) -> bool:
-        """One pass over the requests; True while some request has work that is not waiting on finality."""
+        """One pass over the open requests; True while some request has work that is not waiting on finality."""
         final = self.executor.final_head()
-        archived: dict[str, set[int]] = {
-            d: set(m.files) if (m := manifest.load(self.store, self.job.chain_id, d)) else set() for d in self.job.datasets
-        }
-        states = requests.load_states(self.store, self.node.name)
-        self.stats.lag = {d: final - high_water([held], self.job.chunk_size) for d, held in archived.items()}
+        for view in self.views.values():
+            view.refresh()
+            view.check_grid(self.job.chunk_size)
+        self.intake.poll()
+        states = self.open.read()
+        self._measure_lag(final)
         self.stats.requests = {}
-        self.stats.remaining = {}
+        for s in states.values():
+            self.stats.requests[s.state] = self.stats.requests.get(s.state, 0) + 1
+        self.stats.remaining = {k: v for k, v in self.stats.remaining.items() if k in states}
         open_work = False
-        for name in self.node.input_datasets:
-            for request_id, request in datasets.read(self.store, name):
-                state = states.get(request_id) or requests.State(request_id)
-                self.stats.requests[state.state] = self.stats.requests.get(state.state, 0) + 1
-                if state.terminal:
-                    continue
-                problem = request if isinstance(request, str) else self._mismatch(request)
-                if problem:
-                    log.warning("%s: event %s in %s is invalid: %s", self.node.name, request_id, name, problem)
-                    requests.set_state(self.store, self.node.name, request_id, "invalid", problem, self.id)
-                    continue
-                assert isinstance(request, Request)
-                open_work |= self._advance(request, final, archived)
+        bodies = {s.id: self._body(s) for s in states.values()}
+        for state in sorted(states.values(), key=lambda s: (_created(bodies[s.id]), s.id)):  # oldest first
+            if self.stop.is_set():
+                break
+            request = bodies[state.id]
+            problem = request if isinstance(request, str) else self._mismatch(request)
+            if problem:
+                log.warning("%s: event %s is invalid: %s", self.node.name, state.id, problem)
+                requests.set_state(self.store, self.node.name, state.id, "invalid", problem, self.id)
+                continue
+            assert isinstance(request, Request)
+            open_work |= self._advance(request, final)
         return open_work
+
+    def _body(self, state: requests.State) -> Request | str:
+        if state.id not in self.bodies:
+            found: Request | str | None = None
+            for dataset in [state.dataset] if state.dataset else self.node.input_datasets:
+                if (found := datasets.get(self.store, dataset, state.id)) is not None:
+                    break
+            self.bodies[state.id] = "no such request in the input datasets" if found is None else found
+        return self.bodies[state.id]
+
+    def _measure_lag(self, final: int) -> None:
+        """Final head minus the contiguous high-water mark, from each dataset's first archived chunk."""
+        for d, view in self.views.items():
+            base = view.first()
+            through = -1 if base is None else contiguous_through(self.held, (d,), self.job.chunk_size, self.window, base)
+            self.stats.lag[d] = final - through
 
     def _mismatch(self, r: Request) -> str:
         if r.chain_id != self.job.chain_id:
@@ -175,45 +232,54 @@ class Runner:
         extra = [d for d in r.datasets or () if d not in self.job.datasets]
         return f"dataset {extra[0]} is not among node {self.node.name}'s datasets" if extra else ""
 
-    def _advance(self, r: Request, final: int, archived: dict[str, set[int]]) -> bool:
+    def _advance(self, r: Request, final: int) -> bool:
         datasets_ = tuple(r.datasets or self.job.datasets)
-        plan = make_plan(r.start_block, r.end_block, self.job.chunk_size, datasets_, archived, final, False, 1)
-        cells: dict[int, list[Partition]] = {}
-        for p in plan.partitions:
-            cells.setdefault(p.start // self.cell_span, []).append(p)
-            key = (r.id, p.start // self.cell_span)
-            self.stats.remaining[key] = self.stats.remaining.get(key, 0) + p.end - p.start + 1
-        here = {c.cell for c in self.executor.running if c.request.id == r.id}
-        if not cells and not here:
-            if plan.pending:
-                reason = f"{len(plan.pending)} chunk(s) from block {plan.pending[0].start} on not final yet (final head {final})"
+        running = {c.cell for c in self.executor.running}
+        mine = {c.cell for c in self.executor.running if c.request.id == r.id}
+        exhausted = self.exhausted.setdefault(r.id, {})
+        look = outlook(
+            r.start_block,
+            r.end_block,
+            self.job.chunk_size,
+            self.job.chunks_per_partition,
+            self.window,
+            datasets_,
+            self.held,
+            final,
+            limit=self.slots + 2 * len(running) + 8,  # room past the cells other runners hold
+            skip=running | exhausted.keys(),
+        )
+        self.stats.remaining[r.id] = look.missing_blocks
+        if not look.cells and not look.skipped:
+            if look.pending_from is not None:
+                last = r.end_block - r.end_block % self.job.chunk_size + self.job.chunk_size - 1
+                reason = f"blocks {look.pending_from}-{last} not final yet"
                 requests.set_state(self.store, self.node.name, r.id, "waiting", reason, self.id)
                 return False
             self._complete(r, datasets_)
             return False
-        exhausted: list[str] = []
-        for cell, parts in sorted(cells.items()):
-            if cell in here or len(self.executor.running) >= self.slots:
-                continue
+        for cell, part in look.cells.items():
+            if len(self.executor.running) >= self.slots or self.stop.is_set():
+                break
             if self.node.scaling.mode == "steady" and self.executor.running:
                 break
-            lease = requests.claim(self.store, self.node.name, cell, r.id, self.id, self.cfg.lease_seconds, self.cfg.attempts)
+            lease, found = requests.claim(
+                self.store, self.node.name, cell, r.id, r.created_at, self.id, self.cfg.lease_seconds, self.cfg.attempts
+            )
             if lease is None:
-                held = requests.read_lease(self.store, self.node.name, cell)
-                if held.request == r.id and held.attempts >= self.cfg.attempts and not held.held_by_other(self.id, time.time()):
-                    exhausted.append(f"partition {_span(_merge(parts))}: {held.last_error}")
+                if found.attempts >= self.cfg.attempts and not found.held(time.time()):
+                    exhausted[cell] = f"partition {_span(part)}: {found.last_error}"
                 continue
-            self._start(r, cell, _merge(parts), datasets_)
-            here.add(cell)
-        if exhausted and len(exhausted) == len(cells) and not here:
-            reason = f"failed after {self.cfg.attempts} attempts: {exhausted[0]}"
-            if requests.set_state(self.store, self.node.name, r.id, "failed", reason, self.id).state == "failed":
-                log.error("%s: request %s failed: %s", self.node.name, r.id, redact(reason))
-                self.stats.failed_requests.append(r.id)
+            self._start(r, cell, part, datasets_, lease.expires)
+            mine.add(cell)
+        with_work = set(look.cells) | look.skipped
+        if not mine and with_work and with_work <= exhausted.keys():
+            reason = f"failed after {self.cfg.attempts} attempts: {exhausted[min(with_work)]}"
+            self._fail(r, reason, datasets_)
             return False
         return True
 
-    def _start(self, r: Request, cell: int, part: Partition, datasets_: tuple[str, ...]) -> None:
+    def _start(self, r: Request, cell: int, part: Partition, datasets_: tuple[str, ...], expires: float) -> None:
         sinks = events.Sinks(str(self.job.output_dataset), self.job.root, None, to_store=True, request_id=r.id)
         task = Task(
             part,
@@ -226,17 +292,24 @@ class Runner:
             sinks,
             attempts=1,  # retries are the lease's: each in a fresh process, with backoff
         )
-        self.executor.start(task, self.node.timeout_seconds, _Claim(r, cell, part))
-        requests.set_state(self.store, self.node.name, r.id, "running", "", self.id)
+        self.executor.start(task, self.timeout, _Claim(r, cell, part, expires, time.monotonic() + self.timeout))
         log.info("%s: request %s: partition %s started", self.node.name, r.id, _span(part))
+        requests.set_state(self.store, self.node.name, r.id, "running", "", self.id)
 
     def _finish(self, claim: _Claim, result: PartitionResult) -> None:
         span = _span(claim.partition)
+        if claim.ended == "lost":  # another runner holds the cell now: nothing of ours to release
+            log.warning("%s: partition %s stopped here: its lease was lost", self.node.name, span)
+            return
+        if claim.ended == "stopped":  # SIGTERM past the grace period: the attempt does not count
+            self.stats.partitions["stopped"] += 1
+            requests.release(self.store, self.node.name, claim.cell, self.id, "stopped")
+            log.info("%s: partition %s stopped, lease released", self.node.name, span)
+            return
         if result.error is None:
             requests.release(self.store, self.node.name, claim.cell, self.id, "done")
             self.stats.partitions["ok"] += 1
-            self.stats.blocks += claim.partition.end - claim.partition.start + 1
-            self.stats.remaining.pop((claim.request.id, claim.cell), None)
+            self.stats.blocks += sum(c.end - c.start + 1 for c in claim.partition.chunks)
             stages = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
             log.info(
                 "%s: request %s: partition %s ok (%s; %d event(s)); %s",
@@ -248,16 +321,37 @@ class Runner:
                 self._progress(),
             )
             return
-        kind = "timed_out" if "timed out" in result.error else "failed"
+        error = result.error
+        if claim.ended == "timed_out":
+            error = f"partition {span}: timed out after {self.timeout:.0f} s, killed"
+        kind = "timed_out" if "timed out" in error else "failed"
         self.stats.partitions[kind] += 1
         lease = requests.read_lease(self.store, self.node.name, claim.cell)
         backoff = min(60.0, 2.0 ** max(0, lease.attempts - 1))
-        requests.release(self.store, self.node.name, claim.cell, self.id, "failed", result.error, backoff)
-        log.warning("%s: request %s: %s (attempt %d)", self.node.name, claim.request.id, redact(result.error), lease.attempts)
+        requests.release(self.store, self.node.name, claim.cell, self.id, "failed", error, backoff, self.cfg.attempts)
+        log.warning("%s: request %s: %s (attempt %d)", self.node.name, claim.request.id, redact(error), lease.attempts)
         if result.conflict:  # the archive disagrees with the chain: retrying cannot help
-            reason = redact(result.error)
-            if requests.set_state(self.store, self.node.name, claim.request.id, "failed", reason, self.id).state == "failed":
-                self.stats.failed_requests.append(claim.request.id)
+            self._fail(claim.request, redact(error), tuple(claim.request.datasets or self.job.datasets))
+
+    def _fail(self, r: Request, reason: str, datasets_: tuple[str, ...]) -> None:
+        """Failed, but every chunk it archived still gets its event (an entry never goes without one)."""
+        self._reconcile(r, datasets_)
+        if requests.set_state(self.store, self.node.name, r.id, "failed", reason, self.id).state == "failed":
+            log.error("%s: request %s failed: %s", self.node.name, r.id, redact(reason))
+            self.stats.failed_requests.append(r.id)
+        self.exhausted.pop(r.id, None)
+
+    def _complete(self, r: Request, datasets_: tuple[str, ...]) -> None:
+        """Every chunk archived: make sure every entry in range has its event, then done."""
+        self._reconcile(r, datasets_)
+        if requests.set_state(self.store, self.node.name, r.id, "done", "", self.id).state == "done":
+            log.info("%s: request %s done (blocks %d-%d)", self.node.name, r.id, r.start_block, r.end_block)
+        self.exhausted.pop(r.id, None)
+
+    def _reconcile(self, r: Request, datasets_: tuple[str, ...]) -> None:
+        sinks = events.Sinks(str(self.job.output_dataset), self.job.root, None, to_store=True, request_id=r.id)
+        first = r.start_block - r.start_block % self.job.chunk_size
+        events.reconcile(self.store, sinks, self.job.chain_id, datasets_, first, r.end_block)
 
     def _progress(self) -> str:
         """Blocks done here, blocks left (for every runner), rate while busy, ETA, and per endpoint requests/s and 429s."""
@@ -270,20 +364,78 @@ class Runner:
         )
         return f"{self.stats.blocks:,} blocks done here, {left:,} left, {rate:.0f} blocks/s, ETA {eta}; {rpc}"
 
-    def _complete(self, r: Request, datasets_: tuple[str, ...]) -> None:
-        """Every chunk archived: make sure every entry in range has its event, then done."""
-        sinks = events.Sinks(str(self.job.output_dataset), self.job.root, None, to_store=True, request_id=r.id)
-        first = r.start_block - r.start_block % self.job.chunk_size
-        events.reconcile(self.store, sinks, self.job.chain_id, datasets_, first, r.end_block)
-        if requests.set_state(self.store, self.node.name, r.id, "done", "", self.id).state == "done":
-            log.info("%s: request %s done (blocks %d-%d)", self.node.name, r.id, r.start_block, r.end_block)
+
+class _Watch:
+    """The runner's clock, on a thread of its own: lease renewals, timeouts, and the SIGTERM grace.
+
+    It only renews and kills (a signal, safe from any thread); the loop does the bookkeeping when
+    the ended partition reaches it. A renewal the store refuses is tried again each second until
+    the lease is about to lapse; then the partition is given up (killed here, its lease left to
+    expire), so that no cell ever runs under two runners' leases.
+    """
+
+    TICK = 0.5
+
+    def __init__(self, runner: Runner) -> None:
+        self.r = runner
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name=f"watch-{runner.node.name}", daemon=True)
+        self.stop_at: float | None = None
+
+    def __enter__(self) -> _Watch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def _loop(self) -> None:
+        while not self.done.wait(self.TICK):
+            try:
+                self.turn()
+            except Exception:  # the watch must outlive anything one turn meets
+                log.exception("%s: lease watch", self.r.node.name)
+
+    def turn(self) -> None:
+        r, now = self.r, time.monotonic()
+        if r.stop.is_set() and self.stop_at is None:
+            self.stop_at = now
+        for claim in list(r.executor.running):
+            if claim.ended:
+                continue
+            if now > claim.deadline:
+                self._kill(claim, "timed_out")
+            elif self.stop_at is not None and now > self.stop_at + r.cfg.grace_seconds:
+                self._kill(claim, "stopped")
+            elif now - claim.last_renewal >= r.cfg.lease_seconds / 3:
+                self._renew(claim)
+
+    def _renew(self, claim: _Claim) -> None:
+        r = self.r
+        try:
+            expires = requests.renew(r.store, r.node.name, claim.cell, r.id, r.cfg.lease_seconds)
+        except TRANSIENT as err:
+            r.stats.store_errors += 1
+            if claim.expires - time.time() < 2 * self.TICK + 1:
+                why = redact(str(err))
+                log.warning(
+                    "%s: lease of partition %s not renewed in time (%s): giving it up", r.node.name, _span(claim.partition), why
+                )
+                self._kill(claim, "lost")
+            return
+        if expires is None:  # it expired (we stalled) and another runner took it: it runs there now, not here
+            self._kill(claim, "lost")
+            return
+        claim.expires, claim.last_renewal = expires, time.monotonic()
+
+    def _kill(self, claim: _Claim, why: str) -> None:
+        claim.ended = why
+        self.r.executor.kill(claim)
 
 
-def _merge(parts: list[Partition]) -> Partition:
-    """The cell's chunks as one partition, extracting the union of what its chunks miss."""
-    chunks: list[Chunk] = sorted({c for p in parts for c in p.chunks})
-    names = {d for p in parts for d in p.datasets}
-    return Partition(tuple(chunks), tuple(d for d in ("blocks", "transactions", "logs", "traces") if d in names))
+def _created(request: Request | str) -> str:
+    return request.created_at if isinstance(request, Request) else ""
 
 
 def _span(p: Partition) -> str:

@@ -1,35 +1,63 @@
 """Request states and partition leases, kept on the store with compare-and-swap (as the manifest is).
 
-A runner claims a partition by writing a lease (owner, expiry) under If-Match; it renews its
-leases by heartbeat; a lease whose owner died expires and any runner may take it. A request's
-state moves pending -> running/waiting -> done | failed (or invalid); done, failed and invalid
-never change again. Clocks: leases compare wall-clock time across runners, so hosts need NTP;
-the default lease of 30 s tolerates seconds of skew.
+A request's state moves pending -> running/waiting -> done | failed (or invalid); done, failed
+and invalid never change again. What a poll reads must follow the open work, not the node's
+history, so states live by kind (docs/operator.md, "Where everything lives"):
+
+- `requests/{id}.json`: the state of each *open* request; a poll lists this folder, and reads
+  only the states whose ETag changed since it last looked;
+- `closed/{id}.json`: the state of each ended one, moved there when it ends and never listed by
+  a poll; `summary.json` counts them by state and keeps the last few for `status`.
+
+A runner claims a cell (a run of `chunks_per_partition` chunks) by writing its lease (owner,
+expiry) under If-Match, whatever request wants the cell: one lease per cell, attempts and
+backoff per cell, so two overlapping requests neither run a cell twice at once nor reset each
+other's attempts. A lease whose owner died expires and any runner may take it; a cell's lease is
+removed once its partition is done, so the folder holds the cells in work. Clocks: leases
+compare wall-clock time across runners, so hosts need NTP; the default 30 s tolerates seconds.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ..storage import Store
 from .datasets import now_iso
 
 TERMINAL = ("done", "failed", "invalid")
+RECENT = 20  # ended requests that summary.json keeps for `status`
 
 
 def _prefix(node: str) -> str:
     return f"operator/{node}/"
 
 
+def open_prefix(node: str) -> str:
+    return f"{_prefix(node)}requests/"
+
+
 def state_key(node: str, request_id: str) -> str:
-    return f"{_prefix(node)}requests/{request_id}.json"
+    return f"{open_prefix(node)}{request_id}.json"
+
+
+def closed_key(node: str, request_id: str) -> str:
+    return f"{_prefix(node)}closed/{request_id}.json"
+
+
+def summary_key(node: str) -> str:
+    return f"{_prefix(node)}summary.json"
+
+
+def lease_prefix(node: str) -> str:
+    return f"{_prefix(node)}leases/"
 
 
 def lease_key(node: str, cell: int) -> str:
-    return f"{_prefix(node)}leases/{cell:012}.json"
+    return f"{lease_prefix(node)}{cell:012}.json"
 
 
 @dataclass
@@ -39,43 +67,117 @@ class State:
     reason: str = ""
     updated_at: str = ""
     runner: str = ""
+    dataset: str = ""  # the input dataset that holds the request (empty in states written before it was kept)
 
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL
 
+    def dump(self) -> bytes:
+        return (json.dumps(asdict(self), sort_keys=True) + "\n").encode()
+
+    @classmethod
+    def parse(cls, data: bytes) -> State:
+        doc = json.loads(data)
+        return cls(**{f.name: doc[f.name] for f in fields(cls) if f.name in doc})
+
 
 def load_state(store: Store, node: str, request_id: str) -> State:
-    data = store.get(state_key(node, request_id))
-    return State(**json.loads(data)) if data else State(request_id)
+    for where in (state_key(node, request_id), closed_key(node, request_id)):
+        if (data := store.get(where)) is not None:
+            return State.parse(data)
+    return State(request_id)
 
 
-def load_states(store: Store, node: str) -> dict[str, State]:
-    prefix = f"{_prefix(node)}requests/"
-    out = {}
-    for path in store.list(prefix):
-        data = store.get(path)
-        if data:
-            s = State(**json.loads(data))
-            out[s.id] = s
-    return out
+def take_in(store: Store, node: str, request_id: str, dataset: str) -> bool:
+    """Open a request that arrived: a pending state, unless it is open or ended already. True if new."""
+    if store.head(closed_key(node, request_id)) is not None:
+        return False
+    return store.put_new(state_key(node, request_id), State(request_id, updated_at=now_iso(), dataset=dataset).dump())
+
+
+class OpenStates:
+    """The open requests' states as a poll sees them: one listing, and a GET only for what changed."""
+
+    def __init__(self, store: Store, node: str) -> None:
+        self.store, self.node = store, node
+        self._seen: dict[str, tuple[str | None, State]] = {}  # key -> (ETag, state)
+
+    def read(self, settle: bool = True) -> dict[str, State]:
+        """Open states by id; with `settle`, ended ones found here are moved to `closed/` (else returned too)."""
+        metas = self.store.list_meta(open_prefix(self.node))
+        keys = {str(m["path"]): m.get("e_tag") for m in metas}
+        stale = [k for k, tag in keys.items() if k not in self._seen or self._seen[k][0] != tag or tag is None]
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            for k, data in zip(stale, pool.map(self.store.get, stale), strict=True):
+                if data is not None:
+                    self._seen[k] = (keys[k], State.parse(data))
+        self._seen = {k: v for k, v in self._seen.items() if k in keys}
+        states = {s.id: s for _, s in self._seen.values()}
+        if not settle:
+            return states
+        ended = [s for s in states.values() if s.terminal]  # a move cut short, or a root from before closed/
+        if ended:
+            close(self.store, self.node, ended)
+        return {i: s for i, s in states.items() if not s.terminal}
 
 
 def set_state(store: Store, node: str, request_id: str, state: str, reason: str, runner: str) -> State:
-    """Move a request to `state` unless it is already terminal; returns the state now stored."""
+    """Move a request to `state` unless it has ended already; returns the state now stored."""
     stored: list[State] = []
 
     def change(current: bytes | None) -> bytes | None:
-        old = State(**json.loads(current)) if current else State(request_id)
+        if current is None and (ended := store.get(closed_key(node, request_id))) is not None:
+            stored[:] = [State.parse(ended)]
+            return None
+        old = State.parse(current) if current else State(request_id)
         stored[:] = [old]
         if old.terminal or (old.state, old.reason) == (state, reason):
             return None
-        new = State(request_id, state, reason, now_iso(), runner)
+        new = State(request_id, state, reason, now_iso(), runner, old.dataset)
         stored[:] = [new]
-        return (json.dumps(asdict(new), sort_keys=True) + "\n").encode()
+        return new.dump()
 
     store.update(state_key(node, request_id), change)
+    if stored[0].terminal:
+        close(store, node, [stored[0]])
     return stored[0]
+
+
+def close(store: Store, node: str, ended: list[State]) -> None:
+    """Move ended requests out of the open folder: their closed state, the summary, then the delete.
+
+    Each step can be repeated: a runner that dies half-way leaves the state in `requests/`, where
+    the next poll finds it ended and moves it again; the summary counts a request once.
+    """
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda s: store.put(closed_key(node, s.id), s.dump()), ended))
+
+    def count(current: bytes | None) -> bytes | None:
+        doc: dict[str, Any] = json.loads(current) if current else {"counts": {}, "recent": [], "ids": []}
+        new = [s for s in ended if s.id not in doc["ids"]]
+        if not new:
+            return None
+        for s in new:
+            doc["counts"][s.state] = doc["counts"].get(s.state, 0) + 1
+        doc["recent"] = ([asdict(s) for s in reversed(new)] + doc["recent"])[:RECENT]
+        # the ids counted lately: enough to tell a repeated move from a new one
+        doc["ids"] = ([s.id for s in reversed(new)] + doc["ids"])[: max(RECENT, len(new))]
+        return (json.dumps(doc, sort_keys=True) + "\n").encode()
+
+    store.update(summary_key(node), count)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda s: store.delete(state_key(node, s.id)), ended))
+
+
+def summary(store: Store, node: str) -> dict[str, Any]:
+    data = store.get(summary_key(node))
+    return dict(json.loads(data)) if data else {"counts": {}, "recent": [], "ids": []}
+
+
+def closed_ids(store: Store, node: str) -> set[str]:
+    prefix = f"{_prefix(node)}closed/"
+    return {k.removeprefix(prefix).removesuffix(".json") for k in store.list(prefix)}
 
 
 @dataclass
@@ -83,17 +185,21 @@ class Lease:
     cell: int
     owner: str | None = None
     expires: float = 0.0
-    request: str = ""
-    attempts: int = 0  # attempts of `request` on this cell, including one that is running
+    request: str = ""  # the request whose partition holds or last held the cell
+    attempts: int = 0  # attempts on this cell, whatever request made them, including one that is running
     not_before: float = 0.0  # backoff after a failed attempt
     last_error: str = ""
+    exhausted_at: str = ""  # when it used up its attempts: requests made later try it afresh
 
-    def held_by_other(self, runner: str, now: float) -> bool:
-        return self.owner is not None and self.owner != runner and self.expires > now
+    def held(self, now: float) -> bool:
+        return self.owner is not None and self.expires > now
 
 
 def _load_lease(cell: int, data: bytes | None) -> Lease:
-    return Lease(**json.loads(data)) if data else Lease(cell)
+    if not data:
+        return Lease(cell)
+    doc = json.loads(data)
+    return Lease(**{f.name: doc[f.name] for f in fields(Lease) if f.name in doc})
 
 
 def _dump(lease: Lease) -> bytes:
@@ -105,48 +211,84 @@ def read_lease(store: Store, node: str, cell: int) -> Lease:
 
 
 def read_leases(store: Store, node: str) -> list[Lease]:
-    return [Lease(**json.loads(d)) for p in store.list(f"{_prefix(node)}leases/") if (d := store.get(p))]
+    """The cells in work: leases of cells done are removed, so this follows the open work."""
+    keys = store.list(lease_prefix(node))
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        datas = list(pool.map(store.get, keys))
+    return [_load_lease(0, d) for d in datas if d]
 
 
-def claim(store: Store, node: str, cell: int, request_id: str, runner: str, ttl: float, max_attempts: int) -> Lease | None:
-    """Take the cell's lease for one more attempt of `request_id`; None if another runner holds it,
-    it is backing off, or the request used up its attempts on it."""
+def claim(
+    store: Store, node: str, cell: int, request_id: str, requested_at: str, runner: str, ttl: float, max_attempts: int
+) -> tuple[Lease | None, Lease]:
+    """Take the cell's lease for one more attempt: (the lease taken or None, the lease as found).
+
+    None when any runner holds it (this one included: a runner never starts a cell it runs), it
+    is backing off, or it used up its attempts before the request was made.
+    """
     got: list[Lease] = []
+    found: list[Lease] = [Lease(cell)]
 
     def change(current: bytes | None) -> bytes | None:
         got.clear()
         lease, now = _load_lease(cell, current), time.time()
-        if lease.held_by_other(runner, now) or (now < lease.not_before and lease.request == request_id):
+        found[0] = lease
+        if lease.held(now):
             return None
-        attempts = lease.attempts if lease.request == request_id else 0
+        attempts = lease.attempts
         if attempts >= max_attempts:
+            if not lease.exhausted_at or requested_at <= lease.exhausted_at:
+                return None
+            attempts = 0
+        elif now < lease.not_before:
             return None
         new = Lease(cell, runner, now + ttl, request_id, attempts + 1, 0.0, lease.last_error if attempts else "")
         got.append(new)
         return _dump(new)
 
     store.update(lease_key(node, cell), change)
-    return got[0] if got else None
+    return (got[0] if got else None), found[0]
 
 
-def renew(store: Store, node: str, cell: int, runner: str, ttl: float) -> bool:
-    """Extend our lease; False if it is no longer ours (it expired and another runner took it)."""
-    ours: list[bool] = [False]
+def renew(store: Store, node: str, cell: int, runner: str, ttl: float) -> float | None:
+    """Extend our lease: its new expiry, or None if it is no longer ours (it expired and another runner took it)."""
+    ours: list[float | None] = [None]
 
     def change(current: bytes | None) -> bytes | None:
         lease = _load_lease(cell, current)
-        ours[0] = lease.owner == runner
-        if not ours[0]:
+        ours[0] = None
+        if lease.owner != runner:
             return None
         lease.expires = time.time() + ttl
+        ours[0] = lease.expires
         return _dump(lease)
 
     store.update(lease_key(node, cell), change)
     return ours[0]
 
 
-def release(store: Store, node: str, cell: int, runner: str, outcome: str, error: str = "", backoff: float = 0.0) -> None:
-    """outcome: "done" (attempts reset), "failed" (counts, backs off), "stopped" (SIGTERM: does not count)."""
+def release(
+    store: Store,
+    node: str,
+    cell: int,
+    runner: str,
+    outcome: str,
+    error: str = "",
+    backoff: float = 0.0,
+    max_attempts: int = 0,
+    margin: float = 5.0,
+) -> None:
+    """outcome: "done" (the lease is removed), "failed" (counts, backs off), "stopped" (SIGTERM: does not count).
+
+    A done cell's lease is deleted only while it is ours with `margin` seconds to run, so that no
+    other runner can have taken it between the read and the delete; otherwise it is released in
+    place (attempts cleared), and stays.
+    """
+    current = store.get(lease_key(node, cell))
+    lease = _load_lease(cell, current)
+    if outcome == "done" and lease.owner == runner and lease.expires - time.time() > margin:
+        store.delete(lease_key(node, cell))
+        return
 
     def change(current: bytes | None) -> bytes | None:
         lease = _load_lease(cell, current)
@@ -154,15 +296,13 @@ def release(store: Store, node: str, cell: int, runner: str, outcome: str, error
             return None
         lease.owner, lease.expires = None, 0.0
         if outcome == "done":
-            lease.attempts, lease.last_error = 0, ""
+            lease.attempts, lease.last_error, lease.exhausted_at = 0, "", ""
         elif outcome == "failed":
             lease.last_error, lease.not_before = error, time.time() + backoff
+            if lease.attempts >= max_attempts:
+                lease.exhausted_at = now_iso()
         else:
             lease.attempts = max(0, lease.attempts - 1)
         return _dump(lease)
 
     store.update(lease_key(node, cell), change)
-
-
-def lease_summary(lease: Lease) -> dict[str, Any]:
-    return asdict(lease)

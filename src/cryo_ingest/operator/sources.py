@@ -18,7 +18,7 @@ from croniter import croniter
 
 from .. import manifest
 from ..config import Job
-from ..plan import grid, high_water
+from ..plan import contiguous_through
 from ..storage import Store
 from . import datasets
 from .dag import SourceNode
@@ -26,10 +26,23 @@ from .dag import SourceNode
 log = logging.getLogger("cryo_ingest.sources")
 
 
-def archived_through(store: Store, job: Job, base: int) -> int:
-    """The high-water mark of the job's datasets together, from `base` on."""
-    held = [set(m.files) if (m := manifest.load(store, job.chain_id, d)) else set() for d in job.datasets]
-    return max(high_water(held, job.chunk_size, base), base - 1)
+class Archived:
+    """How far the archive is contiguous, for a source that asks every tick: cached manifest views,
+    so that a tick pays one conditional read per dataset and the shards that are not complete."""
+
+    def __init__(self, store: Store, job: Job) -> None:
+        self.job = job
+        self.views: dict[str, manifest.View] = {d: manifest.View(store, job.chain_id, d) for d in job.datasets}
+
+    def through(self, base: int) -> int:
+        """The high-water mark of the job's datasets together, from `base` on."""
+        for view in self.views.values():
+            view.refresh()
+        size = self.job.chunk_size
+        got = contiguous_through(
+            lambda d, lo, hi: self.views[d].held(lo, hi), self.job.datasets, size, manifest.shard_span(size), base
+        )
+        return max(got, base - 1)
 
 
 def _cursor_key(source: str) -> str:
@@ -46,11 +59,10 @@ def write_cursor(store: Store, source: str, cursor: dict[str, Any]) -> None:
     store.update(_cursor_key(source), lambda current: None if current == body else body)
 
 
-def catch_up_range(store: Store, job: Job, final: int, base: int) -> tuple[int, int]:
+def catch_up_range(archived: Archived, final: int, base: int) -> tuple[int, int]:
     """From the archive's high-water mark to the last whole chunk at or below the final head."""
-    chunks = grid(0, max(final, 0), job.chunk_size)
-    last_whole = max((c.end for c in chunks if c.end <= final), default=-1)
-    return archived_through(store, job, base) + 1, last_whole
+    size = archived.job.chunk_size
+    return archived.through(base) + 1, (final + 1) // size * size - 1
 
 
 def _emit(store: Store, source: SourceNode, job: Job, request_id: str, kind: str, start: int, end: int) -> None:
@@ -73,6 +85,7 @@ def run_cron(
     """At each scheduled tick, one catch-up request; ticks missed while down give one catch-up, not one each."""
     schedule = str(source.config.schedule)
     base = source.config.start_block or 0
+    archived = Archived(store, job)
     cursor = read_cursor(store, source.name)
     if "last_tick" not in cursor:  # first start: from the next tick on, not every tick in the past
         cursor = {"last_tick": croniter(schedule, now()).get_prev(datetime).isoformat()}
@@ -80,7 +93,7 @@ def run_cron(
     while not stop.is_set():
         due = croniter(schedule, now()).get_prev(datetime)
         if due > datetime.fromisoformat(cursor["last_tick"]):
-            start, end = catch_up_range(store, job, final_head(), base)
+            start, end = catch_up_range(archived, final_head(), base)
             tick = due.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
             if end >= start:
                 _emit(store, source, job, f"cron-{source.name}-{tick}", "cron", start, end)
@@ -96,8 +109,9 @@ def run_threshold(source: SourceNode, job: Job, store: Store, stop: threading.Ev
     """When the final blocks not yet archived reach `blocks`, one request for the whole chunks among them."""
     blocks = int(source.config.blocks or 0)
     base = source.config.start_block or 0
+    archived = Archived(store, job)
     while not stop.is_set():
-        start, end = catch_up_range(store, job, final_head(), base)
+        start, end = catch_up_range(archived, final_head(), base)
         asked = int(read_cursor(store, source.name).get("requested_through", -1))
         start = max(start, asked + 1)
         if end - start + 1 >= blocks:

@@ -1,19 +1,26 @@
-"""`cryo-ingest status`: requests by state, partitions in flight, coverage, gaps and lag, last events."""
+"""`cryo-ingest status`: requests by state, partitions in flight, coverage, gaps and lag, last events.
+
+It reads what is open and what is small: the open requests' states, the ended ones' counts and
+last few (summary.json), the arrivals of the last two days that no runner has taken in yet, the
+leases of cells in work, the manifests' indexes and the shards that are not complete, and the
+events of the last archived chunks by name. None of it grows with the node's history.
+"""
 
 from __future__ import annotations
 
 import itertools
 import json
-import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .. import chains, manifest
+from .. import chains, events, manifest
 from ..config import Job
 from ..errors import IngestError
-from ..events import dataset_prefix
 from ..gateway import Gateway
-from ..plan import high_water
-from ..storage import open_store
+from ..plan import Held, contiguous_through
+from ..storage import Store, open_store
 from . import datasets, requests
 from .dag import Dag, Pools
 
@@ -33,30 +40,14 @@ def ranges(starts: list[int], chunk_size: int) -> list[tuple[int, int]]:
 
 def node_status(dag: Dag, name: str, pools: Pools, with_rpc: bool = True) -> dict[str, Any]:
     node = dag.nodes[name]
-    job: Job = dag.job(node, pools)
+    # without RPC, nothing needs the pool: whoever inspects the archive may hold no RPC secret
+    job: Job = dag.job(node, pools if with_rpc else replace(pools, on_workers=True, rpc=None))
     store = open_store(job.root, job.storage_options)
-    states = requests.load_states(store, name)
-    reqs = []
-    for dataset in node.input_datasets:
-        for request_id, request in datasets.read(store, dataset):
-            state = states.get(request_id) or requests.State(request_id)
-            item: dict[str, Any] = {
-                "id": request_id,
-                "state": state.state,
-                "reason": state.reason,
-                "updated_at": state.updated_at,
-            }
-            if isinstance(request, datasets.Request):
-                item |= {"start_block": request.start_block, "end_block": request.end_block, "kind": request.kind}
-            reqs.append(item)
-    counts: dict[str, int] = {}
-    for r in reqs:
-        counts[r["state"]] = counts.get(r["state"], 0) + 1
-    now = time.time()
+    reqs, counts = _requests(store, name, node.input_datasets)
     in_flight = [
         {"blocks": [lease.cell * job.chunk_size * job.chunks_per_partition], "request": lease.request, "runner": lease.owner}
         for lease in requests.read_leases(store, name)
-        if lease.owner and lease.expires > now
+        if lease.held(datetime.now(UTC).timestamp())
     ]
     final: int | None = None
     error = None
@@ -66,22 +57,20 @@ def node_status(dag: Dag, name: str, pools: Pools, with_rpc: bool = True) -> dic
                 final = chains.final_head(gw, job.chain_id, job.reorg_buffer)
         except IngestError as err:
             error = str(err)
+    views: dict[str, manifest.View] = {d: manifest.View(store, job.chain_id, d) for d in job.datasets}
     coverage = {}
-    for dataset in job.datasets:
-        m = manifest.load(store, job.chain_id, dataset)
-        held = set(m.files) if m else set()
-        runs = ranges(list(held), job.chunk_size)
+    for dataset, view in views.items():
+        view.refresh()
+        runs = _runs(view)
         gaps = [(a[1] + 1, b[0] - 1) for a, b in itertools.pairwise(runs)]
-        high = high_water([held], job.chunk_size)
+        first, size = view.first(), view.chunk_size or job.chunk_size
+        high = -1 if first is None else contiguous_through(_held(view), (dataset,), size, manifest.shard_span(size), first)
         coverage[dataset] = {
             "archived": runs,
             "gaps": gaps,
             "high_water": high,
             "lag_blocks": None if final is None else max(0, final - high),
         }
-    out_prefix = dataset_prefix(str(job.output_dataset))
-    keys = sorted(store.list(out_prefix), key=lambda k: k.rsplit("/", 1)[-1])[-LAST_EVENTS:]
-    last = [json.loads(store.get(k) or b"{}") for k in keys]
     return {
         "node": name,
         "root": job.root,
@@ -92,5 +81,78 @@ def node_status(dag: Dag, name: str, pools: Pools, with_rpc: bool = True) -> dic
         "partitions_in_flight": in_flight,
         "datasets": coverage,
         "output_dataset": job.output_dataset,
-        "last_events": last,
+        "last_events": _last_events(store, views, job),
     }
+
+
+def _requests(store: Store, node: str, inputs: list[str]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Open requests, those arrived in the last two days that no runner took in yet, and the last ended."""
+    summary = requests.summary(store, node)
+    states = {s.id: s for s in requests.OpenStates(store, node).read(settle=False).values()}
+    now = datetime.now(UTC)
+    for dataset in inputs:
+        for day in (now - timedelta(days=1), now):
+            for key in store.list(f"{datasets.arrivals_prefix(dataset)}{day:%Y-%m-%d}/"):
+                request_id = datasets.arrival_id(key)
+                if request_id not in states and store.head(requests.closed_key(node, request_id)) is None:
+                    states[request_id] = requests.State(request_id, dataset=dataset)
+    ended = [requests.State(**s) for s in summary["recent"] if s["id"] not in states]
+    every = [*states.values(), *ended]
+
+    def body(s: requests.State) -> datasets.Request | str | None:
+        for dataset in [s.dataset] if s.dataset else inputs:
+            if (found := datasets.get(store, dataset, s.id)) is not None:
+                return found
+        return None
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        bodies = list(pool.map(body, every))
+    items = []
+    for state, request in zip(every, bodies, strict=True):
+        item: dict[str, Any] = {"id": state.id, "state": state.state, "reason": state.reason, "updated_at": state.updated_at}
+        if isinstance(request, datasets.Request):
+            item |= {"start_block": request.start_block, "end_block": request.end_block, "kind": request.kind}
+        items.append(item)
+    counts = dict(summary["counts"])
+    for s in states.values():
+        counts[s.state] = counts.get(s.state, 0) + 1
+    return items, counts
+
+
+def _held(view: manifest.View) -> Held:
+    return lambda _dataset, lo, hi: view.held(lo, hi)
+
+
+def _runs(view: manifest.View) -> list[tuple[int, int]]:
+    """Archived runs of blocks: a complete shard is one run, unread."""
+    size = view.chunk_size
+    if size is None:
+        return []
+    out: list[tuple[int, int]] = []
+    for shard in view.shards:
+        if view.complete(shard):
+            lo = manifest.shard_start(shard)
+            pieces = [(lo, lo + manifest.shard_span(size) - 1)]
+        else:
+            pieces = ranges(list(view.entries(shard)), size)
+        for a, b in pieces:
+            if out and out[-1][1] + 1 == a:
+                out[-1] = (out[-1][0], b)
+            else:
+                out.append((a, b))
+    return out
+
+
+def _last_events(store: Store, views: dict[str, manifest.View], job: Job) -> list[dict[str, Any]]:
+    """The events of the last archived chunks, read by their names: no listing of the output dataset."""
+    last = [(e.start_block, e.sha256, d, e) for d, v in views.items() if v.shards for e in v.entries(v.shards[-1]).values()]
+    newest = sorted(last, key=lambda t: t[:2])[-LAST_EVENTS:]
+    sinks = events.Sinks(str(job.output_dataset), job.root)
+    keys = [
+        f"{events.dataset_prefix(str(job.output_dataset))}{ev.key}.json"
+        for _, _, d, e in newest
+        for ev in events.for_entries(sinks, job.chain_id, d, [e])
+    ]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        datas = list(pool.map(store.get, keys))
+    return [json.loads(d) for d in datas if d]

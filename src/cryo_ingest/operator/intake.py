@@ -1,0 +1,68 @@
+"""How a runner learns of new requests without reading every request its node ever had.
+
+At start, one scan: the input datasets' request ids, less those with a state (open or ended),
+are opened (a pending state each). From then on it follows each dataset's arrivals log (one
+listing of today's folder per poll, from where it last looked): what a poll pays follows what
+came in. A producer's clock may lag by up to `MARGIN` (its arrival key is named by its own
+clock), so each poll looks back that far and skips the keys it has seen.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, date, datetime, timedelta
+
+from ..storage import Store
+from . import datasets, requests
+
+log = logging.getLogger("cryo_ingest.intake")
+
+MARGIN = timedelta(minutes=10)
+
+
+class Intake:
+    def __init__(self, store: Store, node: str, inputs: list[str]) -> None:
+        self.store, self.node, self.inputs = store, node, inputs
+        self.since: datetime | None = None  # arrivals from here on are looked at
+        self.seen: set[str] = set()
+
+    def poll(self) -> int:
+        """Open the requests that arrived since the last poll; how many were new."""
+        now = datetime.now(UTC)
+        since = self.since
+        taken = self._scan() if since is None else sum(self._follow(d, since, now) for d in self.inputs)
+        self.since = now - MARGIN
+        floor = {d: datasets.arrival_key(d, "", self.since) for d in self.inputs}
+        self.seen = {k for k in self.seen if any(k.startswith(datasets.arrivals_prefix(d)) and k > f for d, f in floor.items())}
+        return taken
+
+    def _follow(self, dataset: str, since: datetime, now: datetime) -> int:
+        taken = 0
+        for day in _days(since.date(), (now + MARGIN).date()):
+            prefix = f"{datasets.arrivals_prefix(dataset)}{day:%Y-%m-%d}/"
+            offset = datasets.arrival_key(dataset, "", since) if day == since.date() else None
+            for key in self.store.list(prefix, offset):
+                if key in self.seen:
+                    continue
+                self.seen.add(key)
+                taken += requests.take_in(self.store, self.node, datasets.arrival_id(key), dataset)
+        return taken
+
+    def _scan(self) -> int:
+        """Requests put before this runner started (or by a writer that left no arrival)."""
+        known = requests.closed_ids(self.store, self.node)
+        prefix = requests.open_prefix(self.node)
+        known |= {k.removeprefix(prefix).removesuffix(".json") for k in self.store.list(prefix)}
+        taken = 0
+        for dataset in self.inputs:
+            for request_id in datasets.ids(self.store, dataset):
+                if request_id not in known:
+                    taken += requests.take_in(self.store, self.node, request_id, dataset)
+                    known.add(request_id)
+        if taken:
+            log.info("%s: %d request(s) found by the start-up scan", self.node, taken)
+        return taken
+
+
+def _days(first: date, last: date) -> list[date]:
+    return [first + timedelta(days=i) for i in range((last - first).days + 1)]
