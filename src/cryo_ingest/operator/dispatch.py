@@ -132,7 +132,7 @@ class Dispatcher:
         if run.conn.poll():
             try:
                 result = run.conn.recv()
-            except EOFError:
+            except (EOFError, OSError):  # killed mid-send: a reset, or the end of the pipe
                 result = PartitionResult(part, error=f"partition {part.start}-{part.end}: worker process died")
         elif not run.process.is_alive():
             code = run.process.exitcode

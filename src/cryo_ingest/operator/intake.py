@@ -30,7 +30,7 @@ class Intake:
         """Open the requests that arrived since the last poll; how many were new."""
         now = datetime.now(UTC)
         since = self.since
-        taken = self._scan() if since is None else sum(self._follow(d, since, now) for d in self.inputs)
+        taken = self._scan(now - MARGIN) if since is None else sum(self._follow(d, since, now) for d in self.inputs)
         self.since = now - MARGIN
         floor = {d: datasets.arrival_key(d, "", self.since) for d in self.inputs}
         self.seen = {k for k in self.seen if any(k.startswith(datasets.arrivals_prefix(d)) and k > f for d, f in floor.items())}
@@ -48,8 +48,17 @@ class Intake:
                 taken += requests.take_in(self.store, self.node, datasets.arrival_id(key), dataset)
         return taken
 
-    def _scan(self) -> int:
-        """Requests put before this runner started (or by a writer that left no arrival)."""
+    def _scan(self, since: datetime) -> int:
+        """Requests put before this runner started (or by a writer that left no arrival).
+
+        The arrivals of the look-back window are listed first and marked seen: a request is stored
+        before its arrival, so each of them is in the listing that follows, and the next poll
+        need not look at them again.
+        """
+        for dataset in self.inputs:
+            for day in _days(since.date(), (since + 2 * MARGIN).date()):
+                offset = datasets.arrival_key(dataset, "", since) if day == since.date() else None
+                self.seen.update(self.store.list(f"{datasets.arrivals_prefix(dataset)}{day:%Y-%m-%d}/", offset))
         known = requests.closed_ids(self.store, self.node)
         prefix = requests.open_prefix(self.node)
         known |= {k.removeprefix(prefix).removesuffix(".json") for k in self.store.list(prefix)}

@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -298,8 +299,9 @@ class Runner:
 
     def _finish(self, claim: _Claim, result: PartitionResult) -> None:
         span = _span(claim.partition)
-        if claim.ended == "lost":  # another runner holds the cell now: nothing of ours to release
+        if claim.ended == "lost":  # given up or taken over: let it go if it is still ours (a late renewal)
             log.warning("%s: partition %s stopped here: its lease was lost", self.node.name, span)
+            requests.release(self.store, self.node.name, claim.cell, self.id, "stopped")
             return
         if claim.ended == "stopped":  # SIGTERM past the grace period: the attempt does not count
             self.stats.partitions["stopped"] += 1
@@ -369,17 +371,21 @@ class _Watch:
     """The runner's clock, on a thread of its own: lease renewals, timeouts, and the SIGTERM grace.
 
     It only renews and kills (a signal, safe from any thread); the loop does the bookkeeping when
-    the ended partition reaches it. A renewal the store refuses is tried again each second until
-    the lease is about to lapse; then the partition is given up (killed here, its lease left to
-    expire), so that no cell ever runs under two runners' leases.
+    the ended partition reaches it. Renewals run on a pool of their own, so that a store that
+    stalls holds up a renewal, never this clock: a lease that has not been renewed when it is
+    about to lapse is given up (its partition killed here, one second before any other runner
+    may take it), so that no cell ever runs under two runners at once.
     """
 
     TICK = 0.5
+    GIVE_UP = 2 * TICK  # seconds before the lease lapses
 
     def __init__(self, runner: Runner) -> None:
         self.r = runner
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=f"watch-{runner.node.name}", daemon=True)
+        self.renewals = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"renew-{runner.node.name}")
+        self.inflight: set[int] = set()  # claims (by id) with a renewal under way
         self.stop_at: float | None = None
 
     def __enter__(self) -> _Watch:
@@ -389,6 +395,7 @@ class _Watch:
     def __exit__(self, *exc: object) -> None:
         self.done.set()
         self.thread.join()
+        self.renewals.shutdown(wait=False, cancel_futures=True)
 
     def _loop(self) -> None:
         while not self.done.wait(self.TICK):
@@ -408,30 +415,32 @@ class _Watch:
                 self._kill(claim, "timed_out")
             elif self.stop_at is not None and now > self.stop_at + r.cfg.grace_seconds:
                 self._kill(claim, "stopped")
-            elif now - claim.last_renewal >= r.cfg.lease_seconds / 3:
-                self._renew(claim)
+            elif claim.expires - time.time() < self.GIVE_UP:
+                log.warning("%s: lease of partition %s not renewed in time: giving it up", r.node.name, _span(claim.partition))
+                self._kill(claim, "lost")
+            elif now - claim.last_renewal >= r.cfg.lease_seconds / 3 and id(claim) not in self.inflight:
+                self.inflight.add(id(claim))
+                self.renewals.submit(self._renew, claim)
 
     def _renew(self, claim: _Claim) -> None:
         r = self.r
         try:
             expires = requests.renew(r.store, r.node.name, claim.cell, r.id, r.cfg.lease_seconds)
-        except TRANSIENT as err:
+        except TRANSIENT as err:  # tried again next turn, until the lease is about to lapse
             r.stats.store_errors += 1
-            if claim.expires - time.time() < 2 * self.TICK + 1:
-                why = redact(str(err))
-                log.warning(
-                    "%s: lease of partition %s not renewed in time (%s): giving it up", r.node.name, _span(claim.partition), why
-                )
-                self._kill(claim, "lost")
+            log.warning("%s: lease of partition %s: %s", r.node.name, _span(claim.partition), redact(str(err)))
             return
+        finally:
+            self.inflight.discard(id(claim))
         if expires is None:  # it expired (we stalled) and another runner took it: it runs there now, not here
             self._kill(claim, "lost")
-            return
-        claim.expires, claim.last_renewal = expires, time.monotonic()
+        elif not claim.ended:
+            claim.expires, claim.last_renewal = expires, time.monotonic()
 
     def _kill(self, claim: _Claim, why: str) -> None:
-        claim.ended = why
-        self.r.executor.kill(claim)
+        if not claim.ended:
+            claim.ended = why
+            self.r.executor.kill(claim)
 
 
 def _created(request: Request | str) -> str:
