@@ -20,6 +20,9 @@ from dask_cluster import Cluster
 from test_cluster import assert_no_canary, client_env, cluster
 from test_operator import StallProxy, dag_file, devnet_dag, finish, pool_env, request, start, wait_for
 
+from cryo_ingest.operator import requests
+from cryo_ingest.storage import open_store
+
 __all__ = ["cluster"]  # the fixture, from test_cluster.py (with this module's proxy)
 
 NODE = "cryo_backfill"
@@ -41,7 +44,7 @@ def outputs(root: Path) -> tuple[dict[str, bytes], list[dict[str, object]]]:
 
 
 def state(root: Path, request_id: str) -> str:
-    return str(json.loads((root / "operator" / NODE / "requests" / f"{request_id}.json").read_text())["state"])
+    return requests.load_state(open_store(str(root)), NODE, request_id).state
 
 
 @pytest.fixture(scope="module")

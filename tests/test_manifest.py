@@ -3,6 +3,7 @@ concurrent writers."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 from multiprocessing.sharedctypes import SynchronizedArray
 from multiprocessing.synchronize import Barrier
@@ -101,3 +102,53 @@ def test_concurrent_processes_lose_no_manifest_entry(tmp_path: Path) -> None:
     assert lost == [], f"{len(lost)} of {WRITERS * ROUNDS} entries lost"
     waits: list[int] = lock_waits[:]
     assert sum(waits) > 0, "the writers never found the lock held: they did not contend, so this proves nothing"
+
+
+class ReadCountingStore(CountingStore):
+    """Also records each read and whether it came back unchanged (a 304)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.reads: list[tuple[str, bool]] = []
+
+    def get_if_changed(self, key: str, e_tag: str | None) -> tuple[bytes | None, str | None] | None:
+        got = super().get_if_changed(key, e_tag)
+        self.reads.append((key.rsplit("/", 1)[-1], got is None))
+        return got
+
+
+def test_a_view_reads_what_changed_and_never_a_complete_shard(tmp_path: Path) -> None:
+    """The index marks a shard complete once it holds 1,000 chunks; a View then answers for its blocks
+    unread, reads the other shard once per refresh (a 304 when unchanged), and counts the entries of a
+    full shard that an older index does not mark."""
+    store = ReadCountingStore(tmp_path)
+    chain = [entry(b, f"0x{b:x}", f"0x{b + 1:x}") for b in range(1002)]
+    manifest.add(store, 1, "blocks", 1, SCHEMA, chain[:999], False)
+    index = manifest._index(store, 1, "blocks")
+    assert index is not None and index["complete"] == []
+    manifest.add(store, 1, "blocks", 1, SCHEMA, chain[999:], False)
+    index = manifest._index(store, 1, "blocks")
+    assert index is not None and index["complete"] == ["manifest/00000000_00000999.json"]
+    view = manifest.View(store, 1, "blocks")
+    view.refresh()
+    assert view.held(0, 999) == range(0, 1000) and view.first() == 0
+    assert view.held(1000, 1999) == {1000, 1001}
+    assert view.held(1500, 1999) == set()
+    assert store.reads == [("manifest.json", False), ("00001000_00001999.json", False)]
+    view.refresh()
+    assert view.held(1000, 1001) == {1000, 1001}
+    assert store.reads[2:] == [("manifest.json", True), ("00001000_00001999.json", True)]
+    manifest.add(store, 1, "blocks", 1, SCHEMA, [entry(1002, "0x3ea", "0x3eb")], False)
+    view.refresh()
+    assert view.held(1000, 1999) == {1000, 1001, 1002}
+    assert store.reads[4:] == [("manifest.json", True), ("00001000_00001999.json", False)]
+    # an index written before `complete`: the full shard is read once, then known
+    old = manifest.View(store, 1, "blocks")
+    doc = json.loads(store.get(manifest.key(1, "blocks")) or b"")
+    del doc["complete"]
+    store.put(manifest.key(1, "blocks"), json.dumps(doc).encode())
+    old.refresh()
+    assert old.held(0, 999) == set(range(1000)) and old.held(0, 999) == range(0, 1000)
+    old.refresh()
+    before = len(store.reads)
+    assert old.held(0, 999) == range(0, 1000) and len(store.reads) == before

@@ -204,3 +204,15 @@ def test_an_idle_poll_costs_the_same_after_a_thousand_done_requests(chain: Devne
     # the same, but for one more page of the arrivals listing: the 1,000 came in the last ten
     # minutes, which each poll looks back over for producers whose clocks lag
     assert after == before + Counter({"LIST": 1}), (before, after)
+
+
+def test_status_without_rpc_needs_no_pool(tmp_path: Path) -> None:
+    """Whoever inspects the archive from a laptop holds no RPC secret: `status --no-rpc` reads the store only."""
+    config, root = dag_file(tmp_path, devnet_dag()), tmp_path / "archive"
+    request_id = request(config, root, 0, 49, {})
+    run = cli("status", "--config", str(config), "--root", str(root), "--json", "--no-rpc")
+    assert run.code == 0, run.text
+    [node] = json.loads(run.out)["nodes"]
+    assert [(r["id"], r["state"]) for r in node["requests"]["items"]] == [(request_id, "pending")]
+    without = cli("status", "--config", str(config), "--root", str(root))
+    assert without.code == 2 and "pool 'monad' not found" in without.text

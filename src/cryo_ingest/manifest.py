@@ -297,7 +297,7 @@ class View:
         self._shards: dict[str, tuple[str | None, dict[int, Entry]]] = {}
         self._fresh: set[str] = set()
         self._listed: set[str] = set()
-        self._complete: set[str] = set()
+        self._complete: set[str] = set()  # as the index marks them, and as counted (indexes older than the mark)
 
     def refresh(self) -> None:
         got = self.store.get_if_changed(key(self.chain_id, self.dataset), self._index_tag)
@@ -307,7 +307,7 @@ class View:
         data, self._index_tag = got
         self._index = None if data is None else _parse(data, FORMAT, key(self.chain_id, self.dataset))
         self._listed = set(self._index["shards"]) if self._index else set()
-        self._complete = set(self._index.get("complete", ())) if self._index else set()
+        self._complete |= set(self._index.get("complete", ())) if self._index else set()
 
     @property
     def chunk_size(self) -> int | None:
@@ -318,7 +318,7 @@ class View:
         return sorted(self._listed)
 
     def complete(self, shard: str) -> bool:
-        return shard in self._complete
+        return shard in self._listed and shard in self._complete
 
     def check_grid(self, chunk_size: int) -> None:
         if self.chunk_size is not None:
@@ -347,6 +347,8 @@ class View:
                     raise IngestError(f"manifest {key(self.chain_id, self.dataset)} lists {shard}, which is missing")
                 entries = _entries(_parse(data, SHARD_FORMAT, where), where)
                 self._shards[shard] = (tag, entries)
+                if len(entries) >= SHARD_CHUNKS:
+                    self._complete.add(shard)
             self._fresh.add(shard)
         return entries
 
@@ -356,8 +358,8 @@ class View:
         if size is None:
             return ()
         shard = shard_path(lo, size)
-        if shard in self._complete:
-            return range(lo, hi + 1, size)
         if shard not in self._listed:
             return ()
+        if shard in self._complete:
+            return range(lo, hi + 1, size)
         return {s for s in self.entries(shard) if lo <= s <= hi}
