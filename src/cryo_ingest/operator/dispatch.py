@@ -27,24 +27,36 @@ from typing import Any
 
 from ..task import PartitionResult, Task
 
-# Spare processes kept started; each idle one holds Cryo and pyarrow in memory (about 150 MB).
+# Processes kept started and idle, ready for a task; each holds Cryo and pyarrow in memory (about 150 MB).
 SPARES = 2
+# Partitions one process serves before it retires: a bound on whatever a long-lived process
+# accumulates (allocator fragmentation, caches), at one spawn per this many partitions.
+TASKS_PER_PROCESS = 50
 
 
 def _child(conn: Connection) -> None:
+    """Serve tasks one after another until the parent closes the pipe; a kill ends it anywhere.
+
+    A process that ended its partition (result sent) goes back to the parent's spares, so that the
+    next partition does not pay a spawn and the imports of Cryo and pyarrow (1 to 3 s of CPU,
+    which on a busy host comes out of the running partitions).
+    """
     from ..partition import run_partition  # Cryo and pyarrow load in the child only, before its task comes
 
-    try:
-        task = conn.recv()
-    except EOFError:  # the parent is done with this spare
-        return
-    os.mkdir(task.staging_dir, 0o700)
-    threading.Thread(target=_exit_with_parent, args=(task.staging_dir,), daemon=True).start()
-    conn.send(run_partition(task))
-    conn.close()
+    staging: list[str] = []  # the current task's folder, for the orphan watch
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:  # the parent is done with this process
+            return
+        os.mkdir(task.staging_dir, 0o700)
+        staging[:] = [task.staging_dir]
+        if not any(t.name == "exit-with-parent" for t in threading.enumerate()):
+            threading.Thread(target=_exit_with_parent, args=(staging,), name="exit-with-parent", daemon=True).start()
+        conn.send(run_partition(task))
 
 
-def _exit_with_parent(staging: str) -> None:
+def _exit_with_parent(staging: list[str]) -> None:
     """Orphaned (the parent killed), nobody owns the staging folder or waits for the result: end both.
 
     The parent's end of the pipe that spawn gave this process closes when the parent dies, whenever
@@ -54,7 +66,8 @@ def _exit_with_parent(staging: str) -> None:
     parent = multiprocessing.parent_process()
     assert parent is not None  # a spawned child
     parent.join()
-    shutil.rmtree(staging, ignore_errors=True)
+    for folder in staging:
+        shutil.rmtree(folder, ignore_errors=True)
     os._exit(1)
 
 
@@ -62,6 +75,7 @@ def _exit_with_parent(staging: str) -> None:
 class _Spare:
     process: BaseProcess
     conn: Connection
+    served: int = 0  # partitions it ran
 
 
 @dataclass
@@ -73,6 +87,7 @@ class Running:
     deadline: float
     started: float = field(default_factory=time.monotonic)
     tag: Any = None  # the caller's (its lease)
+    served: int = 0  # partitions its process ran before this one
 
 
 class Dispatcher:
@@ -84,8 +99,10 @@ class Dispatcher:
         self._spares: list[_Spare] = []  # started with the first partition: a runner without work starts none
 
     def _refill(self, at_least: int = 0) -> None:
+        """Spawn up to `want` processes not busy with a partition: a running one comes back when its
+        partition ends, so while partitions run the spares they will return count too."""
         self._spares = [s for s in self._spares if s.process.is_alive()]
-        while len(self._spares) < max(self._want, at_least):
+        while len(self._spares) < max(self._want - len(self.running), at_least):
             mine, theirs = self._ctx.Pipe(duplex=True)
             process = self._ctx.Process(target=_child, args=(theirs,), daemon=True)
             process.start()
@@ -98,9 +115,10 @@ class Dispatcher:
         staging = os.path.join(tempfile.gettempdir(), f"cryo-ingest-partition-{uuid.uuid4().hex}")  # the child makes it
         task = Task(**{**task.__dict__, "staging_dir": staging})
         spare.conn.send(task)
-        self._refill()  # the next spare starts while this partition runs
-        run = Running(task, spare.process, spare.conn, staging, time.monotonic() + timeout if timeout else float("inf"), tag=tag)
+        deadline = time.monotonic() + timeout if timeout else float("inf")
+        run = Running(task, spare.process, spare.conn, staging, deadline, tag=tag, served=spare.served)
         self.running.append(run)
+        self._refill()  # a spare starts while this partition runs, unless running ones will come back
         return run
 
     def close(self) -> None:
@@ -128,21 +146,37 @@ class Dispatcher:
 
     def _outcome(self, run: Running) -> PartitionResult | None:
         part = run.task.partition
-        result: PartitionResult | None = None
         if run.conn.poll():
             try:
-                result = run.conn.recv()
+                result: PartitionResult = run.conn.recv()
             except (EOFError, OSError):  # killed mid-send: a reset, or the end of the pipe
                 result = PartitionResult(part, error=f"partition {part.start}-{part.end}: worker process died")
+            else:
+                self._take_back(run)
+                return result
         elif not run.process.is_alive():
             code = run.process.exitcode
             result = PartitionResult(part, error=f"partition {part.start}-{part.end}: worker process died (exit code {code})")
         elif time.monotonic() > run.deadline:
             seconds = time.monotonic() - run.started
             result = PartitionResult(part, error=f"partition {part.start}-{part.end}: timed out after {seconds:.0f} s, killed")
-        if result is not None:
-            self.stop(run)
+        else:
+            return None
+        self.stop(run)
         return result
+
+    def _take_back(self, run: Running) -> None:
+        """A process that sent its result serves the next partition, unless enough wait already."""
+        shutil.rmtree(run.staging, ignore_errors=True)
+        self.running.remove(run)
+        self._spares = [s for s in self._spares if s.process.is_alive()]
+        if run.served + 1 >= TASKS_PER_PROCESS or len(self._spares) >= self._want:
+            run.conn.close()  # its recv ends with EOFError and it returns
+            run.process.join(timeout=5)
+            if run.process.is_alive():
+                run.process.kill()
+            return
+        self._spares.append(_Spare(run.process, run.conn, run.served + 1))
 
     def stop(self, run: Running) -> None:
         """Kill (if still alive), reap, and remove the staging folder."""
