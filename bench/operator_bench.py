@@ -127,8 +127,10 @@ def check_archive(root: Path, reference: dict[str, str], what: str, whole: bool 
 
 def check_operator(root: Path, s: Setup, what: str) -> None:
     """Every request done, and one event per manifest entry."""
-    states = [json.loads(p.read_text()) for p in (root / "operator" / NODE / "requests").glob("*.json")]
-    if not states or any(st["state"] != "done" for st in states):
+    # ended requests move to closed/; none may be left open
+    open_ = [json.loads(p.read_text()) for p in (root / "operator" / NODE / "requests").glob("*.json")]
+    states = open_ + [json.loads(p.read_text()) for p in (root / "operator" / NODE / "closed").glob("*.json")]
+    if not states or open_ or any(st["state"] != "done" for st in states):
         raise SystemExit(f"{what}: requests not done: {states}")
     events = list((root / "datasets" / "cold_blocks" / "events" / str(CHAIN_ID)).rglob("*.json"))
     if len(events) != len(DATASETS) * s.blocks // s.chunk:

@@ -96,7 +96,7 @@ class Dispatcher:
         self._ctx = multiprocessing.get_context("spawn")
         self.running: list[Running] = []
         self._want = spares
-        self._spares: list[_Spare] = []  # started with the first partition: a runner without work starts none
+        self._spares: list[_Spare] = []  # started by `warm`, or with the first partition
 
     def _refill(self, at_least: int = 0) -> None:
         """Spawn up to `want` processes not busy with a partition: a running one comes back when its
@@ -108,6 +108,9 @@ class Dispatcher:
             process.start()
             theirs.close()
             self._spares.append(_Spare(process, mine))
+
+    def warm(self) -> None:
+        self._refill()
 
     def start(self, task: Task, timeout: float | None, tag: Any = None) -> Running:
         self._refill(at_least=1)

@@ -45,6 +45,9 @@ class Executor(Protocol[T]):
     def kill(self, tag: T) -> None:
         """Kill the partition, from any thread: it then ends through `wait` like any other."""
 
+    def warm(self) -> None:
+        """Get ready to start partitions soon (a runner's, not a source's)."""
+
     def metrics(self) -> dict[str, Any]:
         """The gateway's metrics by endpoint, where the gateway is in this process."""
 
@@ -93,6 +96,9 @@ class Local:
             if run.tag is tag:
                 self.dispatcher.stop(run)
                 return
+
+    def warm(self) -> None:
+        self.dispatcher.warm()
 
     def kill(self, tag: Any) -> None:
         for run in list(self.dispatcher.running):

@@ -26,11 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from filelock import Timeout as LockTimeout
-
 from .. import events, manifest
 from ..config import DagNode, Job
-from ..errors import ConfigError, IngestError, redact
+from ..errors import ConfigError, redact
 from ..plan import Partition, contiguous_through, outlook
 from ..storage import Store, open_store
 from ..task import PartitionResult, Task
@@ -38,12 +36,9 @@ from . import datasets, requests
 from .datasets import Request
 from .executor import Executor
 from .intake import Intake
+from .sources import TRANSIENT
 
 log = logging.getLogger("cryo_ingest.node")
-
-# What a loop turn catches and retries: the store's errors (after obstore's own retries), a lock
-# on a local root held too long, a gateway that cannot answer the final head.
-TRANSIENT = (IngestError, LockTimeout, OSError)
 
 
 def runner_id() -> str:
@@ -124,6 +119,9 @@ class Runner:
     def run(self) -> int:
         """Exit code: 0 every request it took is done or waiting, 1 one failed."""
         self.store.check_access()
+        # the spare processes spawn and import Cryo while the gateway starts and the first poll
+        # runs: a runner is started because there is work (the spec's reactive activation)
+        self.executor.warm()
         with self.executor, _Watch(self):
             idle_since, next_tick, pause = time.monotonic(), 0.0, 0.0
             while not self.stop.is_set():

@@ -98,6 +98,9 @@ class OnCluster:
                 self._runs.remove(run)
                 return
 
+    def warm(self) -> None:
+        """The workers hold the processes."""
+
     def kill(self, tag: Any) -> None:
         """The task kills its partition's process within a second and ends; `wait` then returns it."""
         for run in list(self._runs):

@@ -15,15 +15,38 @@ from datetime import UTC, datetime
 from typing import Any
 
 from croniter import croniter
+from filelock import Timeout as LockTimeout
 
 from .. import manifest
 from ..config import Job
+from ..errors import ConfigError, IngestError, redact
 from ..plan import contiguous_through
 from ..storage import Store
 from . import datasets
 from .dag import SourceNode
 
 log = logging.getLogger("cryo_ingest.sources")
+
+# What a long-lived loop (a runner's poll, a source's tick) logs and retries rather than dying of:
+# the store's errors (after obstore's own retries), a lock on a local root held too long, a
+# gateway that cannot answer. Invalid config (ConfigError) is not among them: it ends the process.
+TRANSIENT = (IngestError, LockTimeout, OSError)
+
+
+def retrying(name: str, stop: threading.Event, turn: Callable[[], None], every: float) -> None:
+    """Run `turn` every `every` seconds until stopped; a transient error is logged and tried again
+    with backoff (1 s, doubling to 30 s)."""
+    pause = 0.0
+    while not stop.is_set():
+        try:
+            turn()
+            pause = 0.0
+        except ConfigError:
+            raise
+        except TRANSIENT as err:
+            pause = min(30.0, max(1.0, 2 * pause))
+            log.warning("%s: %s (retrying in %.0f s)", name, redact(str(err)), pause)
+        stop.wait(max(pause, every))
 
 
 class Archived:
@@ -86,11 +109,15 @@ def run_cron(
     schedule = str(source.config.schedule)
     base = source.config.start_block or 0
     archived = Archived(store, job)
-    cursor = read_cursor(store, source.name)
-    if "last_tick" not in cursor:  # first start: from the next tick on, not every tick in the past
-        cursor = {"last_tick": croniter(schedule, now()).get_prev(datetime).isoformat()}
-        write_cursor(store, source.name, cursor)
-    while not stop.is_set():
+    cursor: dict[str, Any] = {}
+
+    def turn() -> None:
+        if not cursor:
+            stored = read_cursor(store, source.name)
+            if "last_tick" not in stored:  # first start: from the next tick on, not every tick in the past
+                stored = {"last_tick": croniter(schedule, now()).get_prev(datetime).isoformat()}
+                write_cursor(store, source.name, stored)
+            cursor.update(stored)
         due = croniter(schedule, now()).get_prev(datetime)
         if due > datetime.fromisoformat(cursor["last_tick"]):
             start, end = catch_up_range(archived, final_head(), base)
@@ -99,10 +126,12 @@ def run_cron(
                 _emit(store, source, job, f"cron-{source.name}-{tick}", "cron", start, end)
             else:
                 log.info("%s: tick %s: nothing final to archive (archived through %d)", source.name, tick, start - 1)
-            cursor = {"last_tick": due.isoformat()}
-            write_cursor(store, source.name, cursor)
+            write_cursor(store, source.name, {"last_tick": due.isoformat()})
+            cursor["last_tick"] = due.isoformat()
         wait = (croniter(schedule, now()).get_next(datetime) - now()).total_seconds()
-        stop.wait(max(0.05, min(wait, 60.0)))
+        stop.wait(max(0.0, min(wait, 60.0) - 0.05))
+
+    retrying(source.name, stop, turn, 0.05)
 
 
 def run_threshold(source: SourceNode, job: Job, store: Store, stop: threading.Event, final_head: Callable[[], int]) -> None:
@@ -110,11 +139,13 @@ def run_threshold(source: SourceNode, job: Job, store: Store, stop: threading.Ev
     blocks = int(source.config.blocks or 0)
     base = source.config.start_block or 0
     archived = Archived(store, job)
-    while not stop.is_set():
+
+    def turn() -> None:
         start, end = catch_up_range(archived, final_head(), base)
         asked = int(read_cursor(store, source.name).get("requested_through", -1))
         start = max(start, asked + 1)
         if end - start + 1 >= blocks:
             _emit(store, source, job, f"threshold-{source.name}-{start}-{end}", "threshold", start, end)
             write_cursor(store, source.name, {"requested_through": end})
-        stop.wait(source.config.poll_seconds)
+
+    retrying(source.name, stop, turn, source.config.poll_seconds)
