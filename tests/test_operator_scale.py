@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import Devnet, cli, manifest_doc
 from s3meter import Refusal, S3Meter
 from test_operator import (
@@ -29,10 +30,12 @@ from test_operator import (
 )
 
 from cryo_ingest import manifest
+from cryo_ingest.errors import ConfigError, StorageError
 from cryo_ingest.operator import datasets, requests
 from cryo_ingest.operator.dag import Pools, load_dag
 from cryo_ingest.operator.executor import Local
 from cryo_ingest.operator.node import Runner
+from cryo_ingest.operator.sources import retrying
 from cryo_ingest.plan import contiguous_through, outlook
 from cryo_ingest.storage import open_store
 
@@ -216,3 +219,23 @@ def test_status_without_rpc_needs_no_pool(tmp_path: Path) -> None:
     assert [(r["id"], r["state"]) for r in node["requests"]["items"]] == [(request_id, "pending")]
     without = cli("status", "--config", str(config), "--root", str(root))
     assert without.code == 2 and "pool 'monad' not found" in without.text
+
+
+def test_a_source_outlives_store_errors() -> None:
+    """A source's tick that meets a store error is tried again with backoff; invalid config ends it."""
+    stop, calls = threading.Event(), []
+
+    def turn() -> None:
+        calls.append(time.monotonic())
+        if len(calls) <= 2:
+            raise StorageError("storage: cannot read operator/hot/cursor.json: permission denied")
+        stop.set()
+
+    retrying("hot", stop, turn, 0.01)
+    assert len(calls) == 3 and calls[1] - calls[0] >= 0.9 and calls[2] - calls[1] >= 1.9
+
+    def bad() -> None:
+        raise ConfigError("invalid config: chunk_size: 50 differs from the archive's 100")
+
+    with pytest.raises(ConfigError):
+        retrying("hot", threading.Event(), bad, 0.01)
