@@ -21,7 +21,7 @@ from obstore.store import S3Store
 from servers import AuthS3Server, S3FaultProxy
 
 from cryo_ingest import devnet, manifest, storage
-from cryo_ingest.errors import ConfigError, StorageError
+from cryo_ingest.errors import ConfigError, ConflictError, StorageError
 from cryo_ingest.plan import Chunk
 from cryo_ingest.publish import CRASH_ENV, CRASH_POINTS, Staged, publish
 from cryo_ingest.storage import open_store
@@ -222,24 +222,37 @@ def test_bad_store_option_is_a_config_error() -> None:
         open_store("s3://bucket", {"no_such_option": "x"})
 
 
-def test_two_writers_of_a_large_object_one_wins(cloud: Backend) -> None:
-    """An object over 64 MiB (where writes were once unconditional multipart uploads), two writers at
-    once with other bytes: one conditional request each, so one wins, the other is told the key
-    exists and finds the winner's bytes there (publish's conflict), never its own."""
+def test_two_writers_of_a_large_object_one_wins(cloud: Backend, tmp_path: Path) -> None:
+    """A chunk file over 64 MiB (where writes were once unconditional multipart uploads) published by
+    two writers at once with other bytes: one conditional request each, so one wins and records it,
+    the other finds the winner's bytes under the key and stops on a conflict; the manifest names the
+    bytes that are stored."""
     first = os.urandom(65 * 1024 * 1024)
-    second = first[:-1] + bytes([first[-1] ^ 1])
+    files = [tmp_path / "first.parquet", tmp_path / "second.parquet"]
+    files[0].write_bytes(first)
+    files[1].write_bytes(first[:-1] + bytes([first[-1] ^ 1]))
+    del first
     barrier = threading.Barrier(2)
-    stores = [open_store(cloud.root), open_store(cloud.root)]  # a client each, as two workers would have
 
-    def write(n: int, data: bytes) -> bool:
+    def write(path: Path) -> str:
+        store = open_store(cloud.root)  # a client each, as two workers would have
+        staged = [Staged("blocks", Chunk(0, 49), path, Facts(rows=50, schema=[]))]
         barrier.wait(timeout=30)
-        return stores[n].put_new("cold/big.parquet", data)
+        try:
+            publish(store, 31337, 50, staged, {}, overwrite_conflicts=False)
+            return "published"
+        except ConflictError:
+            return "conflict"
 
     with ThreadPoolExecutor(2) as pool:
-        wrote = list(pool.map(write, [0, 1], [first, second]))
-    assert sorted(wrote) == [False, True], wrote
-    winner = first if wrote[0] else second
-    assert hashlib.sha256(stores[0].get("cold/big.parquet") or b"").digest() == hashlib.sha256(winner).digest()
+        outcomes = list(pool.map(write, files))
+    assert sorted(outcomes) == ["conflict", "published"], outcomes
+    winner = files[outcomes.index("published")].read_bytes()
+    store = open_store(cloud.root)
+    stored = store.get("cold/31337/blocks/blocks_00000000_00000049.parquet")
+    m = manifest.load(store, 31337, "blocks")
+    assert m is not None and [e.sha256 for e in m.files.values()] == [hashlib.sha256(winner).hexdigest()]
+    assert stored == winner
 
 
 def test_an_object_above_one_request_is_refused(s3: S3, monkeypatch: pytest.MonkeyPatch) -> None:
