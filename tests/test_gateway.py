@@ -99,10 +99,12 @@ def test_rate_limit_is_respected(chain: Devnet, tmp_path: Path) -> None:
             assert worst >= limit - 5, (window, worst)
 
 
-def test_retry_after_holds_the_endpoint(chain: Devnet) -> None:
-    """A 429 with `Retry-After: 2`: nothing goes to that endpoint for 2 s, neither the retry nor a
-    request that comes along meanwhile. Times are the proxy's, where requests arrive."""
-    faults = Faults(throttle=("eth_getBlockByNumber", 1, 2))
+@pytest.mark.parametrize("as_date", [False, True], ids=["seconds", "http-date"])
+def test_retry_after_holds_the_endpoint(chain: Devnet, as_date: bool) -> None:
+    """A 429 with `Retry-After: 2` (or an HTTP date at least 2 s ahead): nothing goes to that endpoint
+    for 2 s, neither the retry nor a request that comes along meanwhile. Times are the proxy's, where
+    requests arrive."""
+    faults = Faults(throttle=("eth_getBlockByNumber", 1, 2), throttle_date=as_date)
     with (
         FaultProxy(chain.url, faults) as proxy,
         Gateway([Endpoint.model_validate({"url": proxy.url(), "name": "held"})], 31337) as gw,

@@ -12,6 +12,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from ..budget import SharedBudget
@@ -448,10 +449,17 @@ class Pool:
 
 
 def _retry_after(value: str | None) -> float:
+    """Retry-After in seconds, at most 30: a number of seconds or an HTTP date (RFC 9110 10.2.3)."""
+    if not value:
+        return 0.0
     try:
-        return min(30.0, max(0.0, float(value))) if value else 0.0
+        seconds = float(value)
     except ValueError:
-        return 1.0
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):  # neither: hold the endpoint a second
+            return 1.0
+    return min(30.0, max(0.0, seconds))
 
 
 def _lagging(req: dict[str, Any], head: int) -> bool:
