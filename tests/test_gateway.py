@@ -20,7 +20,7 @@ from servers import FaultProxy, Faults
 
 from cryo_ingest import devnet, plan
 from cryo_ingest.config import Endpoint
-from cryo_ingest.errors import redact
+from cryo_ingest.errors import redact, register_secret_url
 from cryo_ingest.extract import _refusals
 from cryo_ingest.gateway import Gateway
 from cryo_ingest.gateway.replies import MAX_ANSWERS, MAX_BLOCKS, Refusals
@@ -381,6 +381,16 @@ def test_only_the_runs_secret_path_reaches_the_pool(chain: Devnet) -> None:
         assert sum(proxy.methods.values()) == before
         assert post(gw.url) == 200 and sum(proxy.methods.values()) == before + 1
         assert gw.url.rsplit("/", 1)[1] not in redact(f"GET {gw.url}/_cryo_ingest/unknown")
+
+
+def test_a_short_password_is_redacted_in_its_url_only() -> None:
+    """`http://u:x@host`: the user info goes wherever it stands in a URL, the letter x stays elsewhere;
+    a password long enough not to be a common word goes wherever it stands."""
+    register_secret_url("http://u:x@short-password.invalid:8545/")
+    register_secret_url("http://user:hunter2hunter2@long-password.invalid/")
+    assert redact("exit 0x1 max") == "exit 0x1 max"
+    assert redact("ws://u:x@short-password.invalid refused") == "ws://<redacted>short-password.invalid refused"
+    assert redact("401: password hunter2hunter2 refused") == "401: password <redacted> refused"
 
 
 def test_gateway_secret_is_never_written(chain: Devnet, tmp_path: Path) -> None:
