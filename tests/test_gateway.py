@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -19,11 +20,17 @@ from pydantic import SecretStr
 from servers import FaultProxy, Faults
 
 from cryo_ingest import devnet, plan
+from cryo_ingest.backfill import Result
+from cryo_ingest.cli.backfill import report
+from cryo_ingest.cli.output import console
 from cryo_ingest.config import Endpoint
 from cryo_ingest.errors import redact, register_secret_url
 from cryo_ingest.extract import _refusals
 from cryo_ingest.gateway import Gateway
+from cryo_ingest.gateway.budgets import Bucket
+from cryo_ingest.gateway.pool import Upstream
 from cryo_ingest.gateway.replies import MAX_ANSWERS, MAX_BLOCKS, Refusals
+from cryo_ingest.gateway.upstream import Client
 
 END = 149
 DATASETS = "blocks,transactions,logs,traces"
@@ -391,6 +398,22 @@ def test_a_short_password_is_redacted_in_its_url_only() -> None:
     assert redact("exit 0x1 max") == "exit 0x1 max"
     assert redact("ws://u:x@short-password.invalid refused") == "ws://<redacted>short-password.invalid refused"
     assert redact("401: password hunter2hunter2 refused") == "401: password <redacted> refused"
+
+
+def test_the_endpoints_table_shows_an_open_breaker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """60 failures in a row: the breaker has tripped 6 times and opened for 30 s; `backfill`'s table says so."""
+    spec = Endpoint.model_validate({"url": "http://127.0.0.1:9", "name": "flaky"})
+    up = Upstream(spec, Bucket(spec, None), asyncio.Semaphore(1), Client(spec.url.get_secret_value()))
+    assert up.metrics()["state"] == "ok"
+    for _ in range(60):
+        up.fail("http_5xx", time.monotonic())
+    state = up.metrics()["state"]
+    assert re.fullmatch(r"breaker open, (29|30)\.\d s left", state), state
+    monkeypatch.setattr(console, "width", 200)
+    with console.capture() as out:
+        report(Result(31337, ("blocks",), 0, 49, gateway={"flaky": up.metrics()}))
+    [row] = [line for line in out.get().splitlines() if "flaky" in line]
+    assert "breaker open, " in row and " ok " not in row, row
 
 
 def test_gateway_secret_is_never_written(chain: Devnet, tmp_path: Path) -> None:

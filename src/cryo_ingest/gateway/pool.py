@@ -93,6 +93,14 @@ class Upstream:
     def usable(self, now: float) -> bool:
         return self.disabled is None and self.cooldown_until <= now
 
+    def state(self, now: float) -> str:
+        """For the endpoints table: out of the pool (why), its breaker open, held back, or ok."""
+        if self.disabled is not None:
+            return self.disabled
+        if self.cooldown_until > now:  # a breaker's trip, or the provider's Retry-After
+            return f"{'breaker open' if self.trips else 'cooling down'}, {self.cooldown_until - now:.1f} s left"
+        return "ok"
+
     def fail(self, kind: str, now: float) -> None:
         self.errors[kind] += 1
         self.consecutive_failures += 1
@@ -130,6 +138,7 @@ class Upstream:
             "p95_ms": None if p95 is None else round(p95 * 1000, 2),
             "bytes": self.bytes,
             "disabled": self.disabled,
+            "state": self.state(time.monotonic()),
             "rate_limit": None if rate is None else round(rate, 1),  # after tuning; None: not limited
             "rate_unit": self.bucket.unit,
             "rate_cuts": self.rate_cuts,
