@@ -269,8 +269,8 @@ def test_a_partition_with_a_file_above_one_request_publishes_nothing(
 ) -> None:
     """The refusal names a chunk_size that fits and comes before the first upload: not even the
     partition's smaller files go up, and no manifest is written."""
-    monkeypatch.setitem(storage.SINGLE_PUT_LIMITS, S3Store, 1024)
     store = open_store(f"s3://{s3.bucket('cold-too-large')}")
+    monkeypatch.setitem(storage.SINGLE_PUT_LIMITS, S3Store, 1024)
     staged = []
     for dataset, size in (("blocks", 100), ("transactions", 5000)):
         path = tmp_path / f"{dataset}.parquet"
@@ -283,3 +283,9 @@ def test_a_partition_with_a_file_above_one_request_publishes_nothing(
         "use a chunk_size of at most 10 (now 50); nothing published"
     )
     assert store.list("") == []
+    # the large file archived already, byte for byte (as before the limit): not uploaded again, not refused
+    small, large = (s.entry(s.path.read_bytes()) for s in staged)
+    obstore.put(store.store, f"cold/31337/transactions/{large.path}", staged[1].path.read_bytes())
+    manifest.add(store, 31337, "transactions", 50, [], [large], False)
+    archived = {"transactions": manifest.load(store, 31337, "transactions")}
+    assert publish(store, 31337, 50, staged, archived, overwrite_conflicts=False) == [("blocks", small)]

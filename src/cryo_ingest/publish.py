@@ -51,11 +51,12 @@ def object_key(chain_id: int, dataset: str, name: str) -> str:
 
 def _refuse_too_large(store: Store, chunk_size: int, entries: list[tuple[Staged, Entry, Entry | None]]) -> None:
     """Every object goes up in one request (storage.py): refuse the partition before the first
-    upload if one file is larger than that, so that nothing of it is published."""
+    upload if a file to upload is larger than that, so that nothing of it is published."""
     limit = single_put_limit(store)
-    if limit is None or not entries:
+    uploads = [(item, entry) for item, entry, old in entries if old != entry]
+    if limit is None or not uploads:
         return
-    item, entry, _ = max(entries, key=lambda e: e[1].bytes)
+    item, entry = max(uploads, key=lambda e: e[1].bytes)
     if entry.bytes > limit:
         raise StorageError(
             f"storage: {item.dataset} chunk {item.chunk} is {entry.bytes} bytes, above the {limit} bytes one request writes "
