@@ -3,6 +3,7 @@ processes, on loopback or each on a host of its own (a network namespace: tests/
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -19,6 +20,8 @@ from cryo_ingest.devnet import free_port
 
 DASK = str(Path(sys.executable).parent / "dask")
 SPEC_LOG = str(Path(__file__).parent / "dask_spec_log.py")
+# In the command line of every partition's process (operator/dispatch.py), and of nothing else.
+PARTITION_PROCESS = "-m cryo_ingest.operator.dispatch"
 
 
 @dataclass(frozen=True)
@@ -51,9 +54,12 @@ def dask_cluster(
     scheduler: Host = LOOPBACK,
     nthreads: int = 2,
     spec_log: bool = True,
+    daemon: bool = True,
 ) -> Iterator[Cluster]:
     """The scheduler (logging every task spec if `spec_log`: tests/dask_spec_log.py) and one worker per
-    host in `workers`, with `worker_env` on top of this environment without its pools; logs in `folder`."""
+    host in `workers`, with `worker_env` on top of this environment without its pools; logs in `folder`.
+    Workers start as `dask worker` starts them (a nanny, a daemonic worker process), or with
+    DASK_DISTRIBUTED__WORKER__DAEMON=False if not `daemon`; checked on each worker."""
     port = free_port()
     address = f"tcp://{scheduler.ip}:{port}"
     base = {k: v for k, v in os.environ.items() if not k.startswith("CRYO_INGEST_RPC_POOL_")}
@@ -62,8 +68,7 @@ def dask_cluster(
     cmd += ["--preload", SPEC_LOG] if spec_log else []
     with log.open("wb") as out:
         procs = [subprocess.Popen(scheduler.command(cmd), stdout=out, stderr=subprocess.STDOUT, env=base)]
-    # docs/cluster.md: a worker starts each partition as a child process, which a daemonic process cannot
-    env = {**base, **worker_env, "DASK_DISTRIBUTED__WORKER__DAEMON": "False"}
+    env = {**base, **worker_env, **({} if daemon else {"DASK_DISTRIBUTED__WORKER__DAEMON": "False"})}
     temp_dirs = []
     for i, host in enumerate(workers):
         temp_dirs.append(folder / f"worker-{i}-tmp")
@@ -79,6 +84,8 @@ def dask_cluster(
 
         with Client(address, timeout=30) as client:  # type: ignore[no-untyped-call]
             client.wait_for_workers(len(workers), timeout=60)
+            daemonic = client.run(lambda: multiprocessing.current_process().daemon)
+        assert list(daemonic.values()) == [daemon] * len(workers), daemonic
         yield Cluster(address, log, procs[1:], temp_dirs)
     finally:
         for p in procs:
@@ -98,7 +105,7 @@ def kill_a_busy_worker(cluster: Cluster, seconds: float = 60) -> int | None:
     while time.monotonic() < deadline:
         for nanny in cluster.workers:
             for proc in psutil.Process(nanny.pid).children():
-                if any("spawn_main" in " ".join(c.cmdline()) for c in proc.children(recursive=True)):
+                if any(PARTITION_PROCESS in " ".join(c.cmdline()) for c in proc.children(recursive=True)):
                     os.kill(proc.pid, signal.SIGKILL)
                     return int(proc.pid)
         time.sleep(0.05)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import os
 import random
 import shutil
@@ -22,6 +23,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any, Self
 
@@ -108,8 +110,10 @@ class Faults:
     # Answer these calls ("method", or "method:first param" such as "eth_getBlockByNumber:0x7") with
     # a JSON-RPC error quoting the request's full URL, user info and key included, as some providers do.
     echo_url: set[str] = field(default_factory=set)
-    # (method, n, seconds): the first n calls of `method` get HTTP 429 with `Retry-After: seconds`.
+    # (method, n, seconds): the first n calls of `method` get HTTP 429 with `Retry-After: seconds`, or
+    # with `throttle_date`, Retry-After as an HTTP date at least that many seconds ahead.
     throttle: tuple[str, int, int] | None = None
+    throttle_date: bool = False
     # debug_traceBlockByNumber answers every transaction with this error instead of its trace (as
     # nodes that lost or never kept the state do: "Resource not found", "traces not found").
     trace_errors: str | None = None
@@ -187,7 +191,9 @@ class FaultProxy(Proxy):
                 return web.Response(status=429, text="rate limited", headers={"Retry-After": "1"})
         if f.throttle is not None and method == f.throttle[0] and len(self.throttled) < f.throttle[1]:
             self.throttled.append(time.monotonic())
-            return web.Response(status=429, text="slow down", headers={"Retry-After": str(f.throttle[2])})
+            seconds = f.throttle[2]
+            after = formatdate(math.ceil(time.time()) + seconds, usegmt=True) if f.throttle_date else str(seconds)
+            return web.Response(status=429, text="slow down", headers={"Retry-After": after})
         first = (body.get("params") or [None])[0]
         if method in f.echo_url or f"{method}:{first}" in f.echo_url:
             message = f"request {request_url(request)} rejected: {method} is not served for this key"

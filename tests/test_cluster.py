@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CANARY, Devnet, backfill, backfill_command, files_under
-from dask_cluster import Cluster, dask_cluster, kill_a_busy_worker, staging_left
+from dask_cluster import LOOPBACK, Cluster, dask_cluster, kill_a_busy_worker, staging_left
 from servers import FaultProxy
 
 END = 249  # 5 chunks of 50: two partitions (4 chunks at most each)
@@ -62,6 +62,18 @@ def test_cluster_archive_equals_the_local_one_and_the_key_stays_on_the_workers(
     scheduler_log = cluster.scheduler_log.read_text()
     assert "PoolRef(name='test'" in scheduler_log  # the task specs are in the log (dask_spec_log.py) ...
     assert_no_canary(run.text, scheduler_log, folders=(root,))  # ... and the key is not
+
+
+def test_workers_started_non_daemonic_run_partitions_too(
+    proxy: FaultProxy, local_archive: dict[str, bytes], tmp_path: Path
+) -> None:
+    """DASK_DISTRIBUTED__WORKER__DAEMON=False, which the docs once asked for, still works."""
+    pool = {"endpoints": [{"name": "node", "url": proxy.url(f"/v2/{CANARY}")}]}
+    with dask_cluster(tmp_path, {"CRYO_INGEST_RPC_POOL_TEST": json.dumps(pool)}, workers=(LOOPBACK,), daemon=False) as cluster:
+        root = tmp_path / "archive"
+        run = backfill(root, None, "--rpc-pool", "test", "--scheduler", cluster.address, end=END, env=client_env())
+    assert run.code == 0, run.text
+    assert files_under(root) == local_archive
 
 
 def test_worker_killed_mid_partition_the_job_still_completes(

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 from conftest import CANARY, Devnet, cli, files_under
-from dask_cluster import Cluster
+from dask_cluster import PARTITION_PROCESS, Cluster, staging_left
 from test_cluster import assert_no_canary, client_env, cluster
 from test_operator import StallProxy, dag_file, devnet_dag, finish, pool_env, request, start, wait_for
 
@@ -73,7 +73,7 @@ def partitions_running(cluster: Cluster) -> int:
     for nanny in cluster.workers:
         try:
             for worker in psutil.Process(nanny.pid).children():
-                count += sum("spawn_main" in " ".join(c.cmdline()) for c in worker.children())
+                count += sum(PARTITION_PROCESS in " ".join(c.cmdline()) for c in worker.children())
         except psutil.Error:  # a process ended while we looked
             continue
     return count
@@ -146,6 +146,23 @@ def test_sigterm_stops_the_partitions_on_the_workers(cluster: Cluster, proxy: St
     finally:
         proxy.stall = range(0)
     assert state(root, "r1") == "running"  # not failed: a fresh runner takes it up
+
+
+def test_timeout_kills_the_partition_on_its_worker(cluster: Cluster, proxy: StallProxy, tmp_path: Path) -> None:
+    """`timeout_seconds` holds on a worker: its partition's process is killed and its staging folder removed."""
+    text = dag(extra="    attempts: 1\n").replace("timeout_seconds: 3600", "timeout_seconds: 5")
+    config, root = dag_file(tmp_path, text), tmp_path / "archive"
+    request(config, root, 0, 49, client_env(), "--id", "r1")
+    proxy.stall = range(END + 1)  # the partition hangs on its first block
+    try:
+        run = cli("run", "--config", str(config), "--root", str(root), "--scheduler", cluster.address, env=client_env())
+    finally:
+        proxy.stall = range(0)
+    assert run.code == 1, run.text
+    assert "partition 0-49: timed out after 5 s, killed" in run.text, run.text
+    assert state(root, "r1") == "failed"
+    assert partitions_running(cluster) == 0
+    assert not staging_left(cluster, 10), "the killed partition left its staging folder"
 
 
 @pytest.mark.parametrize(

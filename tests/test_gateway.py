@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import socket
@@ -19,11 +20,17 @@ from pydantic import SecretStr
 from servers import FaultProxy, Faults
 
 from cryo_ingest import devnet, plan
+from cryo_ingest.backfill import Result
+from cryo_ingest.cli.backfill import report
+from cryo_ingest.cli.output import console
 from cryo_ingest.config import Endpoint
-from cryo_ingest.errors import redact
+from cryo_ingest.errors import redact, register_secret_url
 from cryo_ingest.extract import _refusals
 from cryo_ingest.gateway import Gateway
+from cryo_ingest.gateway.budgets import Bucket
+from cryo_ingest.gateway.pool import Upstream
 from cryo_ingest.gateway.replies import MAX_ANSWERS, MAX_BLOCKS, Refusals
+from cryo_ingest.gateway.upstream import Client
 
 END = 149
 DATASETS = "blocks,transactions,logs,traces"
@@ -99,10 +106,12 @@ def test_rate_limit_is_respected(chain: Devnet, tmp_path: Path) -> None:
             assert worst >= limit - 5, (window, worst)
 
 
-def test_retry_after_holds_the_endpoint(chain: Devnet) -> None:
-    """A 429 with `Retry-After: 2`: nothing goes to that endpoint for 2 s, neither the retry nor a
-    request that comes along meanwhile. Times are the proxy's, where requests arrive."""
-    faults = Faults(throttle=("eth_getBlockByNumber", 1, 2))
+@pytest.mark.parametrize("as_date", [False, True], ids=["seconds", "http-date"])
+def test_retry_after_holds_the_endpoint(chain: Devnet, as_date: bool) -> None:
+    """A 429 with `Retry-After: 2` (or an HTTP date at least 2 s ahead): nothing goes to that endpoint
+    for 2 s, neither the retry nor a request that comes along meanwhile. Times are the proxy's, where
+    requests arrive."""
+    faults = Faults(throttle=("eth_getBlockByNumber", 1, 2), throttle_date=as_date)
     with (
         FaultProxy(chain.url, faults) as proxy,
         Gateway([Endpoint.model_validate({"url": proxy.url(), "name": "held"})], 31337) as gw,
@@ -379,6 +388,32 @@ def test_only_the_runs_secret_path_reaches_the_pool(chain: Devnet) -> None:
         assert sum(proxy.methods.values()) == before
         assert post(gw.url) == 200 and sum(proxy.methods.values()) == before + 1
         assert gw.url.rsplit("/", 1)[1] not in redact(f"GET {gw.url}/_cryo_ingest/unknown")
+
+
+def test_a_short_password_is_redacted_in_its_url_only() -> None:
+    """`http://u:x@host`: the user info goes wherever it stands in a URL, the letter x stays elsewhere;
+    a password long enough not to be a common word goes wherever it stands."""
+    register_secret_url("http://u:x@short-password.invalid:8545/")
+    register_secret_url("http://user:hunter2hunter2@long-password.invalid/")
+    assert redact("exit 0x1 max") == "exit 0x1 max"
+    assert redact("ws://u:x@short-password.invalid refused") == "ws://<redacted>short-password.invalid refused"
+    assert redact("401: password hunter2hunter2 refused") == "401: password <redacted> refused"
+
+
+def test_the_endpoints_table_shows_an_open_breaker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """60 failures in a row: the breaker has tripped 6 times and opened for 30 s; `backfill`'s table says so."""
+    spec = Endpoint.model_validate({"url": "http://127.0.0.1:9", "name": "flaky"})
+    up = Upstream(spec, Bucket(spec, None), asyncio.Semaphore(1), Client(spec.url.get_secret_value()))
+    assert up.metrics()["state"] == "ok"
+    for _ in range(60):
+        up.fail("http_5xx", time.monotonic())
+    state = up.metrics()["state"]
+    assert re.fullmatch(r"breaker open, (29|30)\.\d s left", state), state
+    monkeypatch.setattr(console, "width", 200)
+    with console.capture() as out:
+        report(Result(31337, ("blocks",), 0, 49, gateway={"flaky": up.metrics()}))
+    [row] = [line for line in out.get().splitlines() if "flaky" in line]
+    assert "breaker open, " in row and " ok " not in row, row
 
 
 def test_gateway_secret_is_never_written(chain: Devnet, tmp_path: Path) -> None:

@@ -7,21 +7,25 @@ import json
 import os
 import re
 import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import boto3
 import conftest
 import obstore
 import pytest
 from conftest import S3, Backend, Devnet, Run, backfill_command, cli
 from obstore.exceptions import PreconditionError
+from obstore.store import S3Store
 from servers import AuthS3Server, S3FaultProxy
 
 from cryo_ingest import devnet, manifest, storage
-from cryo_ingest.errors import ConfigError
-from cryo_ingest.publish import CRASH_ENV, CRASH_POINTS
+from cryo_ingest.errors import ConfigError, ConflictError, StorageError
+from cryo_ingest.plan import Chunk
+from cryo_ingest.publish import CRASH_ENV, CRASH_POINTS, Staged, publish
 from cryo_ingest.storage import open_store
+from cryo_ingest.validate import Facts
 
 if TYPE_CHECKING:
     from obstore import UpdateVersion
@@ -218,18 +222,70 @@ def test_bad_store_option_is_a_config_error() -> None:
         open_store("s3://bucket", {"no_such_option": "x"})
 
 
-def test_large_objects_go_up_as_multipart(s3: S3, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(storage, "MULTIPART_THRESHOLD", 64 * 1024)
-    bucket = s3.bucket("cold-multipart")
-    store = open_store(f"s3://{bucket}")
-    data = os.urandom(6 * 1024 * 1024)  # above obstore's 5 MiB part size: two parts
-    small = os.urandom(1024)  # below the threshold: one PUT
-    assert store.put_new("big.parquet", data) is True
-    assert store.put_new("small.parquet", small) is True
-    assert store.put_new("big.parquet", b"other") is False  # the key exists: reported, not overwritten
-    assert store.get("big.parquet") == data
-    # S3 names a multipart object's ETag after its parts: "<md5 of the parts' md5s>-<parts>"
-    etag = boto3.client("s3").head_object(Bucket=bucket, Key="big.parquet")["ETag"].strip('"')
-    parts = [hashlib.md5(data[i : i + 5 * 1024 * 1024]).digest() for i in range(0, len(data), 5 * 1024 * 1024)]
-    assert etag == hashlib.md5(b"".join(parts)).hexdigest() + "-2"
-    assert boto3.client("s3").head_object(Bucket=bucket, Key="small.parquet")["ETag"].strip('"') == hashlib.md5(small).hexdigest()
+def test_two_writers_of_a_large_object_one_wins(cloud: Backend, tmp_path: Path) -> None:
+    """A chunk file over 64 MiB (where writes were once unconditional multipart uploads) published by
+    two writers at once with other bytes: one conditional request each, so one wins and records it,
+    the other finds the winner's bytes under the key and stops on a conflict; the manifest names the
+    bytes that are stored."""
+    first = os.urandom(65 * 1024 * 1024)
+    files = [tmp_path / "first.parquet", tmp_path / "second.parquet"]
+    files[0].write_bytes(first)
+    files[1].write_bytes(first[:-1] + bytes([first[-1] ^ 1]))
+    del first
+    barrier = threading.Barrier(2)
+
+    def write(path: Path) -> str:
+        store = open_store(cloud.root)  # a client each, as two workers would have
+        staged = [Staged("blocks", Chunk(0, 49), path, Facts(rows=50, schema=[]))]
+        barrier.wait(timeout=30)
+        try:
+            publish(store, 31337, 50, staged, {}, overwrite_conflicts=False)
+            return "published"
+        except ConflictError:
+            return "conflict"
+
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(write, files))
+    assert sorted(outcomes) == ["conflict", "published"], outcomes
+    winner = files[outcomes.index("published")].read_bytes()
+    store = open_store(cloud.root)
+    stored = store.get("cold/31337/blocks/blocks_00000000_00000049.parquet")
+    m = manifest.load(store, 31337, "blocks")
+    assert m is not None and [e.sha256 for e in m.files.values()] == [hashlib.sha256(winner).hexdigest()]
+    assert stored == winner
+
+
+def test_an_object_above_one_request_is_refused(s3: S3, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(storage.SINGLE_PUT_LIMITS, S3Store, 1024)  # S3's 5 GiB, made small
+    store = open_store(f"s3://{s3.bucket('cold-limit')}")
+    for write in (store.put_new, store.put):
+        with pytest.raises(StorageError, match=r"cannot write cold/k: 1025 bytes, above the 1024 bytes that S3Store writes"):
+            write("cold/k", os.urandom(1025))
+    assert store.put_new("cold/k", os.urandom(1024)) is True  # at the limit: written
+
+
+def test_a_partition_with_a_file_above_one_request_publishes_nothing(
+    s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal names a chunk_size that fits and comes before the first upload: not even the
+    partition's smaller files go up, and no manifest is written."""
+    store = open_store(f"s3://{s3.bucket('cold-too-large')}")
+    monkeypatch.setitem(storage.SINGLE_PUT_LIMITS, S3Store, 1024)
+    staged = []
+    for dataset, size in (("blocks", 100), ("transactions", 5000)):
+        path = tmp_path / f"{dataset}.parquet"
+        path.write_bytes(os.urandom(size))
+        staged.append(Staged(dataset, Chunk(0, 49), path, Facts(rows=1, schema=[])))
+    with pytest.raises(StorageError) as err:
+        publish(store, 31337, 50, staged, {}, overwrite_conflicts=False)
+    assert str(err.value) == (
+        "storage: transactions chunk 0-49 is 5000 bytes, above the 1024 bytes one request writes to S3Store: "
+        "use a chunk_size of at most 10 (now 50); nothing published"
+    )
+    assert store.list("") == []
+    # the large file archived already, byte for byte (as before the limit): not uploaded again, not refused
+    small, large = (s.entry(s.path.read_bytes()) for s in staged)
+    obstore.put(store.store, f"cold/31337/transactions/{large.path}", staged[1].path.read_bytes())
+    manifest.add(store, 31337, "transactions", 50, [], [large], False)
+    archived = {"transactions": manifest.load(store, 31337, "transactions")}
+    assert publish(store, 31337, 50, staged, archived, overwrite_conflicts=False) == [("blocks", small)]

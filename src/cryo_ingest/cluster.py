@@ -11,7 +11,6 @@ operator's runner uses the same tasks (operator/on_cluster.py).
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -23,7 +22,7 @@ from . import chains
 from .backfill import Result, open_job
 from .budget import shared_budget
 from .config import BUDGET_ENV, Job, make_job, resolve_pool
-from .errors import ConfigError, redact
+from .errors import redact
 from .gateway import Gateway
 from .operator.dispatch import Dispatcher
 from .plan import Partition
@@ -63,11 +62,6 @@ def partition_task(
     ref: PoolRef, task: Task, timeout: float | None, semaphore: Semaphore, stop: Event | None = None
 ) -> PartitionResult:
     """One partition on a worker, under the job's cluster-wide concurrency limit; killed within a second of `stop`."""
-    if multiprocessing.current_process().daemon:
-        raise ConfigError(
-            "dask worker: its process is daemonic and cannot start a partition's process: "
-            "start workers with DASK_DISTRIBUTED__WORKER__DAEMON=False (docs/cluster.md)"
-        )
     part = task.partition
     stopped = PartitionResult(part, error=f"partition {part.start}-{part.end}: stopped")
     with semaphore:

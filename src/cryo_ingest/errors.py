@@ -26,7 +26,9 @@ def register_secret_url(url: str) -> None:
     if parts.query:
         pieces.add(parts.query)
         pieces.update(v for kv in parts.query.split("&") for v in kv.split("=")[1:] if len(v) >= 8)
-    if parts.password:
+    if parts.password is not None:  # the user info as it stands in a URL, at any length ...
+        pieces.add(parts.netloc.rpartition("@")[0] + "@")
+    if parts.password and len(parts.password) >= 8:  # ... and alone where it could not be a common word
         pieces.add(parts.password)
     if parts.username and len(parts.username) >= 8:
         pieces.add(parts.username)

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import manifest
-from .errors import ConflictError
+from .errors import ConflictError, StorageError
 from .faults import CRASH_ENV, CRASH_POINTS, crash_point
 from .manifest import Entry
 from .plan import Chunk
-from .storage import Store, sha256
+from .storage import Store, sha256, single_put_limit
 from .validate import Facts
 
 # The crash hook lives in .faults (manifest.py marks a step too); its names stay importable from here.
@@ -49,6 +49,36 @@ def object_key(chain_id: int, dataset: str, name: str) -> str:
     return f"cold/{chain_id}/{dataset}/{name}"
 
 
+def _refuse_too_large(store: Store, chunk_size: int, entries: list[tuple[Staged, Entry, Entry | None]]) -> None:
+    """Every object goes up in one request (storage.py): refuse the partition before the first
+    upload if a file to upload is larger than that, so that nothing of it is published."""
+    limit = single_put_limit(store)
+    uploads = [(item, entry) for item, entry, old in entries if old != entry]
+    if limit is None or not uploads:
+        return
+    item, entry = max(uploads, key=lambda e: e[1].bytes)
+    if entry.bytes > limit:
+        raise StorageError(
+            f"storage: {item.dataset} chunk {item.chunk} is {entry.bytes} bytes, above the {limit} bytes one request writes "
+            f"to {type(store.remote).__name__}: use a chunk_size of at most {chunk_size * limit // entry.bytes} "
+            f"(now {chunk_size}); nothing published"
+        )
+
+
+def _upload(store: Store, key: str, item: Staged, entry: Entry, overwrite_conflicts: bool) -> None:
+    """The file under `key`, read here: its bytes are released before the next file's are read."""
+    data = item.path.read_bytes()
+    if not store.put_new(key, data):
+        existing = store.get(key)
+        if existing is not None and sha256(existing) != entry.sha256:
+            if not overwrite_conflicts:
+                raise ConflictError(
+                    f"conflict: {item.dataset} chunk {item.chunk}: {key} holds other bytes than the new file; "
+                    "nothing changed (use --overwrite-conflicts to replace it)"
+                )
+            store.put(key, data)
+
+
 def publish(
     store: Store,
     chain_id: int,
@@ -57,11 +87,13 @@ def publish(
     archived: dict[str, manifest.Manifest | None],
     overwrite_conflicts: bool,
 ) -> list[tuple[str, Entry]]:
-    """Store and record `staged`; returns the (dataset, entry) pairs that changed the archive."""
+    """Store and record `staged`; returns the (dataset, entry) pairs that changed the archive.
+
+    A file is read once to make its entry and once more to upload it, so that one file at a time is
+    in memory, not the partition's."""
     entries = []
     for item in staged:
-        data = item.path.read_bytes()
-        entry = item.entry(data)
+        entry = item.entry(item.path.read_bytes())
         known = archived.get(item.dataset)
         old = known.files.get(entry.start_block) if known else None
         if old is not None and old.sha256 != entry.sha256 and not overwrite_conflicts:
@@ -69,27 +101,19 @@ def publish(
                 f"conflict: {item.dataset} chunk {item.chunk}: archived sha256 {old.sha256[:12]}… differs from "
                 f"new {entry.sha256[:12]}… (a reorg or another node?); nothing changed (use --overwrite-conflicts to replace it)"
             )
-        entries.append((item, entry, data, old))
+        entries.append((item, entry, old))
+    _refuse_too_large(store, chunk_size, entries)
     crash_point("after-staging")
-    for n, (item, entry, data, old) in enumerate(entries):
+    for n, (item, entry, old) in enumerate(entries):
         if old == entry:
             continue
-        key = object_key(chain_id, item.dataset, entry.path)
-        if not store.put_new(key, data):
-            existing = store.get(key)
-            if existing is not None and sha256(existing) != entry.sha256:
-                if not overwrite_conflicts:
-                    raise ConflictError(
-                        f"conflict: {item.dataset} chunk {item.chunk}: {key} holds other bytes than the new file; "
-                        "nothing changed (use --overwrite-conflicts to replace it)"
-                    )
-                store.put(key, data)
+        _upload(store, object_key(chain_id, item.dataset, entry.path), item, entry, overwrite_conflicts)
         if n == 0:
             crash_point("mid-upload")
     crash_point("after-upload")
     changed: list[tuple[str, Entry]] = []
     by_dataset: dict[str, list[tuple[Staged, Entry]]] = {}
-    for item, entry, _, _ in entries:
+    for item, entry, _ in entries:
         by_dataset.setdefault(item.dataset, []).append((item, entry))
     for n, (dataset, items) in enumerate(by_dataset.items()):
         schema = items[0][0].facts.schema

@@ -33,8 +33,16 @@ from obstore.store import AzureStore, GCSStore, LocalStore, S3Store
 
 from .errors import ConfigError, StorageError
 
-# Above this a file goes up as a multipart upload (atomic at completion); below, a single PUT.
-MULTIPART_THRESHOLD = 64 * 1024 * 1024
+# The most one request may write: S3 PutObject 5 GiB, Azure Put Blob 5,000 MiB, a GCS single upload
+# 5 TiB; a local file has no limit. Every object goes up in one request, the only kind that carries
+# a condition (obstore cannot put one on a multipart upload: apache/arrow-rs-object-store #289; GCS
+# takes no preconditions on multipart uploads): above the limit a write is refused, never split.
+SINGLE_PUT_LIMITS: dict[type, int] = {S3Store: 5 * 1024**3, AzureStore: 5000 * 1024**2, GCSStore: 5 * 1024**4}
+
+
+def single_put_limit(store: Store) -> int | None:
+    """The largest object `store` writes in one request; None for the local filesystem."""
+    return SINGLE_PUT_LIMITS.get(type(store.remote))
 
 
 def sha256(data: bytes) -> str:
@@ -66,15 +74,11 @@ class Store:
         return self.local_dir is not None and not self.local_dir.exists()
 
     def put_new(self, key: str, data: bytes) -> bool:
-        """Store `data` under `key` unless the key exists; True if written, False if it existed."""
+        """Store `data` under `key` unless the key exists, in one conditional request (If-None-Match: *,
+        ifGenerationMatch=0): of two writers one wins. True if written, False if it existed."""
+        _refuse_above_limit(self, key, len(data))
         try:
-            if len(data) > MULTIPART_THRESHOLD:
-                # A conditional PUT cannot be multipart: check first; the object appears whole or not at all.
-                if self.head(key) is not None:
-                    return False
-                obstore.put(self.store, key, data, use_multipart=True)
-            else:
-                obstore.put(self.store, key, data, mode="create")
+            obstore.put(self.store, key, data, mode="create")
             return True
         except AlreadyExistsError:
             return False
@@ -82,8 +86,10 @@ class Store:
             raise _storage_error("write", key, err) from None
 
     def put(self, key: str, data: bytes) -> None:
+        """Store `data` under `key` whatever is there, in one request: the object changes whole or not at all."""
+        _refuse_above_limit(self, key, len(data))
         try:
-            obstore.put(self.store, key, data, use_multipart=len(data) > MULTIPART_THRESHOLD)
+            obstore.put(self.store, key, data, use_multipart=False)
         except BaseError as err:
             raise _storage_error("write", key, err) from None
 
@@ -209,6 +215,15 @@ class Store:
             return []
         except BaseError as err:
             raise _storage_error("list", prefix, err) from None
+
+
+def _refuse_above_limit(store: Store, key: str, size: int) -> None:
+    limit = single_put_limit(store)
+    if limit is not None and size > limit:
+        raise StorageError(
+            f"storage: cannot write {key}: {size} bytes, above the {limit} bytes that {type(store.remote).__name__} "
+            "writes in one request (a smaller chunk_size makes smaller files); nothing written"
+        )
 
 
 def _storage_error(op: str, key: str, err: BaseError) -> StorageError:

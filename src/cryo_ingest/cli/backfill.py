@@ -102,7 +102,7 @@ def report(result: Result) -> None:
             errs,
             str(m["p50_ms"]),
             str(m["p95_ms"]),
-            m["disabled"] or "ok",
+            m["state"],
         )
     console.print(g)
     for msg in result.conflicts + result.failed:

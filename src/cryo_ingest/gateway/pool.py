@@ -12,6 +12,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from ..budget import SharedBudget
@@ -92,6 +93,14 @@ class Upstream:
     def usable(self, now: float) -> bool:
         return self.disabled is None and self.cooldown_until <= now
 
+    def state(self, now: float) -> str:
+        """For the endpoints table: out of the pool (why), its breaker open, held back, or ok."""
+        if self.disabled is not None:
+            return self.disabled
+        if self.cooldown_until > now:  # a breaker's trip, or the provider's Retry-After
+            return f"{'breaker open' if self.trips else 'cooling down'}, {self.cooldown_until - now:.1f} s left"
+        return "ok"
+
     def fail(self, kind: str, now: float) -> None:
         self.errors[kind] += 1
         self.consecutive_failures += 1
@@ -129,6 +138,7 @@ class Upstream:
             "p95_ms": None if p95 is None else round(p95 * 1000, 2),
             "bytes": self.bytes,
             "disabled": self.disabled,
+            "state": self.state(time.monotonic()),
             "rate_limit": None if rate is None else round(rate, 1),  # after tuning; None: not limited
             "rate_unit": self.bucket.unit,
             "rate_cuts": self.rate_cuts,
@@ -448,10 +458,17 @@ class Pool:
 
 
 def _retry_after(value: str | None) -> float:
+    """Retry-After in seconds, at most 30: a number of seconds or an HTTP date (RFC 9110 10.2.3)."""
+    if not value:
+        return 0.0
     try:
-        return min(30.0, max(0.0, float(value))) if value else 0.0
+        seconds = float(value)
     except ValueError:
-        return 1.0
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):  # neither: hold the endpoint a second
+            return 1.0
+    return min(30.0, max(0.0, seconds))
 
 
 def _lagging(req: dict[str, Any], head: int) -> bool:

@@ -1,49 +1,55 @@
 """Partitions in their own processes, each killed at its deadline.
 
 A process pool cannot kill one task (concurrent.futures and Dask alike), so each partition gets
-a process of its own and a pipe for its task and result. Starting one (spawn, then importing
-Cryo and pyarrow) takes 1 to 3 s, so a spare or two are started ahead and wait for their task:
-one process still serves one partition and dies with it. The parent owns the staging folder and
-removes it whatever happens to the child, so a killed partition leaves nothing behind locally;
-objects go up whole or not at all (publish), so it leaves nothing partial in the archive either.
-A parent killed in turn (a Dask worker's SIGKILL) cannot: so the parent only names the folder and
-the child makes it once it holds its task, and an orphaned child removes it and exits, as the
-parent would have killed it. A parent killed at any point leaves no folder behind.
+a process of its own and a socket for its task and result. The process is started with
+`subprocess` (`python -m` this module), not `multiprocessing`: a daemonic process, such as a default
+`dask worker`'s, may not start multiprocessing children, but may start any program. Starting one
+(Python, then importing Cryo and pyarrow) takes 1 to 3 s of CPU, which on a busy host comes out of
+the running partitions: so a spare or two are started ahead and wait for their task, and a process
+whose partition ended well serves the next one (up to `TASKS_PER_PROCESS`); a killed one is gone
+with its partition. The parent owns the staging folder and removes it whatever happens to the
+child, so a killed partition leaves nothing behind locally; objects go up whole or not at all (publish), so it leaves nothing partial in the
+archive either. A parent killed in turn (a Dask worker's SIGKILL) cannot: so the parent only names
+the folder and the child makes it once it holds its task, and an orphaned child removes it and
+exits, as the parent would have killed it. A parent killed at any point leaves no folder behind.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 import uuid
+from contextlib import suppress
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from multiprocessing.process import BaseProcess
 from typing import Any
 
 from ..task import PartitionResult, Task
 
-# Processes kept started and idle, ready for a task; each holds Cryo and pyarrow in memory (about 150 MB).
+# Processes kept started and idle; each holds Cryo and pyarrow in memory (about 150 MB).
 SPARES = 2
 # Partitions one process serves before it retires: a bound on whatever a long-lived process
-# accumulates (allocator fragmentation, caches), at one spawn per this many partitions.
+# accumulates (allocator fragmentation, caches), at the price of one start per this many partitions.
 TASKS_PER_PROCESS = 50
+# What a partition's process runs: `python -P -m` this module (-P: not the working directory's modules).
+CHILD = __name__  # read in the parent only, where this is the module's name
 
 
-def _child(conn: Connection) -> None:
-    """Serve tasks one after another until the parent closes the pipe; a kill ends it anywhere.
-
-    A process that ended its partition (result sent) goes back to the parent's spares, so that the
-    next partition does not pay a spawn and the imports of Cryo and pyarrow (1 to 3 s of CPU,
-    which on a busy host comes out of the running partitions).
-    """
-    from ..partition import run_partition  # Cryo and pyarrow load in the child only, before its task comes
+def _child(fd: int, parent: int) -> None:
+    """A partition's process: tasks from the socket one after another, each result back on it,
+    until the parent closes its end (the end of file ends the wait for a next task)."""
+    os.set_inheritable(fd, False)  # whatever it starts must not keep the parent's socket open
+    conn = Connection(fd)
+    from ..partition import run_partition  # Cryo and pyarrow load before the task comes
 
     staging: list[str] = []  # the current task's folder, for the orphan watch
+    threading.Thread(target=_exit_with_parent, args=(parent, staging), daemon=True).start()
     while True:
         try:
             task = conn.recv()
@@ -51,21 +57,19 @@ def _child(conn: Connection) -> None:
             return
         os.mkdir(task.staging_dir, 0o700)
         staging[:] = [task.staging_dir]
-        if not any(t.name == "exit-with-parent" for t in threading.enumerate()):
-            threading.Thread(target=_exit_with_parent, args=(staging,), name="exit-with-parent", daemon=True).start()
         conn.send(run_partition(task))
 
 
-def _exit_with_parent(staging: list[str]) -> None:
+def _exit_with_parent(parent: int, staging: list[str]) -> None:
     """Orphaned (the parent killed), nobody owns the staging folder or waits for the result: end both.
 
-    The parent's end of the pipe that spawn gave this process closes when the parent dies, whenever
-    that was (before this thread started too). Not PR_SET_PDEATHSIG: that fires when the parent's
-    *thread* ends, and a Dask worker starts partitions from pool threads that come and go.
+    An orphan is given another parent (init, or a subreaper such as tini), which this sees within a
+    second whenever the parent died (before this thread started too: `parent` is the pid the parent
+    passed). Not the socket, which carries the next task; not PR_SET_PDEATHSIG, which fires when the
+    parent's *thread* ends, and a Dask worker starts partitions from pool threads that come and go.
     """
-    parent = multiprocessing.parent_process()
-    assert parent is not None  # a spawned child
-    parent.join()
+    while os.getppid() == parent:
+        time.sleep(0.5)
     for folder in staging:
         shutil.rmtree(folder, ignore_errors=True)
     os._exit(1)
@@ -73,7 +77,7 @@ def _exit_with_parent(staging: list[str]) -> None:
 
 @dataclass
 class _Spare:
-    process: BaseProcess
+    process: subprocess.Popen[bytes]
     conn: Connection
     served: int = 0  # partitions it ran
 
@@ -81,7 +85,7 @@ class _Spare:
 @dataclass
 class Running:
     task: Task
-    process: BaseProcess
+    process: subprocess.Popen[bytes]
     conn: Connection
     staging: str
     deadline: float
@@ -90,24 +94,34 @@ class Running:
     served: int = 0  # partitions its process ran before this one
 
 
+def _start() -> _Spare:
+    mine, theirs = socket.socketpair()
+    with theirs:
+        process = subprocess.Popen(
+            [sys.executable, "-P", "-m", CHILD, str(theirs.fileno()), str(os.getpid())],
+            stdin=subprocess.DEVNULL,
+            pass_fds=[theirs.fileno()],
+        )
+    return _Spare(process, Connection(mine.detach()))
+
+
+def _died(run: Running) -> PartitionResult:
+    part, code = run.task.partition, run.process.returncode
+    return PartitionResult(part, error=f"partition {part.start}-{part.end}: worker process died (exit code {code})")
+
+
 class Dispatcher:
     def __init__(self, spares: int = SPARES) -> None:
-        # spawn, not fork: the parent runs the gateway's thread, which a fork would copy half-way.
-        self._ctx = multiprocessing.get_context("spawn")
         self.running: list[Running] = []
         self._want = spares
         self._spares: list[_Spare] = []  # started by `warm`, or with the first partition
 
     def _refill(self, at_least: int = 0) -> None:
-        """Spawn up to `want` processes not busy with a partition: a running one comes back when its
-        partition ends, so while partitions run the spares they will return count too."""
-        self._spares = [s for s in self._spares if s.process.is_alive()]
+        """Start up to `want` processes not busy with a partition: a running one comes back when its
+        partition ends, so while partitions run, the processes they will give back count too."""
+        self._spares = [s for s in self._spares if s.process.poll() is None]
         while len(self._spares) < max(self._want - len(self.running), at_least):
-            mine, theirs = self._ctx.Pipe(duplex=True)
-            process = self._ctx.Process(target=_child, args=(theirs,), daemon=True)
-            process.start()
-            theirs.close()
-            self._spares.append(_Spare(process, mine))
+            self._spares.append(_start())
 
     def warm(self) -> None:
         self._refill()
@@ -127,17 +141,16 @@ class Dispatcher:
     def close(self) -> None:
         """Stop the spares (running partitions are the caller's to finish or stop)."""
         for spare in self._spares:
-            spare.conn.close()  # the spare's recv ends with EOFError and it returns
-            spare.process.join(timeout=5)
-            if spare.process.is_alive():
-                spare.process.kill()
+            _retire(spare.process, spare.conn)
         self._spares = []
 
     def wait(self, seconds: float) -> list[tuple[Running, PartitionResult]]:
-        """Wait up to `seconds` for partitions to end (or to pass their deadline); return those that ended."""
+        """Wait up to `seconds` for partitions to end (or to pass their deadline); return those that ended.
+
+        A process that ends, whatever the way, closes its end of the socket: the socket alone wakes this."""
         if self.running:
             nearest = min(r.deadline for r in self.running) - time.monotonic()
-            wait([r.conn for r in self.running] + [r.process.sentinel for r in self.running], max(0.0, min(seconds, nearest)))
+            wait([r.conn for r in self.running], max(0.0, min(seconds, nearest)))
         elif seconds > 0:
             time.sleep(seconds)
         ended = []
@@ -152,14 +165,15 @@ class Dispatcher:
         if run.conn.poll():
             try:
                 result: PartitionResult = run.conn.recv()
-            except (EOFError, OSError):  # killed mid-send: a reset, or the end of the pipe
-                result = PartitionResult(part, error=f"partition {part.start}-{part.end}: worker process died")
+            except (EOFError, OSError):  # it closed the socket without a result (or was killed mid-send): it is ending
+                with suppress(subprocess.TimeoutExpired):
+                    run.process.wait(timeout=5)
+                result = _died(run)
             else:
                 self._take_back(run)
                 return result
-        elif not run.process.is_alive():
-            code = run.process.exitcode
-            result = PartitionResult(part, error=f"partition {part.start}-{part.end}: worker process died (exit code {code})")
+        elif run.process.poll() is not None:
+            result = _died(run)
         elif time.monotonic() > run.deadline:
             seconds = time.monotonic() - run.started
             result = PartitionResult(part, error=f"partition {part.start}-{part.end}: timed out after {seconds:.0f} s, killed")
@@ -172,21 +186,32 @@ class Dispatcher:
         """A process that sent its result serves the next partition, unless enough wait already."""
         shutil.rmtree(run.staging, ignore_errors=True)
         self.running.remove(run)
-        self._spares = [s for s in self._spares if s.process.is_alive()]
-        if run.served + 1 >= TASKS_PER_PROCESS or len(self._spares) >= self._want:
-            run.conn.close()  # its recv ends with EOFError and it returns
-            run.process.join(timeout=5)
-            if run.process.is_alive():
-                run.process.kill()
-            return
-        self._spares.append(_Spare(run.process, run.conn, run.served + 1))
+        self._spares = [s for s in self._spares if s.process.poll() is None]
+        if run.served + 1 >= TASKS_PER_PROCESS or len(self._spares) >= self._want or run.process.poll() is not None:
+            _retire(run.process, run.conn)
+        else:
+            self._spares.append(_Spare(run.process, run.conn, run.served + 1))
 
     def stop(self, run: Running) -> None:
         """Kill (if still alive), reap, and remove the staging folder."""
-        if run.process.is_alive():
+        if run.process.poll() is None:
             run.process.kill()
-        run.process.join(timeout=10)
+        with suppress(subprocess.TimeoutExpired):
+            run.process.wait(timeout=10)
         run.conn.close()
         shutil.rmtree(run.staging, ignore_errors=True)
         if run in self.running:
             self.running.remove(run)
+
+
+def _retire(process: subprocess.Popen[bytes], conn: Connection) -> None:
+    conn.close()  # its recv ends with EOFError and it returns
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+if __name__ == "__main__":
+    _child(int(sys.argv[1]), int(sys.argv[2]))
