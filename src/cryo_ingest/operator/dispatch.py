@@ -1,17 +1,18 @@
 """Partitions in their own processes, each killed at its deadline.
 
-A process pool cannot kill one task (concurrent.futures and Dask alike), so each partition gets
-a process of its own and a socket for its task and result. The process is started with
-`subprocess` (`python -m` this module), not `multiprocessing`: a daemonic process, such as a default
-`dask worker`'s, may not start multiprocessing children, but may start any program. Starting one
-(Python, then importing Cryo and pyarrow) takes 1 to 3 s of CPU, which on a busy host comes out of
-the running partitions: so a spare or two are started ahead and wait for their task, and a process
-whose partition ended well serves the next one (up to `TASKS_PER_PROCESS`); a killed one is gone
-with its partition. The parent owns the staging folder and removes it whatever happens to the
-child, so a killed partition leaves nothing behind locally; objects go up whole or not at all (publish), so it leaves nothing partial in the
-archive either. A parent killed in turn (a Dask worker's SIGKILL) cannot: so the parent only names
-the folder and the child makes it once it holds its task, and an orphaned child removes it and
-exits, as the parent would have killed it. A parent killed at any point leaves no folder behind.
+A process pool cannot kill one task (concurrent.futures and Dask alike), so each partition gets a
+process of its own and a socket for its task and result. The process is started with `subprocess`
+(`python -m` this module), not `multiprocessing`: a daemonic process, such as a default `dask
+worker`'s, may not start multiprocessing children, but may start any program. Starting one (Python,
+then importing Cryo and pyarrow) takes 1 to 3 s of CPU, which on a busy host comes out of the
+running partitions: so a spare or two are started ahead and wait for their task, and a process whose
+partition ended well serves the next one (up to `TASKS_PER_PROCESS`); a killed one is gone with its
+partition. The parent owns the staging folder and removes it whatever happens to the child, so a
+killed partition leaves nothing behind locally; objects go up whole or not at all (publish), so it
+leaves nothing partial in the archive either. A parent killed in turn (a Dask worker's SIGKILL)
+cannot: so the parent only names the folder and the child makes it once it holds its task, and an
+orphaned child removes it and exits, as the parent would have killed it. A parent killed at any
+point leaves no folder behind.
 """
 
 from __future__ import annotations
