@@ -306,7 +306,7 @@ class Verifier:
                         "logs",
                         f"logs {_short(strays)} name a transaction the transactions file does not hold",
                     )
-        log_rows = [_log(x) for x in logs] if logs is not None and header is not None else []
+        log_rows = [roots.log_of(x) for x in logs] if logs is not None and header is not None else []
         blooms = roots.receipt_blooms(log_rows)
         if header is not None and logs is not None:
             self.check_bloom(b, header, roots.block_bloom(blooms), len(logs), log_file)
@@ -349,7 +349,7 @@ class Verifier:
     def check_receipts_root(
         self, b: int, header: dict[str, Any], txs: list[dict[str, Any]], logs: list[roots.Log], blooms: dict[int, int], file: str
     ) -> None:
-        tx_rows = [roots.Tx(t["transaction_index"], t["transaction_type"], t["success"], t["gas_used"]) for t in txs]
+        tx_rows = [roots.tx_of(t) for t in txs]
         reason = roots.not_applicable(self.chain_id, b, tx_rows)
         if header["receipts_root"] is None:
             reason = "the header's receipts_root is not archived"
@@ -399,11 +399,6 @@ class Verifier:
                     f"top-level traces of transactions {_short(wrong)} carry another transaction hash",
                 )
         self.report.count("traces_checked")
-
-
-def _log(row: dict[str, Any]) -> roots.Log:
-    topics = tuple(t for t in (row["topic0"], row["topic1"], row["topic2"], row["topic3"]) if t is not None)
-    return roots.Log(row["transaction_index"], row["address"] or b"", topics, row["data"] or b"")
 
 
 def _describe(indexes: list[int], n: int | None = None) -> str:
