@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryo_ingest.verify import roots
+from cryo_ingest import roots
 
 MONAD_EXEC = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "monad-exec"
 FILES = {

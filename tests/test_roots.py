@@ -1,4 +1,4 @@
-"""The receipts root and logs bloom recomputed by `verify/roots.py`, against `trie`'s HexaryTrie, eth-bloom,
+"""The receipts root and logs bloom recomputed by `roots.py`, against `trie`'s HexaryTrie, eth-bloom,
 and the headers of real blocks: every receipt of the mainnet-modern fixtures and of Monad's execution output."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from modern_replay import HAND_BUILT, SERVED, rows
 from monad_exec import FILES, blocks
 from trie.hexary import HexaryTrie
 
-from cryo_ingest.verify import roots
+from cryo_ingest import roots
 
 
 def hexary_root(values: list[bytes]) -> bytes:

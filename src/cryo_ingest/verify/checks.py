@@ -15,11 +15,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .. import roots
 from ..config import DATASETS
 from ..manifest import Entry, Manifest
 from ..storage import Store, sha256
 from ..validate import schema_of
-from . import roots
 from .report import Report
 
 # The columns each block-level check reads; the rest of a file is decoded once (it must read) and dropped.

@@ -1,4 +1,4 @@
-"""The chain's own commitments, recomputed from archived rows: a block's logs bloom and receipts root.
+"""The chain's own commitments, recomputed from rows: a block's logs bloom and receipts root (verify and validate).
 
 The receipts root commits to every receipt of a block: its type, status, cumulative gas, bloom and
 logs. Recomputing it from the archived `transactions` (type, success, gas_used) and `logs` proves
