@@ -15,9 +15,9 @@ from trie.hexary import HexaryTrie
 from cryo_ingest import roots
 
 
-def hexary_root(values: list[bytes]) -> bytes:
+def hexary_root(values: dict[int, bytes]) -> bytes:
     trie = HexaryTrie({})
-    for i, value in enumerate(values):
+    for i, value in values.items():
         trie[rlp.encode(i)] = value
     return bytes(trie.root_hash)
 
@@ -28,7 +28,7 @@ def test_ordered_trie_is_hexary_trie(n: int, size: int) -> None:
     """Values of 1 to `size` bytes: short ones make nodes under 32 bytes, held inline by their parent;
     n across the key lengths of rlp(i) (1 byte up to 127, 0x80 for 0, 2 bytes from 128, 3 from 256)."""
     r = random.Random(n * 1000 + size)
-    values = [r.randbytes(r.randint(1, size)) for _ in range(n)]
+    values = {i: r.randbytes(r.randint(1, size)) for i in range(n)}
     assert roots.ordered_trie_root(values) == hexary_root(values)
 
 

@@ -16,7 +16,7 @@ that follow it). `not_applicable` says why it does not apply to a block elsewher
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
 
@@ -122,8 +122,9 @@ def receipts_root(txs: Sequence[Tx], logs: Sequence[Log], blooms: dict[int, int]
     return ordered_trie_root(receipts(txs, logs, blooms))
 
 
-def receipts(txs: Sequence[Tx], logs: Sequence[Log], blooms: dict[int, int] | None = None) -> list[bytes]:
-    """Each transaction's consensus receipt: type ‖ rlp([status, cumulative gas, bloom, logs]), no type byte if legacy."""
+def receipts(txs: Sequence[Tx], logs: Sequence[Log], blooms: dict[int, int] | None = None) -> dict[int, bytes]:
+    """Each transaction's consensus receipt by its index: type ‖ rlp([status, cumulative gas, bloom, logs]), no type
+    byte if legacy. Keyed by the rows' own indexes, so that rows whose indexes are not 0..n-1 do not make the root."""
     blooms = receipt_blooms(logs) if blooms is None else blooms
     by_tx: dict[int, list[bytes]] = {}
     for log in logs:
@@ -131,7 +132,7 @@ def receipts(txs: Sequence[Tx], logs: Sequence[Log], blooms: dict[int, int] | No
             [encode_bytes(log.address), encode_list([encode_bytes(t) for t in log.topics]), encode_bytes(log.data)]
         )
         by_tx.setdefault(log.transaction_index, []).append(entry)
-    out = []
+    out = {}
     cumulative = 0
     for tx in txs:
         assert tx.gas_used is not None and tx.success is not None and tx.type is not None
@@ -144,19 +145,97 @@ def receipts(txs: Sequence[Tx], logs: Sequence[Log], blooms: dict[int, int] | No
                 encode_list(by_tx.get(tx.index, [])),
             ]
         )
-        out.append(body if tx.type == 0 else bytes([tx.type]) + body)
+        out[tx.index] = body if tx.type == 0 else bytes([tx.type]) + body
+    return out
+
+
+# ---- a block against its header: what verify and the ingest's validate stage both check ---------
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a block's header commits to, as the blocks dataset holds it (None: not archived)."""
+
+    receipts_root: bytes | None
+    logs_bloom: bytes | None
+    gas_used: int | None
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A check the block failed: `datasets` names the rows at fault, `what` says how."""
+
+    check: str
+    datasets: str
+    what: str
+
+
+@dataclass
+class Outcome:
+    failed: list[Finding] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (check, why it cannot apply here)
+    applied: list[tuple[str, bool]] = field(default_factory=list)  # (check, whether the block had anything to check)
+
+
+def check_block(chain_id: int, number: int, header: Header, txs: Sequence[Tx] | None, logs: Sequence[Log] | None) -> Outcome:
+    """A block's rows against its header: the logs bloom (logs), the gas used (transactions), the receipts
+    root (both). None for a dataset the caller does not hold: its checks do not run."""
+    out = Outcome()
+    blooms = receipt_blooms(logs) if logs is not None else {}
+    if logs is not None:
+        if header.logs_bloom is None:
+            out.skipped.append(("logs_bloom", "the header's logs_bloom is not archived"))
+        else:
+            out.applied.append(("logs_bloom", bool(logs)))
+            if bloom_bytes(block_bloom(blooms)) != header.logs_bloom:
+                out.failed.append(
+                    Finding("logs_bloom", "logs", f"the bloom of the {len(logs)} logs differs from the header's logs_bloom")
+                )
+    if txs is None:
+        return out
+    used = [t.gas_used for t in txs]
+    if header.gas_used is not None and None not in used:
+        total = sum(u for u in used if u is not None)
+        out.applied.append(("gas_used", bool(txs)))
+        if total != header.gas_used:
+            out.failed.append(
+                Finding(
+                    "gas_used",
+                    "transactions",
+                    f"the {len(txs)} transactions used {total:,} gas, the header says {header.gas_used:,}",
+                )
+            )
+    if logs is None:
+        return out
+    if header.receipts_root is None:
+        out.skipped.append(("receipts_root", "the header's receipts_root is not archived"))
+        return out
+    if (reason := not_applicable(chain_id, number, txs)) is not None:
+        out.skipped.append(("receipts_root", reason))
+        return out
+    out.applied.append(("receipts_root", bool(txs)))
+    computed = receipts_root(txs, logs, blooms)
+    if computed != header.receipts_root:
+        out.failed.append(
+            Finding(
+                "receipts_root",
+                "transactions+logs",
+                f"receipts root recomputed from {len(txs)} transactions and {len(logs)} logs is 0x{computed.hex()[:16]}…, "
+                f"the header's is 0x{header.receipts_root.hex()[:16]}…",
+            )
+        )
     return out
 
 
 # ---- the ordered trie ------------------------------------------------------------------------
 
 
-def ordered_trie_root(values: Sequence[bytes]) -> bytes:
+def ordered_trie_root(values: Mapping[int, bytes]) -> bytes:
     """The root of the Merkle-Patricia trie mapping rlp(i) to values[i], as transactions and receipts
     tries are: the keys sorted once, each node encoded and hashed once, bottom up; no trie database."""
     if not values:
         return EMPTY_ROOT
-    items = sorted((_nibbles(encode_bytes(_uint(i))), value) for i, value in enumerate(values))
+    items = sorted((_nibbles(encode_bytes(_uint(i))), value) for i, value in values.items())
     return keccak(_node(items, 0))  # the root is hashed whatever its size
 
 
