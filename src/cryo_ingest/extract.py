@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from .errors import ChunkError
 from .plan import Chunk, Partition
-from .task import REFUSALS_PATH, TRACE_SOURCE_PATH, UNKNOWN_PATH
+from .task import RECEIPTS_PATH, REFUSALS_PATH, TRACE_SOURCE_PATH, UNKNOWN_PATH
 
 
 def extract(partition: Partition, gateway_url: str, chunk_size: int, staging: Path) -> dict[tuple[str, Chunk], Path]:
@@ -72,6 +72,12 @@ def _refusals(gateway_url: str, partition: Partition, shown: int = 3) -> str:
         return ""
     more = f" (and {len(lines) - shown} more)" if len(lines) > shown else ""
     return "; the pool answered " + "; ".join(lines[:shown]) + more
+
+
+def receipt_counts(gateway_url: str, partition: Partition) -> dict[int, int]:
+    """How many receipts the gateway passed on for each block of the partition (taken: asked once per extraction)."""
+    pairs = _gateway_json(gateway_url, f"{RECEIPTS_PATH}?from={partition.start}&to={partition.end}")
+    return {int(b): int(n) for b, n in pairs}
 
 
 def trace_source(gateway_url: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import events, manifest
 from .errors import ChunkError, ConflictError, IngestError, register_secret_url
-from .extract import extract, trace_source
+from .extract import extract, receipt_counts, trace_source
 from .publish import Staged, crash_point, publish
 from .storage import Store, open_store
 from .task import PartitionResult, Task
@@ -26,7 +26,7 @@ def run_partition(task: Task) -> PartitionResult:
     for attempt in range(1, task.attempts + 1):
         try:
             with tempfile.TemporaryDirectory(prefix="cryo-ingest-staging-", dir=task.staging_dir) as tmp:
-                result.published, result.emitted = _run_once(task, store, Path(tmp), result.seconds)
+                result.published, result.emitted = _run_once(task, store, Path(tmp), result)
             result.error = None
             break
         except ConflictError as err:
@@ -44,13 +44,14 @@ def run_partition(task: Task) -> PartitionResult:
     return result
 
 
-def _run_once(task: Task, store: Store, staging: Path, seconds: dict[str, float]) -> tuple[list[events.Event], int]:
+def _run_once(task: Task, store: Store, staging: Path, result: PartitionResult) -> tuple[list[events.Event], int]:
     """Returns the events of the entries this run changed, and how many events were new to the sinks."""
-    part = task.partition
+    part, seconds = task.partition, result.seconds
     started = time.monotonic()
     files = extract(part, task.gateway_url, task.chunk_size, staging)
     seconds["extract"] = time.monotonic() - started
     source = trace_source(task.gateway_url) if "traces" in part.datasets else None
+    receipts = receipt_counts(task.gateway_url, part) if "transactions" in part.datasets else None
     # this partition's entries and its neighbours' (for the hash chain), not the whole archive
     around = (max(0, part.start - task.chunk_size), part.end + task.chunk_size)
     archived = {d: manifest.load(store, task.chain_id, d, around) for d in part.datasets}
@@ -59,14 +60,26 @@ def _run_once(task: Task, store: Store, staging: Path, seconds: dict[str, float]
     if blocks and (prev := blocks.files.get(part.start - task.chunk_size)):
         prev_hash = prev.last_block_hash
     staged: list[Staged] = []
+    counts: dict[str, int] = {}
+    unchecked: dict[str, int] = {}
     for chunk in part.chunks:
         nxt = blocks.files.get(chunk.end + 1) if blocks and chunk == part.chunks[-1] else None
-        facts = validate_chunk(
-            {d: files[d, chunk] for d in part.datasets}, chunk, prev_hash, nxt.first_parent_hash if nxt else None
+        facts, checked = validate_chunk(
+            {d: files[d, chunk] for d in part.datasets},
+            chunk,
+            prev_hash,
+            nxt.first_parent_hash if nxt else None,
+            task.chain_id,
+            receipts,
         )
+        for check, n in checked.counts.items():
+            counts[check] = counts.get(check, 0) + n
+        for why, block in checked.unchecked.items():
+            unchecked.setdefault(why, block)
         if "blocks" in facts:
             prev_hash = facts["blocks"].last_block_hash
         staged += [Staged(d, chunk, files[d, chunk], facts[d], source if d == "traces" else None) for d in part.datasets]
+    result.checked, result.unchecked = counts, unchecked  # this attempt's: every chunk of it passed
     seconds["validate"] = time.monotonic() - started - seconds["extract"]
     changed = publish(store, task.chain_id, task.chunk_size, staged, archived, task.overwrite_conflicts)
     seconds["publish"] = time.monotonic() - started - seconds["extract"] - seconds["validate"]

@@ -17,7 +17,7 @@ from .. import traces as call_frames
 from ..budget import SharedBudget
 from ..config import Endpoint
 from ..errors import RpcError, register_secret_url
-from ..task import REFUSALS_PATH, TRACE_SOURCE_PATH, UNKNOWN_PATH
+from ..task import RECEIPTS_PATH, REFUSALS_PATH, TRACE_SOURCE_PATH, UNKNOWN_PATH
 from . import history, traces
 from .inflight import InFlight
 from .listener import Listener, Request, Response
@@ -58,6 +58,7 @@ class Gateway:
         self.logs = RangedLogs(self.pool)
         self.inflight = InFlight()
         self.unknown = history.Unknown()
+        self.receipts = history.ReceiptCounts()
         self.refusals = Refusals()
         self.trace_source = "trace_block"
         self.url = ""
@@ -70,6 +71,7 @@ class Gateway:
             self._base + UNKNOWN_PATH: lambda q: self.unknown.between(int(q["from"]), int(q["to"])),
             self._base + TRACE_SOURCE_PATH: lambda q: self.trace_source,
             self._base + REFUSALS_PATH: lambda q: self.refusals.between(int(q["from"]), int(q["to"])),
+            self._base + RECEIPTS_PATH: lambda q: self.receipts.take(int(q["from"]), int(q["to"])),
         }
 
     # ---- lifecycle (called from the main thread) -------------------------------------------
@@ -180,7 +182,7 @@ class Gateway:
         if method == "eth_getLogs":
             return await self.logs.get_logs(req, passthrough)
         if method == "eth_getBlockReceipts":
-            return await history.block_receipts(self.pool, req, self.unknown)
+            return await history.block_receipts(self.pool, req, self.unknown, self.receipts)
         if method == "trace_block" and self.trace_source == call_frames.DEBUG_SOURCE:
             return await traces.trace_block_from_debug(self.pool, req, self.unknown)
         return await self.pool.send(req, passthrough)

@@ -1,0 +1,120 @@
+"""Providers that answer well-formed and incomplete data (tests/servers.py, LIES): each chunk's blocks are checked
+against their own headers before anything is published (validate.py), on the devnet and on real blocks."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from conftest import Devnet, backfill, files_under
+from modern_replay import SERVED, ModernReplay, served
+from servers import FaultProxy, Faults
+
+from cryo_ingest import backfill as backfill_api
+from cryo_ingest import make_job
+
+END = 99  # two chunks of 50: blocks 1..99 hold transactions and logs
+DATASETS = "blocks,transactions,logs"
+# What each lie changes in the archive, and the check that sees it there.
+CAUGHT_BY = {"drop_log": "receipts_root", "drop_tx": "receipts"}
+
+
+def cold(root: Path) -> dict[str, bytes]:
+    """What readers see: the archive's objects (not the local store's lock files)."""
+    return {k: v for k, v in files_under(root).items() if k.startswith("cold/")}
+
+
+@pytest.fixture(scope="module")
+def truth(chain: Devnet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The archive of an honest node."""
+    root = tmp_path_factory.mktemp("truth")
+    run = backfill(root, chain.url, "--json", end=END, datasets=DATASETS)
+    assert run.code == 0, run.text
+    checked = json.loads(run.out)["checked"]
+    assert checked == {"receipts": END + 1, "logs_bloom": END + 1, "gas_used": END + 1, "receipts_root": END + 1}
+    return cold(root)
+
+
+@pytest.mark.parametrize("kind", ["drop_log", "drop_tx", "drop_receipt_log"])
+def test_a_liar_at_random_leaves_the_archive_true(chain: Devnet, tmp_path: Path, truth: dict[str, bytes], kind: str) -> None:
+    """Half the blocks (chunks, for eth_getLogs) lie the first time they are asked: the chunks that lied fail
+    their check and are fetched again; the archive is byte-identical to an honest node's."""
+    with FaultProxy(chain.url, Faults(lies={kind: 0.5}, lie_once=True)) as liar:
+        run = backfill(tmp_path, liar.url(), "--json", end=END, datasets=DATASETS)
+    assert run.code == 0, run.text
+    assert liar.lied, "the liar told no lie"
+    assert cold(tmp_path) == truth
+    retried = re.findall(r"block (\d+) fails the (\w+) check", run.err)
+    if kind in CAUGHT_BY:
+        assert retried and {check for _, check in retried} == {CAUGHT_BY[kind]}
+        assert {int(b) for b, _ in retried} <= {b for _, b in liar.lied}
+    else:  # a receipt's logs: Cryo takes logs from eth_getLogs, a receipt's status and gas only; nothing to retry
+        assert not retried
+
+
+@pytest.mark.parametrize("kind", list(CAUGHT_BY))
+def test_only_a_liar_publishes_nothing(chain: Devnet, tmp_path: Path, kind: str) -> None:
+    """Every answer lies: every attempt fails its check, nothing is published, the error names block and check."""
+    with FaultProxy(chain.url, Faults(lies={kind: 1.0})) as liar:
+        run = backfill(tmp_path, liar.url(), "--json", end=END, datasets=DATASETS)
+    assert run.code == 1, run.text
+    assert cold(tmp_path) == {}
+    [failed] = json.loads(run.out)["failed"]
+    found = re.search(r"block (\d+) fails the (\w+) check", failed)
+    assert found is not None, failed
+    assert found[2] == CAUGHT_BY[kind] and int(found[1]) in {b for _, b in liar.lied}, failed
+
+
+@pytest.mark.parametrize("name", list(SERVED))
+@pytest.mark.parametrize(
+    ("kind", "datasets", "checks"),
+    [
+        ("drop_log", ["blocks", "transactions", "logs"], {"logs_bloom", "receipts_root"}),  # the bloom first, where it sees it
+        ("drop_tx", ["blocks", "transactions", "logs"], {"receipts"}),
+    ],
+)
+def test_real_blocks_every_lie_caught(tmp_path: Path, name: str, kind: str, datasets: list[str], checks: set[str]) -> None:
+    """Ethereum 18,000,000 and Arbitrum Sepolia 185,232,421, every receipt, through a lying proxy: caught, nothing published."""
+    block = served(name)
+    with ModernReplay(block) as node, FaultProxy(node.url, Faults(lies={kind: 1.0})) as liar:
+        job = make_job(
+            chain_id=block.chain_id,
+            start_block=block.number,
+            end_block=block.number,
+            datasets=datasets,
+            rpc=[liar.url()],
+            root=str(tmp_path),
+            chunk_size=1,
+        )
+        result = backfill_api(job)
+    assert liar.lied and not result.ok
+    found = re.search(r"block (\d+) fails the (\w+) check", result.failed[0])
+    assert found is not None and int(found[1]) == block.number and found[2] in checks, result.failed
+    assert cold(tmp_path) == {}
+
+
+@pytest.mark.parametrize(("name", "caught"), [("arb-sepolia-185232421", True), ("ethereum-18000000", False)])
+def test_logs_alone_the_bloom_sees_what_it_can(tmp_path: Path, name: str, caught: bool) -> None:
+    """Without transactions only the bloom checks logs: it sees a dropped log that set a bit no other log of the
+    block sets (Arbitrum Sepolia's here), not one whose address and topics other logs of the block share
+    (Ethereum's here): that lie is published. Archive transactions with logs (docs/verify.md)."""
+    block = served(name)
+    with ModernReplay(block) as node, FaultProxy(node.url, Faults(lies={"drop_log": 1.0})) as liar:
+        job = make_job(
+            chain_id=block.chain_id,
+            start_block=block.number,
+            end_block=block.number,
+            datasets=["blocks", "logs"],
+            rpc=[liar.url()],
+            root=str(tmp_path),
+            chunk_size=1,
+        )
+        result = backfill_api(job)
+    assert liar.lied and result.ok is not caught, result.failed
+    if caught:
+        assert f"block {block.number} fails the logs_bloom check" in result.failed[0]
+        assert cold(tmp_path) == {}
+    else:
+        assert result.checked == {"logs_bloom": 1}
