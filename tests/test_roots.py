@@ -61,12 +61,20 @@ def test_mainnet_modern_every_receipt(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(FILES))
 def test_monad_execution_every_receipt(name: str) -> None:
-    """Monad's own client: each header's receipts root and bloom commit to that block's own receipts
-    (504 devnet blocks, 15,011 receipts; 31 Ethereum blocks it executed, with logs)."""
+    """Monad's own client: each header's receipts root, bloom and gas used commit to that block's own receipts
+    (504 devnet blocks, 15,011 receipts; 31 Ethereum blocks it executed, with logs), through the check the
+    ingest runs before publishing (roots.check_block)."""
     checked = receipts = 0
     for block in blocks(name):
-        assert roots.receipts_root(block.txs, block.logs) == block.receipts_root, block.number
-        assert roots.bloom_bytes(roots.bloom(block.logs)) == block.logs_bloom, block.number
+        outcome = roots.check_block(
+            block.chain_id,
+            block.number,
+            roots.Header(block.receipts_root, block.logs_bloom, block.gas_used),
+            block.txs,
+            block.logs,
+        )
+        assert outcome.failed == [] and outcome.skipped == [], (block.number, outcome)
+        assert [check for check, _ in outcome.applied] == ["logs_bloom", "gas_used", "receipts_root"]
         if checked % 10 == 0:  # HexaryTrie takes 9 ms a block: every tenth block
             assert roots.ordered_trie_root(encoded := roots.receipts(block.txs, block.logs)) == hexary_root(encoded)
         checked += 1
