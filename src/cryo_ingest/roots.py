@@ -6,8 +6,8 @@ both datasets complete and exact for that block with no RPC call: a missing, ext
 a dropped transaction or a wrong status changes the root. The trie's keys are rlp(0..n-1), so its
 root is built in one pass over the sorted keys, without a trie database (`ordered_trie_root`); RLP
 is encoded here (byte strings and lists are all a receipt holds); keccak is eth-hash's native
-backend (pycryptodome), for the trie's nodes and the bloom's items alike (a 9 ms block of 40
-receipts with `rlp` and `trie`'s HexaryTrie, 0.6 ms here: docs/benchmarks.md).
+backend (pycryptodome), for the trie's nodes and the bloom's items alike (40 receipts: 9 ms with
+`trie`'s HexaryTrie, under 1 ms here; docs/benchmarks.md, `bench/checks.py`).
 
 The check applies where receipts follow EIP-658 and EIP-2718 (post-Byzantium Ethereum and the chains
 that follow it). `not_applicable` says why it does not apply to a block elsewhere.
