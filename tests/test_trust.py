@@ -10,10 +10,16 @@ from pathlib import Path
 import pytest
 from conftest import Devnet, backfill, files_under
 from modern_replay import SERVED, ModernReplay, served
+from pydantic import SecretStr
 from servers import FaultProxy, Faults
 
 from cryo_ingest import backfill as backfill_api
 from cryo_ingest import make_job
+from cryo_ingest.config import Endpoint
+from cryo_ingest.extract import blame
+from cryo_ingest.gateway import Gateway
+from cryo_ingest.gateway.trust import LIES_TO_BENCH
+from cryo_ingest.plan import Chunk
 
 END = 99  # two chunks of 50: blocks 1..99 hold transactions and logs
 DATASETS = "blocks,transactions,logs"
@@ -62,9 +68,11 @@ def test_only_a_liar_publishes_nothing(chain: Devnet, tmp_path: Path, kind: str)
     assert run.code == 1, run.text
     assert cold(tmp_path) == {}
     [failed] = json.loads(run.out)["failed"]
-    found = re.search(r"block (\d+) fails the (\w+) check", failed)
+    found = re.search(r"block (\d+) fails the (\w+) check: .*\(answered by ([^)]*)\)", failed)
     assert found is not None, failed
     assert found[2] == CAUGHT_BY[kind] and int(found[1]) in {b for _, b in liar.lied}, failed
+    assert found[3] in ("eth_getBlockByNumber rpc-0, eth_getBlockReceipts rpc-0", "eth_getBlockReceipts rpc-0, eth_getLogs rpc-0")
+    assert liar.url() not in run.text  # the endpoint by its name, never its URL
 
 
 @pytest.mark.parametrize("name", list(SERVED))
@@ -118,3 +126,48 @@ def test_logs_alone_the_bloom_sees_what_it_can(tmp_path: Path, name: str, caught
         assert cold(tmp_path) == {}
     else:
         assert result.checked == {"logs_bloom": 1}
+
+
+@pytest.mark.parametrize("kind", list(CAUGHT_BY))
+def test_a_liar_beside_an_honest_endpoint(chain: Devnet, tmp_path: Path, truth: dict[str, bytes], kind: str) -> None:
+    """One endpoint always lies and gets most requests (weight 50), the other does not: the chunks that fail are
+    fetched again, method by method, from the endpoint that did not answer the failing block; the archive is the
+    truth, the liar is named and counted, the honest endpoint never counted as the only one answering a lie."""
+    with FaultProxy(chain.url, Faults(lies={kind: 1.0})) as liar, FaultProxy(chain.url) as honest:
+        pools = tmp_path / "pools.yaml"
+        pools.write_text(
+            "pools:\n  two:\n    endpoints:\n"
+            f"      - {{name: liar, url: '{liar.url()}', weight: 50}}\n      - {{name: honest, url: '{honest.url()}'}}\n"
+        )
+        run = backfill(
+            tmp_path / "a", None, "--rpc-pool", "two", "--rpc-pool-file", str(pools), "--json", end=END, datasets=DATASETS
+        )
+    assert run.code == 0, run.text
+    assert liar.lied and cold(tmp_path / "a") == truth
+    named = re.findall(r"fails the \w+ check: .*?\(answered by ([^)]*)\)", run.err)
+    assert named and all("liar" in n for n in named), run.err
+    gateway = json.loads(run.out)["gateway"]
+    assert gateway["liar"]["lies"] + gateway["liar"]["suspected"] >= len(named) and gateway["honest"]["lies"] == 0, gateway
+
+
+def test_lies_bench_an_endpoint_while_another_is_left(chain: Devnet) -> None:
+    """Through a real gateway's loopback path (what a worker calls): a check that fails on data one endpoint alone
+    answered counts a lie; at LIES_TO_BENCH the endpoint is benched while another is left, never the last one; the
+    refetch of the chunk avoids it until the partition settles."""
+    endpoints = [Endpoint(url=SecretStr(chain.url), name="a"), Endpoint(url=SecretStr(chain.url), name="b")]
+    logs = {"jsonrpc": "2.0", "id": 1, "method": "eth_getLogs", "params": [{"fromBlock": "0x0", "toBlock": "0x31"}]}
+    with Gateway(endpoints, 31337) as gw:
+        ups = {u.name: u for u in gw.pool.upstreams}
+        for name in ("a", "b"):
+            for n in range(LIES_TO_BENCH):
+                gw.trust.answered(logs, name)
+                assert blame(gw.url, 7, "logs_bloom", Chunk(0, 49)) == [f"eth_getLogs {name}"]
+                assert gw.trust.avoid(logs) >= {name}
+                assert ups[name].lies == n + 1
+        assert ups["a"].disabled == f"benched: {LIES_TO_BENCH} failed checks of its answers"
+        assert ups["b"].disabled is None  # the last endpoint left stays
+        assert gw.metrics()["a"]["lies"] == LIES_TO_BENCH
+        gw.trust.answered({**logs, "method": "eth_getBlockReceipts", "params": ["0x7"]}, "b")
+        assert blame(gw.url, 7, "receipts_root", Chunk(0, 49)) == ["eth_getBlockReceipts b", "eth_getLogs b"]
+        gw.trust.settle(0, 49)
+        assert gw.trust.avoid(logs) == frozenset() and gw.trust.sources == {}

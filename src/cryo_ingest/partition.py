@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from . import events, manifest
-from .errors import ChunkError, ConflictError, IngestError, register_secret_url
-from .extract import extract, receipt_counts, trace_source
+from .errors import CheckFailed, ChunkError, ConflictError, IngestError, register_secret_url
+from .extract import blame, extract, receipt_counts, settle, trace_source
 from .publish import Staged, crash_point, publish
 from .storage import Store, open_store
 from .task import PartitionResult, Task
@@ -40,6 +40,7 @@ def run_partition(task: Task) -> PartitionResult:
         except IngestError as err:
             result.error = str(err)
             break
+    settle(task.gateway_url, task.partition)
     result.cas_retries = store.cas_retries
     return result
 
@@ -62,16 +63,23 @@ def _run_once(task: Task, store: Store, staging: Path, result: PartitionResult) 
     staged: list[Staged] = []
     counts: dict[str, int] = {}
     unchecked: dict[str, int] = {}
+    lies: list[str] = []
     for chunk in part.chunks:
         nxt = blocks.files.get(chunk.end + 1) if blocks and chunk == part.chunks[-1] else None
-        facts, checked = validate_chunk(
-            {d: files[d, chunk] for d in part.datasets},
-            chunk,
-            prev_hash,
-            nxt.first_parent_hash if nxt else None,
-            task.chain_id,
-            receipts,
-        )
+        try:
+            facts, checked = validate_chunk(
+                {d: files[d, chunk] for d in part.datasets},
+                chunk,
+                prev_hash,
+                nxt.first_parent_hash if nxt else None,
+                task.chain_id,
+                receipts,
+            )
+        except CheckFailed as err:  # every chunk's lie told to the gateway, so that one refetch goes elsewhere for all
+            answered = blame(task.gateway_url, err.block, err.check, chunk)
+            lies.append(f"{err} (answered by {', '.join(answered)})" if answered else str(err))
+            prev_hash = None  # its blocks passed the hash chain, but this attempt publishes nothing: no link to check
+            continue
         for check, n in checked.counts.items():
             counts[check] = counts.get(check, 0) + n
         for why, block in checked.unchecked.items():
@@ -79,6 +87,8 @@ def _run_once(task: Task, store: Store, staging: Path, result: PartitionResult) 
         if "blocks" in facts:
             prev_hash = facts["blocks"].last_block_hash
         staged += [Staged(d, chunk, files[d, chunk], facts[d], source if d == "traces" else None) for d in part.datasets]
+    if lies:
+        raise ChunkError(lies[0] + (f"; and {len(lies) - 1} more chunk(s) failed a check" if len(lies) > 1 else ""))
     result.checked, result.unchecked = counts, unchecked  # this attempt's: every chunk of it passed
     seconds["validate"] = time.monotonic() - started - seconds["extract"]
     changed = publish(store, task.chain_id, task.chunk_size, staged, archived, task.overwrite_conflicts)

@@ -17,6 +17,8 @@ UNKNOWN_PATH = "/_cryo_ingest/unknown"
 TRACE_SOURCE_PATH = "/_cryo_ingest/trace-source"
 REFUSALS_PATH = "/_cryo_ingest/refusals"
 RECEIPTS_PATH = "/_cryo_ingest/receipts"  # receipts counted by block (gateway/history.py), taken once
+BLAME_PATH = "/_cryo_ingest/blame"  # a block failed a check: who answered it (gateway/trust.py)
+SETTLE_PATH = "/_cryo_ingest/settle"  # a partition is done: the gateway forgets who answered its blocks
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import roots
-from .errors import ChunkError
+from .errors import CheckFailed, ChunkError
 from .plan import Chunk
 
 TX_COLUMNS = ["block_number", "transaction_index", "transaction_type", "success", "gas_used"]
@@ -147,7 +147,7 @@ def check_content(files: dict[str, Path], chunk: Chunk, chain_id: int, receipts:
 
 
 def _fail(chunk: Chunk, block: int, check: str, what: str) -> None:
-    raise ChunkError(f"validate: {chunk}: block {block} fails the {check} check: {what}")
+    raise CheckFailed(f"validate: {chunk}: block {block} fails the {check} check: {what}", block, check)
 
 
 def _txs(path: Path, chunk: Chunk) -> dict[int, list[roots.Tx]]:

@@ -10,6 +10,7 @@ import orjson
 
 from .pool import Pool
 from .replies import Reply
+from .trust import block_range
 
 
 class Unknown:
@@ -50,8 +51,8 @@ async def block_receipts(pool: Pool, req: dict[str, Any], unknown: Unknown, coun
         except orjson.JSONDecodeError:
             return await pool.send(req)  # shaped like a success, yet no JSON: the pool's checks, a retry elsewhere
     receipts = body.get("result")
-    if isinstance(receipts, list) and (number := _number(req)) is not None:
-        counts.counts[number] = len(receipts)
+    if isinstance(receipts, list) and (span := block_range(req)) is not None:
+        counts.counts[span[0]] = len(receipts)
     if not isinstance(receipts, list) or all("from" in r and r.get("status") is not None for r in receipts):
         return reply  # one pass on every block's receipts: the rest is for old chains only
     missing_from = any("from" not in r for r in receipts)
@@ -70,12 +71,3 @@ async def block_receipts(pool: Pool, req: dict[str, Any], unknown: Unknown, coun
         r["status"] = "0x1"
         unknown.record(int(r["blockNumber"], 16), [{"dataset": "transactions", "columns": ["success"]}])
     return reply
-
-
-def _number(req: dict[str, Any]) -> int | None:
-    """The block a request names by number (not by tag or hash)."""
-    params = req.get("params") or [None]
-    try:
-        return int(params[0], 16)
-    except (TypeError, ValueError):
-        return None

@@ -17,13 +17,14 @@ from .. import traces as call_frames
 from ..budget import SharedBudget
 from ..config import Endpoint
 from ..errors import RpcError, register_secret_url
-from ..task import RECEIPTS_PATH, REFUSALS_PATH, TRACE_SOURCE_PATH, UNKNOWN_PATH
+from ..task import BLAME_PATH, RECEIPTS_PATH, REFUSALS_PATH, SETTLE_PATH, TRACE_SOURCE_PATH, UNKNOWN_PATH
 from . import history, traces
 from .inflight import InFlight
 from .listener import Listener, Request, Response
 from .logs import RangedLogs
 from .pool import Pool
 from .replies import GAVE_UP, Refusals, describe_error, encode, error
+from .trust import Trust
 
 log = logging.getLogger("cryo_ingest.gateway")
 
@@ -59,6 +60,8 @@ class Gateway:
         self.inflight = InFlight()
         self.unknown = history.Unknown()
         self.receipts = history.ReceiptCounts()
+        self.trust = Trust(self.pool)
+        self.pool.answered, self.pool.avoid = self.trust.answered, self.trust.avoid
         self.refusals = Refusals()
         self.trace_source = "trace_block"
         self.url = ""
@@ -72,6 +75,8 @@ class Gateway:
             self._base + TRACE_SOURCE_PATH: lambda q: self.trace_source,
             self._base + REFUSALS_PATH: lambda q: self.refusals.between(int(q["from"]), int(q["to"])),
             self._base + RECEIPTS_PATH: lambda q: self.receipts.take(int(q["from"]), int(q["to"])),
+            self._base + BLAME_PATH: lambda q: self.trust.blame(int(q["block"]), q["check"], int(q["from"]), int(q["to"])),
+            self._base + SETTLE_PATH: lambda q: self.trust.settle(int(q["from"]), int(q["to"])),
         }
 
     # ---- lifecycle (called from the main thread) -------------------------------------------
