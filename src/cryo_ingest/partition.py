@@ -17,6 +17,10 @@ from .validate import validate_chunk
 
 log = logging.getLogger("cryo_ingest")
 
+# Before fetching again a partition whose data failed a check, seconds x attempt: where the pool has one
+# endpoint the refetch goes to the same one, and a node that lags in indexing (logs, receipts) may catch up.
+CHECK_PAUSE = 1.0
+
 
 def run_partition(task: Task) -> PartitionResult:
     """extract -> validate -> publish -> manifest -> events; extraction and validation failures are retried."""
@@ -37,6 +41,8 @@ def run_partition(task: Task) -> PartitionResult:
             log.warning(
                 "partition %d-%d, attempt %d of %d: %s", task.partition.start, task.partition.end, attempt, task.attempts, err
             )
+            if isinstance(err, CheckFailed) and attempt < task.attempts:
+                time.sleep(CHECK_PAUSE * attempt)
         except IngestError as err:
             result.error = str(err)
             break
@@ -63,7 +69,7 @@ def _run_once(task: Task, store: Store, staging: Path, result: PartitionResult) 
     staged: list[Staged] = []
     counts: dict[str, int] = {}
     unchecked: dict[str, int] = {}
-    lies: list[str] = []
+    lies: list[tuple[str, int, str]] = []  # (what, block, check) of each chunk that failed a check
     for chunk in part.chunks:
         nxt = blocks.files.get(chunk.end + 1) if blocks and chunk == part.chunks[-1] else None
         try:
@@ -77,7 +83,7 @@ def _run_once(task: Task, store: Store, staging: Path, result: PartitionResult) 
             )
         except CheckFailed as err:  # every chunk's lie told to the gateway, so that one refetch goes elsewhere for all
             answered = blame(task.gateway_url, err.block, err.check, chunk)
-            lies.append(f"{err} (answered by {', '.join(answered)})" if answered else str(err))
+            lies.append((f"{err} (answered by {', '.join(answered)})" if answered else str(err), err.block, err.check))
             prev_hash = None  # its blocks passed the hash chain, but this attempt publishes nothing: no link to check
             continue
         for check, n in checked.counts.items():
@@ -88,7 +94,9 @@ def _run_once(task: Task, store: Store, staging: Path, result: PartitionResult) 
             prev_hash = facts["blocks"].last_block_hash
         staged += [Staged(d, chunk, files[d, chunk], facts[d], source if d == "traces" else None) for d in part.datasets]
     if lies:
-        raise ChunkError(lies[0] + (f"; and {len(lies) - 1} more chunk(s) failed a check" if len(lies) > 1 else ""))
+        first = lies[0]
+        more = f"; and {len(lies) - 1} more chunk(s) failed a check" if len(lies) > 1 else ""
+        raise CheckFailed(first[0] + more, first[1], first[2])
     result.checked, result.unchecked = counts, unchecked  # this attempt's: every chunk of it passed
     seconds["validate"] = time.monotonic() - started - seconds["extract"]
     changed = publish(store, task.chain_id, task.chunk_size, staged, archived, task.overwrite_conflicts)
