@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import Devnet, backfill, files_under
 from modern_replay import SERVED, ModernReplay, served
+from monad_exec import MonadReplay
 from pydantic import SecretStr
 from servers import FaultProxy, Faults
 
@@ -171,3 +172,30 @@ def test_lies_bench_an_endpoint_while_another_is_left(chain: Devnet) -> None:
         assert blame(gw.url, 7, "receipts_root", Chunk(0, 49)) == ["eth_getBlockReceipts b", "eth_getLogs b"]
         gw.trust.settle(0, 49)
         assert gw.trust.avoid(logs) == frozenset() and gw.trust.sources == {}
+
+
+@pytest.mark.parametrize("kind", [None, "drop_tx"])  # the devnet's blocks have no logs to drop
+def test_monad_blocks_through_the_pipeline(tmp_path: Path, kind: str | None) -> None:
+    """Monad's devnet blocks 300-399 (Monad's own execution output: 3,906 transactions in 20 blocks, all type 2,
+    statuses mixed), served by a replay node in the RPC's shape, archived through Cryo and the gateway: every block
+    passes every check; through a liar dropping a block's last transaction, caught and nothing published."""
+    with MonadReplay() as node, FaultProxy(node.url, Faults(lies={kind: 1.0} if kind else {})) as proxy:
+        job = make_job(
+            chain_id=node.chain_id,
+            start_block=300,
+            end_block=399,
+            datasets=["blocks", "transactions", "logs"],
+            rpc=[proxy.url()],
+            root=str(tmp_path),
+            chunk_size=50,
+        )
+        result = backfill_api(job)
+    if kind is None:
+        assert result.ok, result.failed
+        assert result.checked == {"receipts": 100, "logs_bloom": 100, "gas_used": 100, "receipts_root": 100}
+        assert result.unchecked == {}
+        return
+    assert proxy.lied and not result.ok
+    found = re.search(r"block (\d+) fails the (\w+) check", result.failed[0])
+    assert found is not None and found[2] == CAUGHT_BY[kind], result.failed
+    assert cold(tmp_path) == {}
