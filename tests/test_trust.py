@@ -4,6 +4,7 @@ against their own headers before anything is published (validate.py), on the dev
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from conftest import Devnet, backfill, files_under
 from modern_replay import SERVED, ModernReplay, served
 from monad_exec import MonadReplay
 from pydantic import SecretStr
-from servers import FaultProxy, Faults
+from servers import FaultProxy, Faults, MainnetReplay
 
 from cryo_ingest import backfill as backfill_api
 from cryo_ingest import make_job
@@ -199,3 +200,26 @@ def test_monad_blocks_through_the_pipeline(tmp_path: Path, kind: str | None) -> 
     found = re.search(r"block (\d+) fails the (\w+) check", result.failed[0])
     assert found is not None and found[2] == CAUGHT_BY[kind], result.failed
     assert cold(tmp_path) == {}
+
+
+def test_what_cannot_be_checked_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Ethereum 483,920, before Byzantium: its receipts hold a state root, not a status. The receipts root is not
+    checked and the run says so once, with the first block; the other checks run."""
+    caplog.set_level(logging.WARNING, "cryo_ingest")
+    with MainnetReplay() as node:
+        job = make_job(
+            chain_id=1,
+            start_block=483920,
+            end_block=483920,
+            datasets=["blocks", "transactions", "logs"],
+            rpc=[node.url],
+            root=str(tmp_path),
+            chunk_size=1,
+        )
+        result = backfill_api(job)
+    assert result.ok, result.failed
+    why = "receipts_root: pre-Byzantium: receipts hold a state root, not a status"
+    assert result.unchecked == {why: 483920}
+    assert result.checked == {"receipts": 1, "logs_bloom": 1, "gas_used": 1}
+    said = [r.getMessage() for r in caplog.records if "not checked before publishing" in r.getMessage()]
+    assert said == [f"not checked before publishing, from block 483920: {why}"]
