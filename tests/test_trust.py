@@ -223,3 +223,24 @@ def test_what_cannot_be_checked_is_said(tmp_path: Path, caplog: pytest.LogCaptur
     assert result.checked == {"receipts": 1, "logs_bloom": 1, "gas_used": 1}
     said = [r.getMessage() for r in caplog.records if "not checked before publishing" in r.getMessage()]
     assert said == [f"not checked before publishing, from block 483920: {why}"]
+
+
+def test_without_blocks_the_archived_headers_serve(chain: Devnet, tmp_path: Path) -> None:
+    """A job of transactions and logs alone, where the archive already holds the blocks: the headers come from
+    the archive (no request), so the receipts root is checked and a dropped log caught; where the archive holds
+    no blocks, the run says the header checks could not apply."""
+    bare = backfill(tmp_path / "bare", chain.url, "--json", end=END, datasets="transactions,logs")
+    assert bare.code == 0, bare.text
+    doc = json.loads(bare.out)
+    assert doc["checked"] == {"receipts": END + 1}
+    assert list(doc["unchecked"]) == [
+        "logs_bloom, gas_used, receipts_root: no headers (blocks neither fetched nor archived for these blocks)"
+    ]
+    root = tmp_path / "a"
+    assert backfill(root, chain.url, end=END, datasets="blocks").code == 0
+    honest = backfill(root, chain.url, "--json", end=END, datasets="transactions,logs")
+    assert honest.code == 0, honest.text
+    assert json.loads(honest.out)["checked"] == {"receipts": 100, "logs_bloom": 100, "gas_used": 100, "receipts_root": 100}
+    with FaultProxy(chain.url, Faults(lies={"drop_log": 1.0})) as liar:
+        lying = backfill(root, liar.url(), "--json", "--force", end=END, datasets="transactions,logs")
+    assert lying.code == 1 and "fails the receipts_root check" in json.loads(lying.out)["failed"][0], lying.text

@@ -105,9 +105,12 @@ class Checked:
     unchecked: dict[str, int]  # "check: why" -> the first block it could not apply to
 
 
-def check_content(files: dict[str, Path], chunk: Chunk, chain_id: int, receipts: dict[int, int] | None) -> Checked:
+def check_content(
+    files: dict[str, Path], chunk: Chunk, chain_id: int, receipts: dict[int, int] | None, headers: Path | None = None
+) -> Checked:
     """Every block of the chunk against its header and its receipts count; the first failure raises
-    ChunkError naming the block and the check (the partition fetches the chunk again)."""
+    CheckFailed naming the block and the check (the partition fetches the chunk again). The headers are
+    the job's blocks, else `headers` (the archive's own blocks file of the chunk, for a job without blocks)."""
     done = Checked({}, {})
     blocks = range(chunk.start, chunk.end + 1)
     txs = _txs(files["transactions"], chunk) if "transactions" in files else None
@@ -121,14 +124,14 @@ def check_content(files: dict[str, Path], chunk: Chunk, chain_id: int, receipts:
                 _fail(chunk, b, "receipts", f"{n} transactions, {m} receipts in the eth_getBlockReceipts answer")
             else:
                 done.counts["receipts"] = done.counts.get("receipts", 0) + 1
-    if "blocks" not in files:
+    header_file = files.get("blocks", headers)
+    if header_file is None:
         if logs is not None or txs is not None:
-            done.unchecked.setdefault(
-                "logs_bloom, gas_used, receipts_root: no headers (blocks is not among the datasets)", chunk.start
-            )
+            why = "logs_bloom, gas_used, receipts_root: no headers (blocks neither fetched nor archived for these blocks)"
+            done.unchecked.setdefault(why, chunk.start)
         return done
-    headers = _read(files["blocks"], "blocks", chunk, HEADER_COLUMNS)
-    columns = [headers[c].to_pylist() for c in HEADER_COLUMNS]
+    table = _read(header_file, "blocks", chunk, HEADER_COLUMNS)
+    columns = [table[c].to_pylist() for c in HEADER_COLUMNS]
     for b, (root, bloom, gas) in zip(blocks, zip(*columns, strict=True), strict=True):
         outcome = roots.check_block(
             chain_id,
@@ -176,6 +179,7 @@ def validate_chunk(
     next_parent: str | None,
     chain_id: int,
     receipts: dict[int, int] | None,
+    headers: Path | None = None,
 ) -> tuple[dict[str, Facts], Checked]:
     """Shape first (a block missing or out of order makes the content checks meaningless), then content."""
     facts: dict[str, Facts] = {}
@@ -185,4 +189,4 @@ def validate_chunk(
     for dataset, path in files.items():
         if dataset != "blocks":
             facts[dataset] = validate_rows(path, dataset, chunk, hashes)
-    return facts, check_content(files, chunk, chain_id, receipts)
+    return facts, check_content(files, chunk, chain_id, receipts, headers)
