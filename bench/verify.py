@@ -27,11 +27,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from common import CACHE, ROOT, cached_chain, measure, save, spread
 
-from cryo_ingest import manifest
+from cryo_ingest import manifest, roots
 from cryo_ingest.manifest import Entry, Manifest
 from cryo_ingest.storage import open_store, sha256
 from cryo_ingest.validate import schema_of
-from cryo_ingest.verify import roots, verify
+from cryo_ingest.verify import verify
 
 CLI = str(Path(sys.executable).parent / "cryo-ingest")
 TXS, LOGS = 2, 2  # per block, in the synthetic archives

@@ -196,6 +196,9 @@ def _from_rlp(block_file: str, receipts_file: str) -> Rows:
 
 
 def rows(name: str) -> Rows:
+    if name in SERVED:
+        block = served(name)
+        return _from_json(block.block, block.receipts)
     if name == "ethereum-15000000":
         return _from_json(
             _load("erigon_getHeaderByNumber/15000000.json"), _load("erigon_getBlockReceiptsByBlockHash/15000000.json")

@@ -123,6 +123,19 @@ class Faults:
     logs_results: int | None = None
     logs_refusal: str = "infura_range"
     stall: tuple[float, float] | None = None  # (fraction, seconds): these requests wait that long, then are answered
+    # Lies, well-formed and incomplete, by kind (LIES): the share of the blocks whose answers lie (1.0: all), chosen
+    # by the seed and the block (whatever the order requests come in); `lie_once`: each of them lies the first time
+    # it is asked only (a flaky provider), else every time. The node is asked, then its answer is cut.
+    lies: dict[str, float] = field(default_factory=dict)
+    lie_once: bool = False
+
+
+# A provider's lie of omission: the method it is told in, and what it leaves out of the node's answer.
+LIES = {
+    "drop_log": "eth_getLogs",  # one log of the range's
+    "drop_tx": "eth_getBlockByNumber",  # the last transaction of a block asked for with full transactions
+    "drop_receipt_log": "eth_getBlockReceipts",  # one log of one receipt
+}
 
 
 # A provider's refusal of an eth_getLogs range: (HTTP status, JSON-RPC error), as gateway/logs.py lists them.
@@ -146,6 +159,7 @@ class FaultProxy(Proxy):
         self.upstream = upstream
         self.faults = faults or Faults()
         self.random = random.Random(seed)
+        self.seed = seed
         self.methods: Counter[str] = Counter()
         self.injected: Counter[str] = Counter()
         self.times: list[float] = []
@@ -157,6 +171,8 @@ class FaultProxy(Proxy):
         self.echoed: list[str] = []  # the error messages of `echo_url`, key and all
         self.answered: list[float] = []  # when requests were forwarded and answered by the node
         self.window = (0, 0)  # (second, requests in it), for rate_limit
+        self.lied: list[tuple[str, int]] = []  # (kind, block) of every lie told (for drop_log: the log's block)
+        self.told: set[tuple[str, int]] = set()  # (kind, block asked for) of the lies told, for lie_once
 
     def url(self, path: str = "") -> str:
         return self.server.url + path
@@ -212,6 +228,8 @@ class FaultProxy(Proxy):
             return web.json_response(reply)
         if method == "eth_getLogs" and (f.logs_range is not None or f.logs_results is not None):
             return await self._limited_logs(raw, body)
+        if any(LIES[kind] == method for kind in f.lies):
+            return await self._lie(raw, method, body)
         if f.stall is not None and self.random.random() < f.stall[0]:
             self.injected["stall"] += 1
             await asyncio.sleep(f.stall[1])
@@ -237,6 +255,39 @@ class FaultProxy(Proxy):
         self.logs_refused += 1
         status, err = LOGS_REFUSALS[f.logs_refusal]
         return web.json_response({"jsonrpc": "2.0", "id": body["id"], "error": err}, status=status)
+
+    async def _lie(self, raw: bytes, method: str, body: Any) -> web.StreamResponse:
+        """The node's answer less what a lie of `method` leaves out, where the block is one that lies now."""
+        async with self.client().post(self.upstream, data=raw, headers={"content-type": "application/json"}) as resp:
+            reply = await resp.json()
+        result, first = reply.get("result"), body["params"][0]
+        asked = first["fromBlock"] if method == "eth_getLogs" else first
+        if not asked.startswith("0x"):  # a tag ("finalized"): answered as it is
+            return web.json_response(reply)
+        block = int(asked, 16)
+        for kind, share in self.faults.lies.items():
+            if LIES[kind] != method or not result or not self._lies_now(kind, block, share):
+                continue
+            pick = random.Random(f"{self.seed}:{kind}:{block}")
+            told = len(self.lied)
+            if kind == "drop_log":
+                log = result.pop(pick.randrange(len(result)))
+                self.lied.append((kind, int(log["blockNumber"], 16)))
+            elif kind == "drop_tx" and body["params"][1] and result["transactions"]:
+                result["transactions"].pop()
+                self.lied.append((kind, block))
+            elif kind == "drop_receipt_log" and (with_logs := [r for r in result if r["logs"]]):
+                receipt = pick.choice(with_logs)
+                receipt["logs"].pop(pick.randrange(len(receipt["logs"])))
+                self.lied.append((kind, block))
+            if len(self.lied) > told:
+                self.told.add((kind, block))
+        return web.json_response(reply)
+
+    def _lies_now(self, kind: str, block: int, share: float) -> bool:
+        if share < 1.0 and random.Random(f"{self.seed}:{kind}:{block}:lies").random() >= share:
+            return False
+        return not (self.faults.lie_once and (kind, block) in self.told)
 
     async def _forward(self, raw: bytes) -> web.StreamResponse:
         async with self.client().post(self.upstream, data=raw, headers={"content-type": "application/json"}) as resp:

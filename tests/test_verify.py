@@ -27,10 +27,10 @@ from cryo_ingest import backfill as backfill_api
 from cryo_ingest import make_job, manifest
 from cryo_ingest.cli import main
 from cryo_ingest.manifest import Entry
+from cryo_ingest.roots import EMPTY_ROOT
 from cryo_ingest.storage import Store, open_store, sha256
 from cryo_ingest.validate import schema_of
 from cryo_ingest.verify import gc, verify
-from cryo_ingest.verify.roots import EMPTY_ROOT
 
 gc_module = importlib.import_module("cryo_ingest.verify.gc")  # the package's `gc` is the function
 

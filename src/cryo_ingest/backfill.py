@@ -44,6 +44,8 @@ class Result:
     trace_source: str | None = None
     cas_retries: int = 0
     seconds: float = 0.0
+    checked: dict[str, int] = field(default_factory=dict)  # blocks checked against their headers before publishing
+    unchecked: dict[str, int] = field(default_factory=dict)  # "check: why it cannot apply" -> the first such block
 
     @property
     def ok(self) -> bool:
@@ -88,6 +90,12 @@ class Opened:
         self.result.published += pr.published
         self.result.emitted += pr.emitted
         self.result.cas_retries += pr.cas_retries
+        for check, n in pr.checked.items():
+            self.result.checked[check] = self.result.checked.get(check, 0) + n
+        for why, block in pr.unchecked.items():
+            if why not in self.result.unchecked:  # said once per run (a run is one chain)
+                log.warning("not checked before publishing, from block %d: %s", block, why)
+            self.result.unchecked[why] = min(block, self.result.unchecked.get(why, block))
         if pr.error:
             (self.result.conflicts if pr.conflict else self.result.failed).append(pr.error)
         if on_partition:

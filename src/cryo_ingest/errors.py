@@ -84,6 +84,14 @@ class ChunkError(IngestError):
     """A chunk failed extraction or validation; nothing of it was published."""
 
 
+class CheckFailed(ChunkError):
+    """A block of a staged chunk does not match its header (validate.py): the data of a lying or lagging provider."""
+
+    def __init__(self, message: str, block: int, check: str) -> None:
+        super().__init__(message)
+        self.block, self.check = block, check
+
+
 class ConflictError(IngestError):
     """Stored content differs from new content for the same chunk (a reorg, another node)."""
 

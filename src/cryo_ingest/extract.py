@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.request
 from pathlib import Path
@@ -14,7 +15,7 @@ import pyarrow.parquet as pq
 
 from .errors import ChunkError
 from .plan import Chunk, Partition
-from .task import REFUSALS_PATH, TRACE_SOURCE_PATH, UNKNOWN_PATH
+from .task import BLAME_PATH, RECEIPTS_PATH, REFUSALS_PATH, SETTLE_PATH, TRACE_SOURCE_PATH, UNKNOWN_PATH
 
 
 def extract(partition: Partition, gateway_url: str, chunk_size: int, staging: Path) -> dict[tuple[str, Chunk], Path]:
@@ -72,6 +73,28 @@ def _refusals(gateway_url: str, partition: Partition, shown: int = 3) -> str:
         return ""
     more = f" (and {len(lines) - shown} more)" if len(lines) > shown else ""
     return "; the pool answered " + "; ".join(lines[:shown]) + more
+
+
+def receipt_counts(gateway_url: str, partition: Partition) -> dict[int, int]:
+    """How many receipts the gateway passed on for each block of the partition (taken: asked once per extraction)."""
+    pairs = _gateway_json(gateway_url, f"{RECEIPTS_PATH}?from={partition.start}&to={partition.end}")
+    return {int(b): int(n) for b, n in pairs}
+
+
+def blame(gateway_url: str, block: int, check: str, chunk: Chunk) -> list[str]:
+    """Tell the gateway a block failed a check (it counts the lie, and the refetch goes elsewhere); which
+    endpoint answered what for it ("eth_getLogs rpc-1"). Empty if the gateway went away."""
+    try:
+        names = _gateway_json(gateway_url, f"{BLAME_PATH}?block={block}&check={check}&from={chunk.start}&to={chunk.end}")
+    except (OSError, ValueError):
+        return []
+    return [str(n) for n in names]
+
+
+def settle(gateway_url: str, partition: Partition) -> None:
+    """The partition is done: the gateway forgets which endpoint answered its blocks."""
+    with contextlib.suppress(OSError, ValueError):  # the gateway went away: nothing left to forget
+        _gateway_json(gateway_url, f"{SETTLE_PATH}?from={partition.start}&to={partition.end}")
 
 
 def trace_source(gateway_url: str) -> str:

@@ -8,14 +8,19 @@ import time
 from pathlib import Path
 
 from . import events, manifest
-from .errors import ChunkError, ConflictError, IngestError, register_secret_url
-from .extract import extract, trace_source
+from .errors import CheckFailed, ChunkError, ConflictError, IngestError, register_secret_url
+from .extract import blame, extract, receipt_counts, settle, trace_source
+from .plan import Chunk
 from .publish import Staged, crash_point, publish
-from .storage import Store, open_store
+from .storage import Store, open_store, sha256
 from .task import PartitionResult, Task
 from .validate import validate_chunk
 
 log = logging.getLogger("cryo_ingest")
+
+# Before fetching again a partition whose data failed a check, seconds x attempt: where the pool has one
+# endpoint the refetch goes to the same one, and a node that lags in indexing (logs, receipts) may catch up.
+CHECK_PAUSE = 1.0
 
 
 def run_partition(task: Task) -> PartitionResult:
@@ -26,7 +31,7 @@ def run_partition(task: Task) -> PartitionResult:
     for attempt in range(1, task.attempts + 1):
         try:
             with tempfile.TemporaryDirectory(prefix="cryo-ingest-staging-", dir=task.staging_dir) as tmp:
-                result.published, result.emitted = _run_once(task, store, Path(tmp), result.seconds)
+                result.published, result.emitted = _run_once(task, store, Path(tmp), result)
             result.error = None
             break
         except ConflictError as err:
@@ -37,36 +42,65 @@ def run_partition(task: Task) -> PartitionResult:
             log.warning(
                 "partition %d-%d, attempt %d of %d: %s", task.partition.start, task.partition.end, attempt, task.attempts, err
             )
+            if isinstance(err, CheckFailed) and attempt < task.attempts:
+                time.sleep(CHECK_PAUSE * attempt)
         except IngestError as err:
             result.error = str(err)
             break
+    settle(task.gateway_url, task.partition)
     result.cas_retries = store.cas_retries
     return result
 
 
-def _run_once(task: Task, store: Store, staging: Path, seconds: dict[str, float]) -> tuple[list[events.Event], int]:
+def _run_once(task: Task, store: Store, staging: Path, result: PartitionResult) -> tuple[list[events.Event], int]:
     """Returns the events of the entries this run changed, and how many events were new to the sinks."""
-    part = task.partition
+    part, seconds = task.partition, result.seconds
     started = time.monotonic()
     files = extract(part, task.gateway_url, task.chunk_size, staging)
     seconds["extract"] = time.monotonic() - started
     source = trace_source(task.gateway_url) if "traces" in part.datasets else None
+    receipts = receipt_counts(task.gateway_url, part) if "transactions" in part.datasets else None
     # this partition's entries and its neighbours' (for the hash chain), not the whole archive
     around = (max(0, part.start - task.chunk_size), part.end + task.chunk_size)
     archived = {d: manifest.load(store, task.chain_id, d, around) for d in part.datasets}
     blocks = archived.get("blocks")
+    headers = _archived_headers(store, task, staging) if {"transactions", "logs"} & set(part.datasets) else {}
     prev_hash = None
     if blocks and (prev := blocks.files.get(part.start - task.chunk_size)):
         prev_hash = prev.last_block_hash
     staged: list[Staged] = []
+    counts: dict[str, int] = {}
+    unchecked: dict[str, int] = {}
+    lies: list[tuple[str, int, str]] = []  # (what, block, check) of each chunk that failed a check
     for chunk in part.chunks:
         nxt = blocks.files.get(chunk.end + 1) if blocks and chunk == part.chunks[-1] else None
-        facts = validate_chunk(
-            {d: files[d, chunk] for d in part.datasets}, chunk, prev_hash, nxt.first_parent_hash if nxt else None
-        )
+        try:
+            facts, checked = validate_chunk(
+                {d: files[d, chunk] for d in part.datasets},
+                chunk,
+                prev_hash,
+                nxt.first_parent_hash if nxt else None,
+                task.chain_id,
+                receipts,
+                headers.get(chunk),
+            )
+        except CheckFailed as err:  # every chunk's lie told to the gateway, so that one refetch goes elsewhere for all
+            answered = blame(task.gateway_url, err.block, err.check, chunk)
+            lies.append((f"{err} (answered by {', '.join(answered)})" if answered else str(err), err.block, err.check))
+            prev_hash = None  # its blocks passed the hash chain, but this attempt publishes nothing: no link to check
+            continue
+        for check, n in checked.counts.items():
+            counts[check] = counts.get(check, 0) + n
+        for why, block in checked.unchecked.items():
+            unchecked.setdefault(why, block)
         if "blocks" in facts:
             prev_hash = facts["blocks"].last_block_hash
         staged += [Staged(d, chunk, files[d, chunk], facts[d], source if d == "traces" else None) for d in part.datasets]
+    if lies:
+        first = lies[0]
+        more = f"; and {len(lies) - 1} more chunk(s) failed a check" if len(lies) > 1 else ""
+        raise CheckFailed(first[0] + more, first[1], first[2])
+    result.checked, result.unchecked = counts, unchecked  # this attempt's: every chunk of it passed
     seconds["validate"] = time.monotonic() - started - seconds["extract"]
     changed = publish(store, task.chain_id, task.chunk_size, staged, archived, task.overwrite_conflicts)
     seconds["publish"] = time.monotonic() - started - seconds["extract"] - seconds["validate"]
@@ -80,3 +114,21 @@ def _run_once(task: Task, store: Store, staging: Path, seconds: dict[str, float]
     if not task.sinks:
         events.emit(published, task.sinks, store)  # logged only
     return published, len(emitted)
+
+
+def _archived_headers(store: Store, task: Task, staging: Path) -> dict[Chunk, Path]:
+    """A job without blocks: the chunks' headers from the archive's own blocks, where it holds those chunks
+    (intact, on the same grid): no RPC request. Empty for a job that fetches blocks."""
+    part = task.partition
+    if "blocks" in part.datasets or (archived := manifest.load(store, task.chain_id, "blocks", (part.start, part.end))) is None:
+        return {}
+    out: dict[Chunk, Path] = {}
+    for chunk in part.chunks:
+        entry = archived.files.get(chunk.start)
+        if entry is None or entry.end_block != chunk.end:
+            continue
+        data = store.get(f"cold/{task.chain_id}/blocks/{entry.path}")
+        if data is not None and sha256(data) == entry.sha256:  # else not used: a damaged archive is verify's to report
+            out[chunk] = staging / f"archived-headers-{chunk.start}.parquet"
+            out[chunk].write_bytes(data)
+    return out

@@ -16,6 +16,9 @@ from .plan import Partition
 UNKNOWN_PATH = "/_cryo_ingest/unknown"
 TRACE_SOURCE_PATH = "/_cryo_ingest/trace-source"
 REFUSALS_PATH = "/_cryo_ingest/refusals"
+RECEIPTS_PATH = "/_cryo_ingest/receipts"  # receipts counted by block (gateway/history.py), taken once
+BLAME_PATH = "/_cryo_ingest/blame"  # a block failed a check: who answered it (gateway/trust.py)
+SETTLE_PATH = "/_cryo_ingest/settle"  # a partition is done: the gateway forgets who answered its blocks
 
 
 @dataclass(frozen=True)
@@ -43,3 +46,5 @@ class PartitionResult:
     conflict: bool = False
     cas_retries: int = 0
     seconds: dict[str, float] = field(default_factory=dict)  # by stage: extract, validate, publish
+    checked: dict[str, int] = field(default_factory=dict)  # blocks checked against their headers, by check (validate.py)
+    unchecked: dict[str, int] = field(default_factory=dict)  # "check: why it cannot apply" -> the first such block

@@ -4,6 +4,11 @@ Blocks: one row per block, in order, each block's parent hash the previous block
 the chain continuing into the neighbouring chunks. Other datasets: every row inside the chunk
 and, when blocks are fetched in the same job, on the same block hashes (a reorg between two
 fetches shows up here, not in the archive).
+
+Content: every block against its own header (`roots.check_block`, as `verify` does): the logs
+bloom from its logs, the gas used and, with the logs, the receipts root from its transactions;
+and its transactions as many as the receipts the gateway passed on. A provider that leaves out a
+log or a transaction fails the chunk, which is fetched again (docs/verify.md, "Before publishing").
 """
 
 from __future__ import annotations
@@ -15,8 +20,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import ChunkError
+from . import roots
+from .errors import CheckFailed, ChunkError
 from .plan import Chunk
+
+TX_COLUMNS = ["block_number", "transaction_index", "transaction_type", "success", "gas_used"]
+LOG_COLUMNS = ["block_number", "log_index", "transaction_index", "address", "topic0", "topic1", "topic2", "topic3", "data"]
+HEADER_COLUMNS = ["receipts_root", "logs_bloom", "gas_used"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +97,91 @@ def validate_rows(path: Path, dataset: str, chunk: Chunk, block_hashes: list[str
     return Facts(table.num_rows, schema_of(schema))
 
 
-def validate_chunk(files: dict[str, Path], chunk: Chunk, prev_hash: str | None, next_parent: str | None) -> dict[str, Facts]:
+@dataclass
+class Checked:
+    """What the content checks did for a chunk: blocks checked by check, and what could not apply and why."""
+
+    counts: dict[str, int]
+    unchecked: dict[str, int]  # "check: why" -> the first block it could not apply to
+
+
+def check_content(
+    files: dict[str, Path], chunk: Chunk, chain_id: int, receipts: dict[int, int] | None, headers: Path | None = None
+) -> Checked:
+    """Every block of the chunk against its header and its receipts count; the first failure raises
+    CheckFailed naming the block and the check (the partition fetches the chunk again). The headers are
+    the job's blocks, else `headers` (the archive's own blocks file of the chunk, for a job without blocks)."""
+    done = Checked({}, {})
+    blocks = range(chunk.start, chunk.end + 1)
+    txs = _txs(files["transactions"], chunk) if "transactions" in files else None
+    logs = _logs(files["logs"], chunk) if "logs" in files else None
+    if txs is not None and receipts is not None:
+        for b in blocks:
+            n, m = len(txs.get(b, [])), receipts.get(b)
+            if m is None:
+                done.unchecked.setdefault("receipts: the gateway saw no eth_getBlockReceipts answer", b)
+            elif n != m:
+                _fail(chunk, b, "receipts", f"{n} transactions, {m} receipts in the eth_getBlockReceipts answer")
+            else:
+                done.counts["receipts"] = done.counts.get("receipts", 0) + 1
+    header_file = files.get("blocks", headers)
+    if header_file is None:
+        if logs is not None or txs is not None:
+            why = "logs_bloom, gas_used, receipts_root: no headers (blocks neither fetched nor archived for these blocks)"
+            done.unchecked.setdefault(why, chunk.start)
+        return done
+    table = _read(header_file, "blocks", chunk, HEADER_COLUMNS)
+    columns = [table[c].to_pylist() for c in HEADER_COLUMNS]
+    for b, (root, bloom, gas) in zip(blocks, zip(*columns, strict=True), strict=True):
+        outcome = roots.check_block(
+            chain_id,
+            b,
+            roots.Header(root, bloom, gas),
+            None if txs is None else txs.get(b, []),
+            None if logs is None else logs.get(b, []),
+        )
+        for f in outcome.failed:
+            _fail(chunk, b, f.check, f"{f.what} ({f.datasets})")
+        for check, why in outcome.skipped:
+            done.unchecked.setdefault(f"{check}: {why}", b)
+        for check, _ in outcome.applied:
+            done.counts[check] = done.counts.get(check, 0) + 1
+    return done
+
+
+def _fail(chunk: Chunk, block: int, check: str, what: str) -> None:
+    raise CheckFailed(f"validate: {chunk}: block {block} fails the {check} check: {what}", block, check)
+
+
+def _txs(path: Path, chunk: Chunk) -> dict[int, list[roots.Tx]]:
+    table = _read(path, "transactions", chunk, TX_COLUMNS).sort_by(
+        [("block_number", "ascending"), ("transaction_index", "ascending")]
+    )
+    out: dict[int, list[roots.Tx]] = {}
+    for b, index, kind, success, gas in zip(*(table[c].to_pylist() for c in TX_COLUMNS), strict=True):
+        out.setdefault(b, []).append(roots.Tx(index, kind, success, gas))
+    return out
+
+
+def _logs(path: Path, chunk: Chunk) -> dict[int, list[roots.Log]]:
+    table = _read(path, "logs", chunk, LOG_COLUMNS).sort_by([("block_number", "ascending"), ("log_index", "ascending")])
+    out: dict[int, list[roots.Log]] = {}
+    for b, _, tx, address, t0, t1, t2, t3, data in zip(*(table[c].to_pylist() for c in LOG_COLUMNS), strict=True):
+        topics = tuple(t for t in (t0, t1, t2, t3) if t is not None)
+        out.setdefault(b, []).append(roots.Log(tx, address or b"", topics, data or b""))
+    return out
+
+
+def validate_chunk(
+    files: dict[str, Path],
+    chunk: Chunk,
+    prev_hash: str | None,
+    next_parent: str | None,
+    chain_id: int,
+    receipts: dict[int, int] | None,
+    headers: Path | None = None,
+) -> tuple[dict[str, Facts], Checked]:
+    """Shape first (a block missing or out of order makes the content checks meaningless), then content."""
     facts: dict[str, Facts] = {}
     hashes = None
     if "blocks" in files:
@@ -95,4 +189,4 @@ def validate_chunk(files: dict[str, Path], chunk: Chunk, prev_hash: str | None, 
     for dataset, path in files.items():
         if dataset != "blocks":
             facts[dataset] = validate_rows(path, dataset, chunk, hashes)
-    return facts
+    return facts, check_content(files, chunk, chain_id, receipts, headers)

@@ -90,7 +90,7 @@ def report(result: Result) -> None:
         t.add_row(dataset, str(len(pub)), f"{sum(e.rows for e in pub):,}", str(len(result.done)), str(len(result.pending)))
     console.print(t)
     g = Table(title="RPC endpoints")
-    for col in ("endpoint", "requests", "retries", "429s", "errors", "p50 ms", "p95 ms", "state"):
+    for col in ("endpoint", "requests", "retries", "429s", "errors", "lies", "p50 ms", "p95 ms", "state"):
         g.add_column(col)
     for name, m in result.gateway.items():
         errs = ", ".join(f"{k} {v}" for k, v in m["errors"].items()) or "-"
@@ -100,6 +100,7 @@ def report(result: Result) -> None:
             str(m["retries"]),
             str(m["http_429"]),
             errs,
+            f"{m['lies']} (+{m['suspected']} suspected)" if m["suspected"] else str(m["lies"]),
             str(m["p50_ms"]),
             str(m["p95_ms"]),
             m["state"],

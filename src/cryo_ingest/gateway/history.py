@@ -10,6 +10,7 @@ import orjson
 
 from .pool import Pool
 from .replies import Reply
+from .trust import block_range
 
 
 class Unknown:
@@ -26,9 +27,22 @@ class Unknown:
         return [{**cell, "block": b} for b in sorted(self.cells) if lo <= b <= hi for cell in self.cells[b]]
 
 
-async def block_receipts(pool: Pool, req: dict[str, Any], unknown: Unknown) -> dict[str, Any]:
-    """A modern chain's receipts need nothing: read with orjson, passed on as received (the stdlib's
-    json.loads of every block's receipts was most of the gateway's CPU)."""
+class ReceiptCounts:
+    """How many receipts the pool's answer gave for each block, taken by the partition that fetched them:
+    validate compares them with the block's transactions (Cryo pairs a transaction with a receipt
+    by position and writes a block's transactions whatever the count of receipts)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+
+    def take(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """The counts of lo..hi, forgotten here (a refetch records them anew): the gateway keeps no history."""
+        return [(b, self.counts.pop(b)) for b in range(lo, hi + 1) if b in self.counts]
+
+
+async def block_receipts(pool: Pool, req: dict[str, Any], unknown: Unknown, counts: ReceiptCounts) -> dict[str, Any]:
+    """A modern chain's receipts need nothing but counting: read with orjson, passed on as received (the
+    stdlib's json.loads of every block's receipts was most of the gateway's CPU)."""
     reply = await pool.send(req, passthrough=True)
     body: dict[str, Any] = reply
     if isinstance(reply, Reply) and reply.raw is not None and "result" not in reply and "error" not in reply:
@@ -37,6 +51,8 @@ async def block_receipts(pool: Pool, req: dict[str, Any], unknown: Unknown) -> d
         except orjson.JSONDecodeError:
             return await pool.send(req)  # shaped like a success, yet no JSON: the pool's checks, a retry elsewhere
     receipts = body.get("result")
+    if isinstance(receipts, list) and (span := block_range(req)) is not None:
+        counts.counts[span[0]] = len(receipts)
     if not isinstance(receipts, list) or all("from" in r and r.get("status") is not None for r in receipts):
         return reply  # one pass on every block's receipts: the rest is for old chains only
     missing_from = any("from" not in r for r in receipts)

@@ -70,10 +70,10 @@ class RangedLogs:
         self.span: int | None = None  # the widest range worth sending; None: no refusal seen
 
     async def get_logs(self, req: dict[str, Any], passthrough: bool) -> dict[str, Any]:
-        bounds = _bounds(req)
-        if bounds is None:  # a block hash, a tag such as "latest", a malformed filter: the endpoint's business
+        asked = bounds(req)
+        if asked is None:  # a block hash, a tag such as "latest", a malformed filter: the endpoint's business
             return await self.pool.send(req, passthrough)
-        lo, hi = bounds
+        lo, hi = asked
         if self.span is None or hi - lo < self.span:
             reply = await self.pool.send(req, passthrough)
             if not refused(reply.get("error")) or lo == hi:
@@ -116,7 +116,7 @@ class RangedLogs:
             self.span = span
 
 
-def _bounds(req: dict[str, Any]) -> tuple[int, int] | None:
+def bounds(req: dict[str, Any]) -> tuple[int, int] | None:
     params = req.get("params")
     query = params[0] if isinstance(params, list) and params else None
     if not isinstance(query, dict) or "blockHash" in query:

@@ -10,7 +10,7 @@ import random
 import re
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -81,6 +81,8 @@ class Upstream:
     hedges: int = 0  # requests sent here to race a slow one on another endpoint
     hedge_wins: int = 0  # of those, answered first
     rate_cuts: int = 0
+    lies: int = 0  # failed checks of data this endpoint alone answered (gateway/trust.py)
+    suspected: int = 0  # failed checks of data it answered with others
     errors: Counter[str] = field(default_factory=Counter)
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     _sorted: list[float] = field(default_factory=list)  # `latencies` sorted, redone every 5% of new ones
@@ -145,6 +147,8 @@ class Upstream:
             "compute_units": round(self.bucket.compute_units, 1),
             "hedges": self.hedges,
             "hedge_wins": self.hedge_wins,
+            "lies": self.lies,
+            "suspected": self.suspected,
         }
 
 
@@ -168,6 +172,10 @@ class Pool:
         self.upstreams: list[Upstream] = []
         self.head = -1
         self._down = False  # every endpoint keeps failing (logged once per outage)
+        # Set by the gateway (gateway/trust.py): told which endpoint answered each request; asked which
+        # endpoints a request should avoid (they answered data of its blocks that failed a check).
+        self.answered: Callable[[dict[str, Any], str], None] | None = None
+        self.avoid: Callable[[dict[str, Any]], frozenset[str]] | None = None
 
     async def start(self) -> None:
         self.upstreams = [
@@ -243,7 +251,10 @@ class Pool:
         """Send with retries on other endpoints; a spent budget becomes a JSON-RPC error.
         `passthrough`: the caller only relays the reply's bytes, so a plain success need not be parsed."""
         deadline = time.monotonic() + self.budget
-        tried: set[str] = set()
+        avoid = self.avoid(req) if self.avoid is not None else frozenset()
+        now = time.monotonic()
+        # endpoints to avoid count as tried: others first, them only if none other is left
+        tried: set[str] = set(avoid) if any(u.usable(now) and u.name not in avoid for u in self.upstreams) else set()
         last = "no endpoint"
         attempt = 0
         while attempt < self.attempts:  # a rate-limit answer costs no attempt: only time, within the budget
@@ -253,7 +264,7 @@ class Pool:
                 break
             tried.add(up.name)
             try:
-                return await self._hedged(up, req, tried, passthrough)
+                reply, winner = await self._hedged(up, req, tried, passthrough)
             except Retry as r:
                 up.retries += 1
                 last = f"{up.name}: {r}"
@@ -265,23 +276,30 @@ class Pool:
                 if time.monotonic() + max(delay, r.delay) > deadline:
                     break
                 await asyncio.sleep(delay)
+            else:
+                if self.answered is not None:
+                    self.answered(req, winner.name)
+                return reply
         # While the pool is down every request ends here; that was logged once, as an error.
         (log.debug if self._down else log.warning)("%s gave up after retries (last: %s)", req["method"], last)
         return error(req.get("id"), f"{GAVE_UP} (last: {last})")
 
-    async def _hedged(self, up: Upstream, req: dict[str, Any], tried: set[str], passthrough: bool) -> dict[str, Any]:
+    async def _hedged(
+        self, up: Upstream, req: dict[str, Any], tried: set[str], passthrough: bool
+    ) -> tuple[dict[str, Any], Upstream]:
         """One attempt on `up`; a read still unanswered after `up`'s p95 races a second endpoint, and the
-        first answer wins (the other request is cancelled). A failure of one waits for the other."""
+        first answer wins (the other request is cancelled). A failure of one waits for the other.
+        Returns the reply and the endpoint that gave it."""
         delay = self._hedge_delay(up, req)
         if delay is None:
-            return await self._attempt(up, req, passthrough=passthrough)
+            return await self._attempt(up, req, passthrough=passthrough), up
         first = asyncio.ensure_future(self._attempt(up, req, passthrough=passthrough))
         racing = {first}
         try:
             done, _ = await asyncio.wait(racing, timeout=delay)
             other = None if done else self._hedge_target(up)
             if other is None:
-                return await first
+                return await first, up
             other.hedges += 1
             tried.add(other.name)
             second = asyncio.ensure_future(self._attempt(other, req, passthrough=passthrough))
@@ -292,8 +310,8 @@ class Pool:
                 for task in done:
                     if task.exception() is None:
                         other.hedge_wins += task is second
-                        return task.result()
-            return first.result()  # both failed: the first's failure is retried as usual
+                        return task.result(), other if task is second else up
+            return first.result(), up  # both failed: the first's failure is retried as usual
         finally:
             for task in racing:
                 task.cancel()

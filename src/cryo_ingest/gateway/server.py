@@ -17,13 +17,14 @@ from .. import traces as call_frames
 from ..budget import SharedBudget
 from ..config import Endpoint
 from ..errors import RpcError, register_secret_url
-from ..task import REFUSALS_PATH, TRACE_SOURCE_PATH, UNKNOWN_PATH
+from ..task import BLAME_PATH, RECEIPTS_PATH, REFUSALS_PATH, SETTLE_PATH, TRACE_SOURCE_PATH, UNKNOWN_PATH
 from . import history, traces
 from .inflight import InFlight
 from .listener import Listener, Request, Response
 from .logs import RangedLogs
 from .pool import Pool
 from .replies import GAVE_UP, Refusals, describe_error, encode, error
+from .trust import Trust
 
 log = logging.getLogger("cryo_ingest.gateway")
 
@@ -58,6 +59,9 @@ class Gateway:
         self.logs = RangedLogs(self.pool)
         self.inflight = InFlight()
         self.unknown = history.Unknown()
+        self.receipts = history.ReceiptCounts()
+        self.trust = Trust(self.pool)
+        self.pool.answered, self.pool.avoid = self.trust.answered, self.trust.avoid
         self.refusals = Refusals()
         self.trace_source = "trace_block"
         self.url = ""
@@ -70,6 +74,9 @@ class Gateway:
             self._base + UNKNOWN_PATH: lambda q: self.unknown.between(int(q["from"]), int(q["to"])),
             self._base + TRACE_SOURCE_PATH: lambda q: self.trace_source,
             self._base + REFUSALS_PATH: lambda q: self.refusals.between(int(q["from"]), int(q["to"])),
+            self._base + RECEIPTS_PATH: lambda q: self.receipts.take(int(q["from"]), int(q["to"])),
+            self._base + BLAME_PATH: lambda q: self.trust.blame(int(q["block"]), q["check"], int(q["from"]), int(q["to"])),
+            self._base + SETTLE_PATH: lambda q: self.trust.settle(int(q["from"]), int(q["to"])),
         }
 
     # ---- lifecycle (called from the main thread) -------------------------------------------
@@ -180,7 +187,7 @@ class Gateway:
         if method == "eth_getLogs":
             return await self.logs.get_logs(req, passthrough)
         if method == "eth_getBlockReceipts":
-            return await history.block_receipts(self.pool, req, self.unknown)
+            return await history.block_receipts(self.pool, req, self.unknown, self.receipts)
         if method == "trace_block" and self.trace_source == call_frames.DEBUG_SOURCE:
             return await traces.trace_block_from_debug(self.pool, req, self.unknown)
         return await self.pool.send(req, passthrough)

@@ -15,11 +15,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .. import roots
 from ..config import DATASETS
 from ..manifest import Entry, Manifest
 from ..storage import Store, sha256
 from ..validate import schema_of
-from . import roots
 from .report import Report
 
 # The columns each block-level check reads; the rest of a file is decoded once (it must read) and dropped.
@@ -306,68 +306,34 @@ class Verifier:
                         "logs",
                         f"logs {_short(strays)} name a transaction the transactions file does not hold",
                     )
-        log_rows = [_log(x) for x in logs] if logs is not None and header is not None else []
-        blooms = roots.receipt_blooms(log_rows)
-        if header is not None and logs is not None:
-            self.check_bloom(b, header, roots.block_bloom(blooms), len(logs), log_file)
-        if header is not None and txs is not None:
-            self.check_gas(b, header, txs, tx_file)
-            if logs is not None:
-                self.check_receipts_root(b, header, txs, log_rows, blooms, f"{tx_file} + {log_file}")
+        if header is not None and (txs is not None or logs is not None):
+            self.check_commitments(b, header, txs, logs, {"transactions": tx_file, "logs": log_file})
         if has["traces"]:
             self.check_traces(b, held["traces"], txs)
 
-    def check_bloom(self, b: int, header: dict[str, Any], bloom: int, logs: int, file: str) -> None:
-        if header["logs_bloom"] is None:
-            self.skip("logs_bloom", b, "the header's logs_bloom is not archived")
-            return
-        self.applied("logs_bloom", bool(logs))
-        if roots.bloom_bytes(bloom) != header["logs_bloom"]:
-            self.report.add(
-                "logs",
-                file,
-                b,
-                b,
-                "logs_bloom",
-                f"the bloom of the {logs} archived logs differs from the header's logs_bloom",
-            )
-
-    def check_gas(self, b: int, header: dict[str, Any], txs: list[dict[str, Any]], file: str) -> None:
-        used = [t["gas_used"] for t in txs]
-        if header["gas_used"] is None or None in used:
-            return
-        if sum(used) != header["gas_used"]:
-            self.report.add(
-                "transactions",
-                file,
-                b,
-                b,
-                "gas_used",
-                f"the {len(txs)} transactions used {sum(used):,} gas, the header says {header['gas_used']:,}",
-            )
-
-    def check_receipts_root(
-        self, b: int, header: dict[str, Any], txs: list[dict[str, Any]], logs: list[roots.Log], blooms: dict[int, int], file: str
+    def check_commitments(
+        self,
+        b: int,
+        header: dict[str, Any],
+        txs: list[dict[str, Any]] | None,
+        logs: list[dict[str, Any]] | None,
+        files: dict[str, str],
     ) -> None:
-        tx_rows = [roots.Tx(t["transaction_index"], t["transaction_type"], t["success"], t["gas_used"]) for t in txs]
-        reason = roots.not_applicable(self.chain_id, b, tx_rows)
-        if header["receipts_root"] is None:
-            reason = "the header's receipts_root is not archived"
-        if reason is not None:
-            self.skip("receipts_root", b, reason)
-            return
-        computed = roots.receipts_root(tx_rows, logs, blooms)
-        self.applied("receipts_root", bool(txs))
-        if computed != header["receipts_root"]:
-            self.report.add(
-                "transactions+logs",
-                file,
-                b,
-                b,
-                "receipts_root",
-                f"receipts root recomputed from {len(txs)} transactions and {len(logs)} logs is {hx(computed)[:18]}…, "
-                f"the header's is {hx(header['receipts_root'])[:18]}…",
-            )
+        """The block's logs bloom, gas used and receipts root against its header (roots.check_block, as validate does)."""
+        outcome = roots.check_block(
+            self.chain_id,
+            b,
+            roots.Header(header["receipts_root"], header["logs_bloom"], header["gas_used"]),
+            None if txs is None else [roots.tx_of(t) for t in txs],
+            None if logs is None else [roots.log_of(x) for x in logs],
+        )
+        for check, why in outcome.skipped:
+            self.skip(check, b, why)
+        for check, nontrivial in outcome.applied:
+            self.applied(check, nontrivial)
+        for f in outcome.failed:
+            file = " + ".join(files[d] for d in f.datasets.split("+"))
+            self.report.add(f.datasets, file, b, b, f.check, f.what)
 
     def check_traces(self, b: int, held: Held, txs: list[dict[str, Any]] | None) -> None:
         rows = held.rows(b)
@@ -399,11 +365,6 @@ class Verifier:
                     f"top-level traces of transactions {_short(wrong)} carry another transaction hash",
                 )
         self.report.count("traces_checked")
-
-
-def _log(row: dict[str, Any]) -> roots.Log:
-    topics = tuple(t for t in (row["topic0"], row["topic1"], row["topic2"], row["topic3"]) if t is not None)
-    return roots.Log(row["transaction_index"], row["address"] or b"", topics, row["data"] or b"")
 
 
 def _describe(indexes: list[int], n: int | None = None) -> str:

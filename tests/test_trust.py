@@ -1,0 +1,246 @@
+"""Providers that answer well-formed and incomplete data (tests/servers.py, LIES): each chunk's blocks are checked
+against their own headers before anything is published (validate.py), on the devnet and on real blocks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import pytest
+from conftest import Devnet, backfill, files_under
+from modern_replay import SERVED, ModernReplay, served
+from monad_exec import MonadReplay
+from pydantic import SecretStr
+from servers import FaultProxy, Faults, MainnetReplay
+
+from cryo_ingest import backfill as backfill_api
+from cryo_ingest import make_job
+from cryo_ingest.config import Endpoint
+from cryo_ingest.extract import blame
+from cryo_ingest.gateway import Gateway
+from cryo_ingest.gateway.trust import LIES_TO_BENCH
+from cryo_ingest.plan import Chunk
+
+END = 99  # two chunks of 50: blocks 1..99 hold transactions and logs
+DATASETS = "blocks,transactions,logs"
+# What each lie changes in the archive, and the check that sees it there.
+CAUGHT_BY = {"drop_log": "receipts_root", "drop_tx": "receipts"}
+
+
+def cold(root: Path) -> dict[str, bytes]:
+    """What readers see: the archive's objects (not the local store's lock files)."""
+    return {k: v for k, v in files_under(root).items() if k.startswith("cold/")}
+
+
+@pytest.fixture(scope="module")
+def truth(chain: Devnet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The archive of an honest node."""
+    root = tmp_path_factory.mktemp("truth")
+    run = backfill(root, chain.url, "--json", end=END, datasets=DATASETS)
+    assert run.code == 0, run.text
+    checked = json.loads(run.out)["checked"]
+    assert checked == {"receipts": END + 1, "logs_bloom": END + 1, "gas_used": END + 1, "receipts_root": END + 1}
+    return cold(root)
+
+
+@pytest.mark.parametrize("kind", ["drop_log", "drop_tx", "drop_receipt_log"])
+def test_a_liar_at_random_leaves_the_archive_true(chain: Devnet, tmp_path: Path, truth: dict[str, bytes], kind: str) -> None:
+    """Half the blocks (chunks, for eth_getLogs) lie the first time they are asked: the chunks that lied fail
+    their check and are fetched again; the archive is byte-identical to an honest node's."""
+    with FaultProxy(chain.url, Faults(lies={kind: 0.5}, lie_once=True)) as liar:
+        run = backfill(tmp_path, liar.url(), "--json", end=END, datasets=DATASETS)
+    assert run.code == 0, run.text
+    assert liar.lied, "the liar told no lie"
+    assert cold(tmp_path) == truth
+    retried = re.findall(r"block (\d+) fails the (\w+) check", run.err)
+    if kind in CAUGHT_BY:
+        assert retried and {check for _, check in retried} == {CAUGHT_BY[kind]}
+        assert {int(b) for b, _ in retried} <= {b for _, b in liar.lied}
+    else:  # a receipt's logs: Cryo takes logs from eth_getLogs, a receipt's status and gas only; nothing to retry
+        assert not retried
+
+
+@pytest.mark.parametrize("kind", list(CAUGHT_BY))
+def test_only_a_liar_publishes_nothing(chain: Devnet, tmp_path: Path, kind: str) -> None:
+    """Every answer lies: every attempt fails its check, nothing is published, the error names block and check."""
+    with FaultProxy(chain.url, Faults(lies={kind: 1.0})) as liar:
+        run = backfill(tmp_path, liar.url(), "--json", end=END, datasets=DATASETS)
+    assert run.code == 1, run.text
+    assert cold(tmp_path) == {}
+    [failed] = json.loads(run.out)["failed"]
+    found = re.search(r"block (\d+) fails the (\w+) check: .*\(answered by ([^)]*)\)", failed)
+    assert found is not None, failed
+    assert found[2] == CAUGHT_BY[kind] and int(found[1]) in {b for _, b in liar.lied}, failed
+    assert found[3] in ("eth_getBlockByNumber rpc-0, eth_getBlockReceipts rpc-0", "eth_getBlockReceipts rpc-0, eth_getLogs rpc-0")
+    assert liar.url() not in run.text  # the endpoint by its name, never its URL
+
+
+@pytest.mark.parametrize("name", list(SERVED))
+@pytest.mark.parametrize(
+    ("kind", "datasets", "checks"),
+    [
+        ("drop_log", ["blocks", "transactions", "logs"], {"logs_bloom", "receipts_root"}),  # the bloom first, where it sees it
+        ("drop_tx", ["blocks", "transactions", "logs"], {"receipts"}),
+    ],
+)
+def test_real_blocks_every_lie_caught(tmp_path: Path, name: str, kind: str, datasets: list[str], checks: set[str]) -> None:
+    """Ethereum 18,000,000 and Arbitrum Sepolia 185,232,421, every receipt, through a lying proxy: caught, nothing published."""
+    block = served(name)
+    with ModernReplay(block) as node, FaultProxy(node.url, Faults(lies={kind: 1.0})) as liar:
+        job = make_job(
+            chain_id=block.chain_id,
+            start_block=block.number,
+            end_block=block.number,
+            datasets=datasets,
+            rpc=[liar.url()],
+            root=str(tmp_path),
+            chunk_size=1,
+        )
+        result = backfill_api(job)
+    assert liar.lied and not result.ok
+    found = re.search(r"block (\d+) fails the (\w+) check", result.failed[0])
+    assert found is not None and int(found[1]) == block.number and found[2] in checks, result.failed
+    assert cold(tmp_path) == {}
+
+
+@pytest.mark.parametrize(("name", "caught"), [("arb-sepolia-185232421", True), ("ethereum-18000000", False)])
+def test_logs_alone_the_bloom_sees_what_it_can(tmp_path: Path, name: str, caught: bool) -> None:
+    """Without transactions only the bloom checks logs: it sees a dropped log that set a bit no other log of the
+    block sets (Arbitrum Sepolia's here), not one whose address and topics other logs of the block share
+    (Ethereum's here): that lie is published. Archive transactions with logs (docs/verify.md)."""
+    block = served(name)
+    with ModernReplay(block) as node, FaultProxy(node.url, Faults(lies={"drop_log": 1.0})) as liar:
+        job = make_job(
+            chain_id=block.chain_id,
+            start_block=block.number,
+            end_block=block.number,
+            datasets=["blocks", "logs"],
+            rpc=[liar.url()],
+            root=str(tmp_path),
+            chunk_size=1,
+        )
+        result = backfill_api(job)
+    assert liar.lied and result.ok is not caught, result.failed
+    if caught:
+        assert f"block {block.number} fails the logs_bloom check" in result.failed[0]
+        assert cold(tmp_path) == {}
+    else:
+        assert result.checked == {"logs_bloom": 1}
+
+
+@pytest.mark.parametrize("kind", list(CAUGHT_BY))
+def test_a_liar_beside_an_honest_endpoint(chain: Devnet, tmp_path: Path, truth: dict[str, bytes], kind: str) -> None:
+    """One endpoint always lies and gets most requests (weight 50), the other does not: the chunks that fail are
+    fetched again, method by method, from the endpoint that did not answer the failing block; the archive is the
+    truth, the liar is named and counted, the honest endpoint never counted as the only one answering a lie."""
+    with FaultProxy(chain.url, Faults(lies={kind: 1.0})) as liar, FaultProxy(chain.url) as honest:
+        pools = tmp_path / "pools.yaml"
+        pools.write_text(
+            "pools:\n  two:\n    endpoints:\n"
+            f"      - {{name: liar, url: '{liar.url()}', weight: 50}}\n      - {{name: honest, url: '{honest.url()}'}}\n"
+        )
+        run = backfill(
+            tmp_path / "a", None, "--rpc-pool", "two", "--rpc-pool-file", str(pools), "--json", end=END, datasets=DATASETS
+        )
+    assert run.code == 0, run.text
+    assert liar.lied and cold(tmp_path / "a") == truth
+    named = re.findall(r"fails the \w+ check: .*?\(answered by ([^)]*)\)", run.err)
+    assert named and all("liar" in n for n in named), run.err
+    gateway = json.loads(run.out)["gateway"]
+    assert gateway["liar"]["lies"] + gateway["liar"]["suspected"] >= len(named) and gateway["honest"]["lies"] == 0, gateway
+
+
+def test_lies_bench_an_endpoint_while_another_is_left(chain: Devnet) -> None:
+    """Through a real gateway's loopback path (what a worker calls): a check that fails on data one endpoint alone
+    answered counts a lie; at LIES_TO_BENCH the endpoint is benched while another is left, never the last one; the
+    refetch of the chunk avoids it until the partition settles."""
+    endpoints = [Endpoint(url=SecretStr(chain.url), name="a"), Endpoint(url=SecretStr(chain.url), name="b")]
+    logs = {"jsonrpc": "2.0", "id": 1, "method": "eth_getLogs", "params": [{"fromBlock": "0x0", "toBlock": "0x31"}]}
+    with Gateway(endpoints, 31337) as gw:
+        ups = {u.name: u for u in gw.pool.upstreams}
+        for name in ("a", "b"):
+            for n in range(LIES_TO_BENCH):
+                gw.trust.answered(logs, name)
+                assert blame(gw.url, 7, "logs_bloom", Chunk(0, 49)) == [f"eth_getLogs {name}"]
+                assert gw.trust.avoid(logs) >= {name}
+                assert ups[name].lies == n + 1
+        assert ups["a"].disabled == f"benched: {LIES_TO_BENCH} failed checks of its answers"
+        assert ups["b"].disabled is None  # the last endpoint left stays
+        assert gw.metrics()["a"]["lies"] == LIES_TO_BENCH
+        gw.trust.answered({**logs, "method": "eth_getBlockReceipts", "params": ["0x7"]}, "b")
+        assert blame(gw.url, 7, "receipts_root", Chunk(0, 49)) == ["eth_getBlockReceipts b", "eth_getLogs b"]
+        gw.trust.settle(0, 49)
+        assert gw.trust.avoid(logs) == frozenset() and gw.trust.sources == {}
+
+
+@pytest.mark.parametrize("kind", [None, "drop_tx"])  # the devnet's blocks have no logs to drop
+def test_monad_blocks_through_the_pipeline(tmp_path: Path, kind: str | None) -> None:
+    """Monad's devnet blocks 300-399 (Monad's own execution output: 3,906 transactions in 20 blocks, all type 2,
+    statuses mixed), served by a replay node in the RPC's shape, archived through Cryo and the gateway: every block
+    passes every check; through a liar dropping a block's last transaction, caught and nothing published."""
+    with MonadReplay() as node, FaultProxy(node.url, Faults(lies={kind: 1.0} if kind else {})) as proxy:
+        job = make_job(
+            chain_id=node.chain_id,
+            start_block=300,
+            end_block=399,
+            datasets=["blocks", "transactions", "logs"],
+            rpc=[proxy.url()],
+            root=str(tmp_path),
+            chunk_size=50,
+        )
+        result = backfill_api(job)
+    if kind is None:
+        assert result.ok, result.failed
+        assert result.checked == {"receipts": 100, "logs_bloom": 100, "gas_used": 100, "receipts_root": 100}
+        assert result.unchecked == {}
+        return
+    assert proxy.lied and not result.ok
+    found = re.search(r"block (\d+) fails the (\w+) check", result.failed[0])
+    assert found is not None and found[2] == CAUGHT_BY[kind], result.failed
+    assert cold(tmp_path) == {}
+
+
+def test_what_cannot_be_checked_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Ethereum 483,920, before Byzantium: its receipts hold a state root, not a status. The receipts root is not
+    checked and the run says so once, with the first block; the other checks run."""
+    caplog.set_level(logging.WARNING, "cryo_ingest")
+    with MainnetReplay() as node:
+        job = make_job(
+            chain_id=1,
+            start_block=483920,
+            end_block=483920,
+            datasets=["blocks", "transactions", "logs"],
+            rpc=[node.url],
+            root=str(tmp_path),
+            chunk_size=1,
+        )
+        result = backfill_api(job)
+    assert result.ok, result.failed
+    why = "receipts_root: pre-Byzantium: receipts hold a state root, not a status"
+    assert result.unchecked == {why: 483920}
+    assert result.checked == {"receipts": 1, "logs_bloom": 1, "gas_used": 1}
+    said = [r.getMessage() for r in caplog.records if "not checked before publishing" in r.getMessage()]
+    assert said == [f"not checked before publishing, from block 483920: {why}"]
+
+
+def test_without_blocks_the_archived_headers_serve(chain: Devnet, tmp_path: Path) -> None:
+    """A job of transactions and logs alone, where the archive already holds the blocks: the headers come from
+    the archive (no request), so the receipts root is checked and a dropped log caught; where the archive holds
+    no blocks, the run says the header checks could not apply."""
+    bare = backfill(tmp_path / "bare", chain.url, "--json", end=END, datasets="transactions,logs")
+    assert bare.code == 0, bare.text
+    doc = json.loads(bare.out)
+    assert doc["checked"] == {"receipts": END + 1}
+    assert list(doc["unchecked"]) == [
+        "logs_bloom, gas_used, receipts_root: no headers (blocks neither fetched nor archived for these blocks)"
+    ]
+    root = tmp_path / "a"
+    assert backfill(root, chain.url, end=END, datasets="blocks").code == 0
+    honest = backfill(root, chain.url, "--json", end=END, datasets="transactions,logs")
+    assert honest.code == 0, honest.text
+    assert json.loads(honest.out)["checked"] == {"receipts": 100, "logs_bloom": 100, "gas_used": 100, "receipts_root": 100}
+    with FaultProxy(chain.url, Faults(lies={"drop_log": 1.0})) as liar:
+        lying = backfill(root, liar.url(), "--json", "--force", end=END, datasets="transactions,logs")
+    assert lying.code == 1 and "fails the receipts_root check" in json.loads(lying.out)["failed"][0], lying.text
