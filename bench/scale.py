@@ -177,6 +177,80 @@ class CountingS3Proxy(Proxy):
         return web.Response(status=status, body=data, headers=out)
 
 
+def index_moto_listing() -> None:
+    """moto lists a prefix by copying and scanning every key of the bucket (0.45 s a LIST at 264,000
+    keys, where S3 answers from an index in tens of ms): its `list_objects` is swapped here for one
+    over a sorted index of each bucket's key names, kept up to date as keys come and go, with the
+    same results. `--moto-scan` keeps moto's own."""
+    from bisect import bisect_left, insort
+
+    from moto.s3.models import FakeDeleteMarker, S3Backend
+    from moto.s3.utils import _VersionedKeyStore
+
+    store_cls: Any = _VersionedKeyStore
+    backend_cls: Any = S3Backend
+    set_item, set_list, pop = store_cls.__setitem__, store_cls.setlist, store_cls.pop
+
+    def names(keys: Any) -> list[str]:
+        if "_names" not in keys.__dict__:
+            keys._names = sorted(dict.keys(keys))
+        return list(keys._names)
+
+    def added(keys: Any, key: str, fresh: bool) -> None:
+        if fresh and "_names" in keys.__dict__:
+            insort(keys._names, key)
+
+    def setitem(self: Any, key: str, value: Any) -> Any:
+        fresh = not dict.__contains__(self, key)
+        set_item(self, key, value)
+        added(self, key, fresh)
+
+    def setlist(self: Any, key: str, list_: Any) -> Any:
+        fresh = not dict.__contains__(self, key)
+        set_list(self, key, list_)
+        added(self, key, fresh)
+
+    def pop_(self: Any, key: str) -> None:
+        pop(self, key)
+        if "_names" in self.__dict__:
+            i = bisect_left(self._names, key)
+            if i < len(self._names) and self._names[i] == key:
+                del self._names[i]
+
+    def delitem(self: Any, key: str) -> None:
+        dict.__delitem__(self, key)
+        if "_names" in self.__dict__:
+            i = bisect_left(self._names, key)
+            if i < len(self._names) and self._names[i] == key:
+                del self._names[i]
+
+    def list_objects(self: Any, bucket: Any, prefix: Any, delimiter: Any, marker: Any, max_keys: Any) -> Any:
+        prefix = prefix or ""
+        key_results: list[Any] = []
+        folder_results: set[str] = set()
+        all_names = names(bucket.keys)
+        for name in all_names[bisect_left(all_names, prefix) :]:
+            if not name.startswith(prefix):
+                break
+            rest = name[len(prefix) :]
+            if delimiter and delimiter in rest:
+                folder_results.add(f"{prefix}{rest.split(delimiter)[0]}{delimiter}")
+                continue
+            key = bucket.keys.get(name)
+            if key is not None and not isinstance(key, FakeDeleteMarker):
+                key_results.append(key)
+        if marker:
+            key_results = self._get_results_from_token(key_results, self._pagination_tokens.get(marker) or marker)
+        if max_keys is not None:
+            key_results, is_truncated, next_marker = self._truncate_result(key_results, max_keys)
+        else:
+            is_truncated, next_marker = False, None
+        return key_results, sorted(folder_results), is_truncated, next_marker
+
+    store_cls.__setitem__, store_cls.setlist, store_cls.pop, store_cls.__delitem__ = setitem, setlist, pop_, delitem
+    backend_cls.list_objects = list_objects
+
+
 # ---- the devnet ---------------------------------------------------------------------------------
 
 
@@ -362,7 +436,7 @@ class Target:
         env = dict(self.env)
         if self.store == "local":
             assert self.counts_dir is not None
-            for p in self.counts_dir.glob("*.json"):
+            for p in self.counts_dir.glob("*.txt"):
                 p.unlink()
             env["SCALE_COUNTS_DIR"] = str(self.counts_dir)
             env["PYTHONPATH"] = os.pathsep.join([str(self.counts_dir.parent / "site"), str(BENCH)])
@@ -595,6 +669,7 @@ def main() -> None:
     ap.add_argument("--latency-ms", type=float, default=20.0)
     ap.add_argument("--smoke", action="store_true", help="3,000 chunks, 300 requests, 100 leases; nothing saved")
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--moto-scan", action="store_true", help="moto's own listing (a scan of every key), not an index")
     ap.add_argument("--keep", type=Path, help="build under this folder and keep it")
     args = ap.parse_args()
     if args.smoke:
@@ -603,6 +678,8 @@ def main() -> None:
     print(command, file=sys.stderr)
     year = Year(args.chunks, args.requests, args.leases)
     storecount.install()
+    if not args.moto_scan:
+        index_moto_listing()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's access log
     started = time.monotonic()
     results: dict[str, dict[str, Any]] = {s: {} for s in args.stores}

@@ -7,13 +7,12 @@ a page each on S3). `update` on a local root is its `get` and `put`, counted as 
 
 In-process: `install()`, then `snapshot()`/`since()`. In a child process (a CLI command, the
 partitions it spawns): `bench/scale.py` puts a `sitecustomize.py` on PYTHONPATH that calls
-`install_from_env()`, and each process writes `{pid}.json` to $SCALE_COUNTS_DIR at exit.
+`install_from_env()`, and each process appends each request to `{pid}.txt` in $SCALE_COUNTS_DIR
+(as it happens: a partition's process may end by `os._exit`, past any exit handler).
 """
 
 from __future__ import annotations
 
-import atexit
-import json
 import os
 import re
 import threading
@@ -25,6 +24,7 @@ counts: Counter[str] = Counter()  # by kind
 keys: Counter[str] = Counter()  # by "KIND key pattern" (digits as #): which objects a run reads
 _lock = threading.Lock()
 _installed = False
+_out: Any = None  # in a child process: the file its requests are appended to
 
 
 def pattern(key: str) -> str:
@@ -32,9 +32,13 @@ def pattern(key: str) -> str:
 
 
 def record(kind: str, key: str) -> None:
+    line = f"{kind} {pattern(key)}"
     with _lock:
         counts[kind] += 1
-        keys[f"{kind} {pattern(key)}"] += 1
+        keys[line] += 1
+        if _out is not None:  # written as it happens: a partition's process may end by os._exit
+            _out.write(line + "\n")
+            _out.flush()
 
 
 def install() -> None:
@@ -99,28 +103,22 @@ def since(before: tuple[Counter[str], Counter[str]]) -> tuple[Counter[str], Coun
     return now[0] - before[0], now[1] - before[1]
 
 
-def dump(path: Path) -> None:
-    with _lock:
-        text = json.dumps({"counts": counts, "keys": keys})
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.rename(path)  # whole or not at all: a process killed while writing leaves no half file
-
-
 def install_from_env() -> None:
+    global _out
     folder = os.environ.get("SCALE_COUNTS_DIR")
     if not folder:
         return
     install()
-    atexit.register(dump, Path(folder) / f"{os.getpid()}.json")
+    _out = (Path(folder) / f"{os.getpid()}.txt").open("a")
 
 
 def collect(folder: Path) -> tuple[Counter[str], Counter[str]]:
-    """The counts every process wrote to `folder`, summed."""
+    """The requests every process appended to `folder`, summed."""
     total: Counter[str] = Counter()
     by_key: Counter[str] = Counter()
-    for p in folder.glob("*.json"):
-        doc = json.loads(p.read_text())
-        total.update(doc["counts"])
-        by_key.update(doc["keys"])
+    for p in folder.glob("*.txt"):
+        for line in p.read_text().splitlines():
+            if line:
+                total[line.split(" ", 1)[0]] += 1
+                by_key[line] += 1
     return total, by_key
