@@ -531,7 +531,10 @@ def measure_root(target: Target, dag: Path, url: str, tip: int, polls: int) -> d
             out["startup"], _ = timed(target, runner._tick)
             ticks = [timed(target, runner._tick)[0] for _ in range(polls)]
             ticks.sort(key=lambda t: t["seconds"])
-            out["idle_poll"] = ticks[len(ticks) // 2] | {"all_seconds": [t["seconds"] for t in ticks]}
+            out["idle_poll"] = ticks[len(ticks) // 2] | {
+                "all_seconds": [t["seconds"] for t in ticks],
+                "all_requests": [sum(t["counts"].values()) for t in ticks],
+            }
         archived = sources.Archived(open_store(job.root, job.storage_options), job)
         out["tick_first"], first_range = timed(target, lambda: sources.catch_up_range(archived, final, 0))
         out["tick"], rng = timed(target, lambda: sources.catch_up_range(archived, final, 0))
@@ -661,8 +664,11 @@ def targets(results: dict[str, dict[str, Any]]) -> list[str]:
         tip_y = y["request"]["seconds"] + y["tip_run"]["seconds"]
         tip_rq_e, tip_rq_y = total(e["request"]) + total(e["tip_run"]), total(y["request"]) + total(y["tip_run"])
         checks = [
-            (f"idle poll ≤ 20 requests: {total(poll)}", total(poll) <= 20),
-            (f"idle poll ≤ 1 s: {poll['seconds']:.2f} s", poll["seconds"] <= 1.0),
+            (f"idle poll ≤ 20 requests: {total(poll)} (each poll: {poll['all_requests']})", max(poll["all_requests"]) <= 20),
+            (
+                f"idle poll ≤ 1 s: {poll['seconds']:.2f} s (slowest {max(poll['all_seconds']):.2f} s)",
+                max(poll["all_seconds"]) <= 1.0,
+            ),
             (f"tip request time ≤ 1.5× or +5 s: {tip_y:.1f} s vs {tip_s:.1f} s", tip_y <= max(1.5 * tip_s, tip_s + 5)),
             (f"tip request storage requests ≤ 1.5×: {tip_rq_y} vs {tip_rq_e}", tip_rq_y <= 1.5 * tip_rq_e),
             (f"status ≤ 3 s: {y['status']['seconds']:.2f} s", y["status"]["seconds"] <= 3.0),
