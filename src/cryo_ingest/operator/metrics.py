@@ -34,6 +34,9 @@ class RunnerCollector(Collector):
         rpc = CounterMetricFamily("cryo_ingest_rpc_requests", "Upstream JSON-RPC requests", labels=["node", "endpoint"])
         errors = CounterMetricFamily("cryo_ingest_rpc_errors", "Upstream errors by kind", labels=["node", "endpoint", "kind"])
         limited = CounterMetricFamily("cryo_ingest_rpc_429", "Upstream HTTP 429 answers", labels=["node", "endpoint"])
+        lies = CounterMetricFamily(
+            "cryo_ingest_rpc_lies", "Failed checks of data this endpoint alone answered", labels=["node", "endpoint"]
+        )
         for r in self.runners:
             name = r.node.name
             for state, n in r.stats.partitions.items():
@@ -47,9 +50,10 @@ class RunnerCollector(Collector):
             for endpoint, m in r.gateway_metrics().items():
                 rpc.add_metric([name, endpoint], m["requests"])
                 limited.add_metric([name, endpoint], m["http_429"])
+                lies.add_metric([name, endpoint], m.get("lies", 0))
                 for kind, n in m["errors"].items():
                     errors.add_metric([name, endpoint, kind], n)
-        yield from (parts, running, blocks, lag, reqs, rpc, errors, limited)
+        yield from (parts, running, blocks, lag, reqs, rpc, errors, limited, lies)
 
 
 class _Quiet(WSGIRequestHandler):
