@@ -62,6 +62,11 @@ def test_a_slow_store_never_lets_two_runners_extract_one_cell(chain: Devnet, s3:
         wait_for(lambda: asked("/a") or asked("/b"), 60, "a runner extracting the stalled cell")
         first = "/a" if asked("/a") else "/b"
         other = "/b" if first == "/a" else "/a"
+
+        def in_flight() -> list[dict[str, Any]]:
+            return list(status(config, root, {**s3.env, **pool_env(chain.url)})["partitions_in_flight"])
+
+        wait_for(lambda: any(p["blocks"] == [100, 149] for p in in_flight()), 30, "the stalled cell in flight in status")
         stores[first].stall = 4.0  # each of its store requests now outlasts its lease of 3 s
         wait_for(lambda: asked(other), 60, "the other runner taking the cell over")
         node.stall = range(0)  # the node answers again: a partition still running would go on asking

@@ -1,15 +1,19 @@
 """How a runner learns of new requests without reading every request its node ever had.
 
-At start, one scan: the input datasets' request ids, less those with a state (open or ended),
-are opened (a pending state each). From then on it follows each dataset's arrivals log (one
-listing of today's folder per poll, from where it last looked): what a poll pays follows what
-came in. A producer's clock may lag by up to `MARGIN` (its arrival key is named by its own
-clock), so each poll looks back that far and skips the keys it has seen.
+It follows each input dataset's arrivals log (one listing of today's folder per poll, from where
+it last looked): what a poll pays follows what came in. A producer's clock may lag by up to
+`MARGIN` (its arrival key is named by its own clock), so each poll looks back that far and skips
+the keys it has seen. Runners note in the node's summary.json how far they have taken arrivals in
+(every ten minutes, and when they stop); a runner starts from there. Where there is no such note
+(a root from before it, or one idle for over `RESUME` days), the start is one scan instead: the
+input datasets' request ids, less those with a state (open or ended), are opened (a pending state
+each), which also finds requests stored without an arrival.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, date, datetime, timedelta
 
 from ..storage import Store
@@ -18,6 +22,8 @@ from . import datasets, requests
 log = logging.getLogger("cryo_ingest.intake")
 
 MARGIN = timedelta(minutes=10)
+RESUME = timedelta(days=14)  # beyond this, a listing a day costs more than the scan's listings of every id
+SAVE_SECONDS = 600.0
 
 
 class Intake:
@@ -25,16 +31,33 @@ class Intake:
         self.store, self.node, self.inputs = store, node, inputs
         self.since: datetime | None = None  # arrivals from here on are looked at
         self.seen: set[str] = set()
+        self.saved = (0.0, "")  # when, and what, was last noted in the summary
 
     def poll(self) -> int:
         """Open the requests that arrived since the last poll; how many were new."""
         now = datetime.now(UTC)
-        since = self.since
+        since = self.since or self._resume(now)
         taken = self._scan(now - MARGIN) if since is None else sum(self._follow(d, since, now) for d in self.inputs)
         self.since = now - MARGIN
         floor = {d: datasets.arrival_key(d, "", self.since) for d in self.inputs}
         self.seen = {k for k in self.seen if any(k.startswith(datasets.arrivals_prefix(d)) and k > f for d, f in floor.items())}
         return taken
+
+    def _resume(self, now: datetime) -> datetime | None:
+        noted = requests.summary(self.store, self.node).get("arrivals", {})
+        if not self.inputs or any(d not in noted for d in self.inputs):
+            return None
+        since = min(datetime.fromisoformat(noted[d]) for d in self.inputs)
+        return since if now - since <= RESUME else None
+
+    def save(self, force: bool = False) -> None:
+        """Note how far arrivals are taken in: every `SAVE_SECONDS`, and when the runner stops."""
+        if self.since is None or (not force and time.monotonic() - self.saved[0] < SAVE_SECONDS):
+            return
+        mark = self.since.isoformat()
+        if mark != self.saved[1]:
+            requests.note_arrivals(self.store, self.node, dict.fromkeys(self.inputs, mark))
+        self.saved = (time.monotonic(), mark)
 
     def _follow(self, dataset: str, since: datetime, now: datetime) -> int:
         taken = 0

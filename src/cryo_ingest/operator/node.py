@@ -119,6 +119,7 @@ class Runner:
     def run(self) -> int:
         """Exit code: 0 every request it took is done or waiting, 1 one failed."""
         self.store.check_access()
+        self._quietly("removing dead runners' reports", requests.sweep_runners, self.store, self.node.name, 3600.0)
         # the spare processes spawn and import Cryo while the gateway starts and the first poll
         # runs: a runner is started because there is work (the spec's reactive activation)
         self.executor.warm()
@@ -153,6 +154,14 @@ class Runner:
             self._shutdown()
         return 1 if self.stats.failed_requests else 0
 
+    def _quietly(self, what: str, fn: Any, *args: Any) -> None:
+        """Bookkeeping that may fail without harm (it is redone, or it expires): logged, never raised."""
+        try:
+            fn(*args)
+        except TRANSIENT as err:
+            self.stats.store_errors += 1
+            log.warning("%s: %s: %s", self.node.name, what, redact(str(err)))
+
     def _finish_all(self) -> None:
         """Each ended partition's bookkeeping; one the store refused stays queued for the next turn."""
         left = []
@@ -178,6 +187,7 @@ class Runner:
             claim.ended = "stopped"
             self.unfinished.append((claim, PartitionResult(claim.partition, error="stopped")))
         self._finish_all()  # one try; a lease the store did not let go of expires within lease_seconds
+        self._quietly("noting the arrivals taken in", self.intake.save, True)
 
     # ---- requests -----------------------------------------------------------------------------
 
@@ -188,6 +198,7 @@ class Runner:
             view.refresh()
             view.check_grid(self.job.chunk_size)
         self.intake.poll()
+        self.intake.save()
         states = self.open.read()
         self._measure_lag(final)
         self.stats.requests = {}
@@ -385,6 +396,9 @@ class _Watch:
         self.renewals = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"renew-{runner.node.name}")
         self.inflight: set[int] = set()  # claims (by id) with a renewal under way
         self.stop_at: float | None = None
+        self.reported: tuple[tuple[int, str], ...] = ()  # the claims last written to the runner's report
+        self.report_at = 0.0
+        self.reporting = False
 
     def __enter__(self) -> _Watch:
         self.thread.start()
@@ -394,6 +408,8 @@ class _Watch:
         self.done.set()
         self.thread.join()
         self.renewals.shutdown(wait=False, cancel_futures=True)
+        if self.reported:
+            self.r._quietly("removing its report", requests.forget_runner, self.r.store, self.r.node.name, self.r.id)
 
     def _loop(self) -> None:
         while not self.done.wait(self.TICK):
@@ -419,6 +435,25 @@ class _Watch:
             elif now - claim.last_renewal >= r.cfg.lease_seconds / 3 and id(claim) not in self.inflight:
                 self.inflight.add(id(claim))
                 self.renewals.submit(self._renew, claim)
+        claims = [c for c in r.executor.running if not c.ended]
+        held = tuple(sorted((c.cell, c.request.id) for c in claims))
+        if not self.reporting and (held != self.reported or (held and now - self.report_at >= r.cfg.lease_seconds / 3)):
+            self.reporting = True
+            self.renewals.submit(self._report, held, [_in_flight(c) for c in claims])
+
+    def _report(self, held: tuple[tuple[int, str], ...], claims: list[dict[str, Any]]) -> None:
+        """This runner's partitions in flight, for `status` (requests.report_claims)."""
+        r = self.r
+        try:
+            if claims:
+                requests.report_claims(r.store, r.node.name, r.id, claims)
+            else:
+                requests.forget_runner(r.store, r.node.name, r.id)
+            self.reported, self.report_at = held, time.monotonic()
+        except TRANSIENT as err:
+            log.warning("%s: report of partitions in flight: %s", r.node.name, redact(str(err)))
+        finally:
+            self.reporting = False
 
     def _renew(self, claim: _Claim) -> None:
         r = self.r
@@ -439,6 +474,10 @@ class _Watch:
         if not claim.ended:
             claim.ended = why
             self.r.executor.kill(claim)
+
+
+def _in_flight(c: _Claim) -> dict[str, Any]:
+    return {"cell": c.cell, "blocks": [c.partition.start, c.partition.end], "request": c.request.id, "expires": c.expires}
 
 
 def _created(request: Request | str) -> str:

@@ -175,6 +175,51 @@ def summary(store: Store, node: str) -> dict[str, Any]:
     return dict(json.loads(data)) if data else {"counts": {}, "recent": [], "ids": []}
 
 
+def note_arrivals(store: Store, node: str, through: dict[str, str]) -> None:
+    """Record, per input dataset, the time before which every arrival has been taken in (ISO, UTC):
+    where the next runner's start-up resumes instead of scanning every request."""
+
+    def change(current: bytes | None) -> bytes | None:
+        doc: dict[str, Any] = json.loads(current) if current else {"counts": {}, "recent": [], "ids": []}
+        marks = doc.setdefault("arrivals", {})
+        later = {d: t for d, t in through.items() if t > marks.get(d, "")}
+        if not later:
+            return None
+        marks.update(later)
+        return (json.dumps(doc, sort_keys=True) + "\n").encode()
+
+    store.update(summary_key(node), change)
+
+
+def runners_prefix(node: str) -> str:
+    return f"{_prefix(node)}runners/"
+
+
+def report_claims(store: Store, node: str, runner: str, claims: list[dict[str, Any]]) -> None:
+    """A runner's partitions in flight, in one object of its own (no compare-and-swap: it alone writes
+    it): what `status` shows, without reading every lease the node ever wrote."""
+    doc = {"runner": runner, "updated": time.time(), "claims": claims}
+    store.put(f"{runners_prefix(node)}{runner}.json", (json.dumps(doc, sort_keys=True) + "\n").encode())
+
+
+def forget_runner(store: Store, node: str, runner: str) -> None:
+    store.delete(f"{runners_prefix(node)}{runner}.json")
+
+
+def read_runners(store: Store, node: str) -> list[dict[str, Any]]:
+    keys = store.list(runners_prefix(node))
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        datas = list(pool.map(store.get, keys))
+    return [json.loads(d) for d in datas if d]
+
+
+def sweep_runners(store: Store, node: str, older_than: float) -> None:
+    """Remove the reports of runners that died without removing their own (a SIGKILL)."""
+    for doc in read_runners(store, node):
+        if doc["updated"] < time.time() - older_than:
+            forget_runner(store, node, doc["runner"])
+
+
 def closed_ids(store: Store, node: str) -> set[str]:
     prefix = f"{_prefix(node)}closed/"
     return {k.removeprefix(prefix).removesuffix(".json") for k in store.list(prefix)}
@@ -208,14 +253,6 @@ def _dump(lease: Lease) -> bytes:
 
 def read_lease(store: Store, node: str, cell: int) -> Lease:
     return _load_lease(cell, store.get(lease_key(node, cell)))
-
-
-def read_leases(store: Store, node: str) -> list[Lease]:
-    """The cells in work: leases of cells done are removed, so this follows the open work."""
-    keys = store.list(lease_prefix(node))
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        datas = list(pool.map(store.get, keys))
-    return [_load_lease(0, d) for d in datas if d]
 
 
 def claim(

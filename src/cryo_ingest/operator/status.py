@@ -44,10 +44,12 @@ def node_status(dag: Dag, name: str, pools: Pools, with_rpc: bool = True) -> dic
     job: Job = dag.job(node, pools if with_rpc else replace(pools, on_workers=True, rpc=None))
     store = open_store(job.root, job.storage_options)
     reqs, counts = _requests(store, name, node.input_datasets)
+    now = datetime.now(UTC).timestamp()
     in_flight = [
-        {"blocks": [lease.cell * job.chunk_size * job.chunks_per_partition], "request": lease.request, "runner": lease.owner}
-        for lease in requests.read_leases(store, name)
-        if lease.held(datetime.now(UTC).timestamp())
+        {"blocks": claim["blocks"], "request": claim["request"], "runner": report["runner"]}
+        for report in requests.read_runners(store, name)
+        for claim in report["claims"]
+        if claim["expires"] > now
     ]
     final: int | None = None
     error = None
@@ -90,12 +92,18 @@ def _requests(store: Store, node: str, inputs: list[str]) -> tuple[list[dict[str
     summary = requests.summary(store, node)
     states = {s.id: s for s in requests.OpenStates(store, node).read(settle=False).values()}
     now = datetime.now(UTC)
-    for dataset in inputs:
-        for day in (now - timedelta(days=1), now):
-            for key in store.list(f"{datasets.arrivals_prefix(dataset)}{day:%Y-%m-%d}/"):
-                request_id = datasets.arrival_id(key)
-                if request_id not in states and store.head(requests.closed_key(node, request_id)) is None:
-                    states[request_id] = requests.State(request_id, dataset=dataset)
+    arrived = {
+        datasets.arrival_id(key): dataset
+        for dataset in inputs
+        for day in (now - timedelta(days=1), now)
+        for key in store.list(f"{datasets.arrivals_prefix(dataset)}{day:%Y-%m-%d}/")
+    }
+    unseen = [i for i in arrived if i not in states]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        ended_ = list(pool.map(lambda i: store.head(requests.closed_key(node, i)) is not None, unseen))
+    for request_id, gone in zip(unseen, ended_, strict=True):
+        if not gone:
+            states[request_id] = requests.State(request_id, dataset=arrived[request_id])
     ended = [requests.State(**s) for s in summary["recent"] if s["id"] not in states]
     every = [*states.values(), *ended]
 
