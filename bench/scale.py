@@ -28,7 +28,8 @@ tip request; default 79,000), built with the code's own functions and formats:
   `datasets/backfill_requests/events/{id}.json` (the body as `datasets.put` encodes it), their
   arrivals under `datasets/backfill_requests/arrivals/{day}/...` (`datasets.arrival_key`, at the
   request's creation time), their ended states moved to `operator/{node}/closed/` and counted in
-  `summary.json` by `requests.close` (in batches of 20, as runners would close them);
+  `summary.json` by `requests.close` (in batches of 20, as runners would close them), and the
+  arrivals point the last runner noted there when it stopped (`requests.note_arrivals`);
 - the events they left: `events.emit` of `events.for_entries` per request and dataset, one object
   per entry under `datasets/cold_blocks/events/31337/{dataset}/{start:012}-{sha[:16]}.json`
   (their `uri` names the local root the year was built on: nothing reads it);
@@ -90,7 +91,7 @@ from test_config import SPEC_YAML
 
 from cryo_ingest import devnet, events, manifest
 from cryo_ingest.manifest import Entry, Manifest
-from cryo_ingest.operator import datasets, requests, sources
+from cryo_ingest.operator import datasets, intake, requests, sources
 from cryo_ingest.operator.dag import Pools, load_dag
 from cryo_ingest.operator.executor import Local
 from cryo_ingest.operator.node import Runner
@@ -387,6 +388,10 @@ def build_year(store: Store, root: str, year: Year, schemas: dict[str, tuple[lis
         requests.close(store, NODE, states[i : i + requests.RECENT])
     objects["closed"] = len(states)
     objects["summary"] = 1
+    # what the runner that closed the last request noted at its stop: arrivals taken in up to its last
+    # poll (the request's end) less the intake's look-back
+    last_poll = datetime.strptime(states[-1].updated_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    requests.note_arrivals(store, NODE, {INPUT: (last_poll - intake.MARGIN).isoformat()})
     for j in range(year.leases):
         cell = j * (year.chunks - 1) // max(1, year.leases)
         rid = states[j * year.requests // max(1, year.leases)].id
