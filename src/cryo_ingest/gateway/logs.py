@@ -11,12 +11,9 @@ import asyncio
 import json
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .replies import Reply, error, scrubbed
-
-if TYPE_CHECKING:
-    from .pool import Pool
 
 log = logging.getLogger("cryo_ingest.gateway")
 
@@ -62,10 +59,16 @@ def refusal(status: int, raw: bytes) -> Reply | None:
     return scrubbed(Reply(parsed))
 
 
+class Sender(Protocol):
+    """What this needs of the pool (pool.Pool), named here so that the two modules do not import each other."""
+
+    async def send(self, req: dict[str, Any], passthrough: bool = False) -> dict[str, Any]: ...
+
+
 class RangedLogs:
     """eth_getLogs over fromBlock..toBlock through the pool, split where refused; lives on the gateway's loop."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Sender) -> None:
         self.pool = pool
         self.span: int | None = None  # the widest range worth sending; None: no refusal seen
 
