@@ -206,12 +206,11 @@ class Dispatcher:
 
 
 def _retire(process: subprocess.Popen[bytes], conn: Connection) -> None:
-    conn.close()  # its recv ends with EOFError and it returns
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    """End an idle process (no task: nothing of its own to clean up). Killed rather than asked, since
+    a spare may still be importing Cryo, and a runner that stops would wait a second or two for it."""
+    conn.close()
+    process.kill()
+    process.wait()
 
 
 if __name__ == "__main__":

@@ -128,7 +128,8 @@ class Runner:
             while not self.stop.is_set():
                 self.stats.heartbeat = time.monotonic()
                 busy = bool(self.executor.running)
-                ended = self.executor.wait(max(pause, min(self.cfg.poll_seconds, self.cfg.lease_seconds / 3)))
+                # until the next poll is due (the first at once), or a partition ends
+                ended = self.executor.wait(max(pause, min(self.cfg.poll_seconds, next_tick - time.monotonic())))
                 if busy:
                     self.stats.busy_seconds += time.monotonic() - self.stats.heartbeat
                 self.unfinished += ended
