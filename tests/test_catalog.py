@@ -1,0 +1,255 @@
+"""The archive as Iceberg tables (issue 23): real catalogs (SQLite, and a PostgreSQL server started here), a real
+devnet archive made by `cryo-ingest backfill`, the real `cryo-ingest catalog sync`; read back with pyiceberg and Polars."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import psycopg2
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import CANARY, Devnet, backfill, cli, files_under, manifest
+from pyiceberg.table import Table
+from pyiceberg.types import StringType
+from servers import PostgresServer
+
+from cryo_ingest import devnet
+from cryo_ingest import manifest as manifest_module
+from cryo_ingest.archive import catalog
+from cryo_ingest.storage import open_store, sha256
+
+PASSWORD = f"pw-{CANARY}"  # must never be printed
+DATASETS = ("blocks", "transactions", "logs", "traces")
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    with PostgresServer(PASSWORD) as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh catalog per test: a SQLite file, or a database of its own on the PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/catalog.db"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    name = f"t{uuid.uuid4().hex[:12]}"
+    conn = psycopg2.connect(server.url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    conn.close()
+    return server.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(scope="module")
+def archived(chain: Devnet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The devnet's 250 blocks, every dataset, archived once; tests take copies."""
+    root = tmp_path_factory.mktemp("archived") / "root"
+    run = backfill(root, chain.url)
+    assert run.code == 0, run.text
+    return root
+
+
+def sync(root: Path, url: str, *extra: str) -> dict[str, dict[str, Any]]:
+    run = cli("catalog", "sync", str(root), "--chain-id", "31337", "--catalog", url, "--json", *extra)
+    assert run.code == 0, run.text
+    assert PASSWORD not in run.text
+    return {t["dataset"]: t for t in json.loads(run.out)["tables"]}
+
+
+def table(root: Path, url: str, dataset: str) -> Table:
+    return catalog.open_catalog(url, str(root)).load_table(f"cold_31337.{dataset}")
+
+
+def paths(root: Path, dataset: str) -> set[str]:
+    return {f"{root}/cold/31337/{dataset}/{e['path']}" for e in manifest(root, 31337, dataset)["files"]}
+
+
+def by_glob(root: Path, dataset: str) -> pl.DataFrame:
+    """The archive as a glob reads it, unsigned columns as the table's longs."""
+    frame = pl.read_parquet(f"{root}/cold/31337/{dataset}/*.parquet")
+    unsigned = [n for n, t in frame.schema.items() if t in (pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)]
+    return frame.with_columns(pl.col(unsigned).cast(pl.Int64))
+
+
+def same_rows(a: pl.DataFrame, b: pl.DataFrame) -> bool:
+    return a.columns == b.columns and a.sort(pl.all()).equals(b.sort(pl.all()))
+
+
+def scan_iceberg(t: Table) -> pl.LazyFrame:
+    """Polars through pyiceberg's reader: Polars' own refuses to read a uint64 Parquet column as the table's long."""
+    return pl.scan_iceberg(t, reader_override="pyiceberg")
+
+
+def check_in_step(root: Path, url: str) -> None:
+    """Live files equal the manifest's entries; pyiceberg's scan and Polars' scan_iceberg read what the glob reads."""
+    for dataset in DATASETS:
+        t = table(root, url, dataset)
+        assert set(catalog.live_files(t)) == paths(root, dataset), dataset
+        glob = by_glob(root, dataset)
+        scanned = pl.from_arrow(t.scan().to_arrow())
+        assert isinstance(scanned, pl.DataFrame)
+        assert same_rows(scanned, glob), dataset
+        assert same_rows(scan_iceberg(t).collect(), glob), dataset
+    gas = scan_iceberg(table(root, url, "transactions")).select(pl.col("gas_used").sum()).collect().item()
+    assert gas == by_glob(root, "transactions")["gas_used"].sum() > 0
+
+
+def test_backfill_then_sync_registers_every_file_in_place(archived: Path, catalog_url: str, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(archived, root)
+    before = files_under(root / "cold")
+    changed = sync(root, catalog_url)
+    assert {d: sorted(c["added"]) for d, c in changed.items()} == {
+        d: sorted(e["path"] for e in manifest(root, 31337, d)["files"]) for d in DATASETS
+    }
+    assert files_under(root / "cold") == before  # registered where they are: nothing copied, rewritten or added
+    assert (root / "iceberg" / "cold_31337" / "blocks" / "metadata").is_dir()
+    check_in_step(root, catalog_url)
+    t = table(root, catalog_url, "blocks")
+    assert len(t.snapshots()) == 1  # one commit per dataset and sync, not per chunk
+    assert str(t.spec().fields[0].transform) == "truncate[50000]"  # a manifest shard's span: chunk 50 x 1000
+    # A block range skips files by the bounds taken from the manifest (Cryo's files carry no min/max).
+    planned = [task.file.file_path for task in t.scan(row_filter="block_number >= 120 and block_number <= 160").plan_files()]
+    assert sorted(Path(p).name for p in planned) == ["blocks_00000100_00000149.parquet", "blocks_00000150_00000199.parquet"]
+    again = sync(root, catalog_url)
+    assert all(c["added"] == c["replaced"] == [] and c["snapshot_id"] is None for c in again.values())
+    assert len(table(root, catalog_url, "blocks").snapshots()) == 1
+
+
+def test_sync_of_a_growing_archive_adds_only_new_chunks(chain: Devnet, catalog_url: str, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    assert backfill(root, chain.url, end=99).code == 0
+    first = sync(root, catalog_url)
+    assert [len(first[d]["added"]) for d in DATASETS] == [2, 2, 2, 2]
+    assert backfill(root, chain.url, start=100).code == 0
+    second = sync(root, catalog_url, "--datasets", "blocks,txs,events,traces")
+    assert {d: c["added"] for d, c in second.items()} == {
+        d: [f"{d}_{s:08}_{s + 49:08}.parquet" for s in (100, 150, 200)] for d in DATASETS
+    }
+    assert len(table(root, catalog_url, "logs").snapshots()) == 2
+    check_in_step(root, catalog_url)
+
+
+def test_overwrite_conflicts_swaps_chunks_in_one_snapshot(chain: Devnet, catalog_url: str, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    assert backfill(root, chain.url, end=99, datasets="blocks,txs").code == 0
+    sync(root, catalog_url, "--datasets", "blocks,txs")
+    old = {d: manifest(root, 31337, d)["files"] for d in ("blocks", "transactions")}
+    before = table(root, catalog_url, "transactions").current_snapshot()
+    assert before is not None
+    with devnet.anvil() as other:  # same chain id, other history: a reorg as the archive sees it
+        devnet.generate_sync(other.url, 120, 3)
+        replaced = backfill(root, other.url, "--force", "--overwrite-conflicts", end=99, datasets="blocks,txs")
+        assert replaced.code == 0, replaced.text
+    changed = sync(root, catalog_url, "--datasets", "blocks,txs")
+    for dataset in ("blocks", "transactions"):
+        assert changed[dataset]["added"] == []
+        assert changed[dataset]["replaced"] == [f"{dataset}_00000000_00000049.parquet", f"{dataset}_00000050_00000099.parquet"]
+    t = table(root, catalog_url, "transactions")
+    after = t.current_snapshot()
+    assert after is not None and after.parent_snapshot_id == before.snapshot_id  # one snapshot: delete + add
+    assert [s.snapshot_id for s in t.snapshots()] == [before.snapshot_id, after.snapshot_id]
+    assert after.summary is not None and after.summary.operation.value == "overwrite"
+    assert set(catalog.live_files(t)) == paths(root, "transactions")
+    # The previous snapshot still lists the old chunks as they were (10 transactions a block, not 3).
+    previous = {
+        Path(task.file.file_path).name: task.file.record_count for task in t.scan(snapshot_id=before.snapshot_id).plan_files()
+    }
+    assert previous == {e["path"]: e["rows"] for e in old["transactions"]}
+    current = {Path(task.file.file_path).name: task.file.record_count for task in t.scan().plan_files()}
+    assert current == {e["path"]: e["rows"] for e in manifest(root, 31337, "transactions")["files"]} != previous
+    for dataset in ("blocks", "transactions"):
+        t = table(root, catalog_url, dataset)
+        assert set(catalog.live_files(t)) == paths(root, dataset)
+        assert same_rows(scan_iceberg(t).collect(), by_glob(root, dataset))
+
+
+def synthetic(root: Path, chunks: dict[int, dict[str, list[int]]]) -> None:
+    """Chunks of 50 blocks with Cryo's unsigned types, recorded in a manifest as the pipeline records them."""
+    store = open_store(str(root))
+    types = {"block_number": pa.uint32(), "log_index": pa.uint32(), "chain_id": pa.uint64()}
+    schema = pa.schema(types.items())
+    entries = []
+    for start, columns in chunks.items():
+        name = f"logs_{start:08}_{start + 49:08}.parquet"
+        path = root / "cold/31337/logs" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table(columns, schema=schema), path)
+        data = path.read_bytes()
+        entries.append(manifest_module.Entry(name, start, start + 49, len(columns["block_number"]), len(data), sha256(data)))
+    manifest_module.add(store, 31337, "logs", 50, [{"name": n, "type": str(t)} for n, t in types.items()], entries, False)
+
+
+def test_largest_unsigned_values_round_trip_and_larger_ones_are_refused(catalog_url: str, tmp_path: Path) -> None:
+    top32, top64 = 2**31 - 1, 2**63 - 1
+    # One past the largest: an Iceberg long would read it changed (or a reader of the signed INT32/INT64 would).
+    for column, beyond in (("chain_id", 2**63), ("log_index", 2**31)):
+        root = tmp_path / column
+        synthetic(root, {0: {"block_number": [0, 1, 49], "log_index": [0, 7, top32], "chain_id": [0, 1, top64]}})
+        changed = sync(root, catalog_url, "--datasets", "logs", "--namespace", column)
+        assert changed["logs"]["added"] == ["logs_00000000_00000049.parquet"]
+        t = catalog.open_catalog(catalog_url, str(root)).load_table(f"{column}.logs")
+        assert [(f.name, str(f.field_type)) for f in t.schema().fields] == [
+            ("block_number", "long"),
+            ("log_index", "long"),
+            ("chain_id", "long"),
+        ]
+        rows = t.scan().to_arrow().sort_by("block_number").to_pylist()
+        assert rows == [
+            {"block_number": 0, "log_index": 0, "chain_id": 0},
+            {"block_number": 1, "log_index": 7, "chain_id": 1},
+            {"block_number": 49, "log_index": top32, "chain_id": top64},
+        ]
+        assert scan_iceberg(t).select("chain_id").collect()["chain_id"].max() == top64
+        synthetic(root, {50: {"block_number": [50], "log_index": [0], "chain_id": [0]} | {column: [beyond]}})
+        before = files_under(root)
+        args = ("--chain-id", "31337", "--catalog", catalog_url, "--datasets", "logs", "--namespace", column)
+        run = cli("catalog", "sync", str(root), *args)
+        assert run.code == 1, run.text
+        assert f"column {column}" in run.text and str(beyond) in run.text and "not registered" in run.text
+        assert len(run.text.strip().splitlines()) == 1
+        assert files_under(root) == before  # neither the archive nor the table's metadata changed
+        t = catalog.open_catalog(catalog_url, str(root)).load_table(f"{column}.logs")
+        assert set(catalog.live_files(t)) == {f"{root}/cold/31337/logs/logs_00000000_00000049.parquet"}
+
+
+def test_a_table_whose_schema_disagrees_is_refused(archived: Path, catalog_url: str, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(archived, root)
+    sync(root, catalog_url, "--datasets", "logs")
+    with table(root, catalog_url, "logs").update_schema() as update:
+        update.add_column("extra", StringType())
+    before = files_under(root)
+    snapshot = table(root, catalog_url, "logs").current_snapshot()
+    run = cli("catalog", "sync", str(root), "--chain-id", "31337", "--catalog", catalog_url, "--datasets", "logs")
+    assert run.code == 1
+    assert run.text.strip() == (
+        "error: table cold_31337.logs: its schema disagrees with the archive (extra: table large_string, archive absent); "
+        "nothing changed"
+    )
+    assert files_under(root) == before
+    assert table(root, catalog_url, "logs").current_snapshot() == snapshot
+
+
+def test_unreachable_catalog_and_wrong_credentials(postgres: PostgresServer, archived: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(archived, root)
+    before = files_under(root)
+    wrong = postgres.url.replace(PASSWORD, f"not-{PASSWORD}")
+    unreachable = postgres.url.replace(f":{postgres.port}/", f":{devnet.free_port()}/")
+    for url, why in ((wrong, "password authentication failed"), (unreachable, "Connection refused")):
+        run = cli("catalog", "sync", str(root), "--chain-id", "31337", "--catalog", url)
+        assert run.code == 1, run.text
+        assert why in run.text and PASSWORD not in run.text
+        assert len(run.text.strip().splitlines()) == 1 and run.text.startswith("error: catalog <redacted>: cannot open it")
+        assert files_under(root) == before  # not even {root}/iceberg/
