@@ -121,6 +121,13 @@ def test_backfill_then_sync_registers_every_file_in_place(archived: Path, catalo
     # A block range skips files by the bounds taken from the manifest (Cryo's files carry no min/max).
     planned = [task.file.file_path for task in t.scan(row_filter="block_number >= 120 and block_number <= 160").plan_files()]
     assert sorted(Path(p).name for p in planned) == ["blocks_00000100_00000149.parquet", "blocks_00000150_00000199.parquet"]
+    # And a time range by the timestamps read at registration (blocks and transactions have the column).
+    glob = by_glob(root, "blocks")
+    since = glob.filter(pl.col("block_number") == 120)["timestamp"].item()
+    planned = [task.file.file_path for task in t.scan(row_filter=f"timestamp >= {since}").plan_files()]
+    chunks = glob.group_by(pl.col("block_number") // 50 * 50).agg(pl.col("timestamp").max()).filter(pl.col("timestamp") >= since)
+    assert sorted(Path(p).name for p in planned) == sorted(f"blocks_{s:08}_{s + 49:08}.parquet" for s in chunks["block_number"])
+    assert len(planned) == 3
     again = sync(root, catalog_url)
     assert all(c["added"] == c["replaced"] == [] and c["snapshot_id"] is None for c in again.values())
     assert len(table(root, catalog_url, "blocks").snapshots()) == 1
