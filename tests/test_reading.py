@@ -79,7 +79,7 @@ def test_every_example_runs(namespace: dict[str, Any]) -> None:
     logs = pq.read_table(list((root / "logs").glob("*.parquet")))
     assert namespace["late_logs"].num_rows == sum(n >= 50 for n in logs["block_number"].to_pylist()) > 0
     txs = pq.read_table(list((root / "transactions").glob("*.parquet")))
-    gas = {}
+    gas: dict[int, int] = {}
     for n, g in zip(txs["block_number"].to_pylist(), txs["gas_used"].to_pylist(), strict=True):
         gas[n] = gas.get(n, 0) + g
     assert dict(namespace["gas_by_block"].iter_rows()) == gas
