@@ -15,7 +15,7 @@ import psycopg2
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import CANARY, Devnet, backfill, cli, files_under, manifest
+from conftest import CANARY, S3, Devnet, backfill, cli, files_under, manifest, manifest_doc
 from pyiceberg.table import Table
 from pyiceberg.types import StringType
 from servers import PostgresServer
@@ -59,19 +59,19 @@ def archived(chain: Devnet, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def sync(root: Path, url: str, *extra: str) -> dict[str, dict[str, Any]]:
+def sync(root: Path | str, url: str, *extra: str) -> dict[str, dict[str, Any]]:
     run = cli("catalog", "sync", str(root), "--chain-id", "31337", "--catalog", url, "--json", *extra)
     assert run.code == 0, run.text
     assert PASSWORD not in run.text
     return {t["dataset"]: t for t in json.loads(run.out)["tables"]}
 
 
-def table(root: Path, url: str, dataset: str) -> Table:
+def table(root: Path | str, url: str, dataset: str) -> Table:
     return catalog.open_catalog(url, str(root)).load_table(f"cold_31337.{dataset}")
 
 
-def paths(root: Path, dataset: str) -> set[str]:
-    return {f"{root}/cold/31337/{dataset}/{e['path']}" for e in manifest(root, 31337, dataset)["files"]}
+def paths(root: Path | str, dataset: str) -> set[str]:
+    return {f"{root}/cold/31337/{dataset}/{e['path']}" for e in manifest_doc(str(root), 31337, dataset)["files"]}
 
 
 def by_glob(root: Path, dataset: str) -> pl.DataFrame:
@@ -260,3 +260,21 @@ def test_unreachable_catalog_and_wrong_credentials(postgres: PostgresServer, arc
         assert why in run.text and PASSWORD not in run.text
         assert len(run.text.strip().splitlines()) == 1 and run.text.startswith("error: catalog <redacted>: cannot open it")
         assert files_under(root) == before  # not even {root}/iceberg/
+
+
+def test_warehouse_on_s3(archived: Path, s3: S3, tmp_path: Path) -> None:
+    """The archive and the tables' metadata on the local S3 server, the catalog in SQLite."""
+    root = f"s3://{s3.bucket(f'catalog-{uuid.uuid4().hex[:12]}')}/archive"
+    local, remote = open_store(str(archived)), open_store(root)
+    for key in local.list("cold/"):
+        remote.put(key, local.get(key) or b"")
+    before = {key: remote.get(key) for key in remote.list("cold/")}
+    url = f"sqlite:///{tmp_path}/catalog.db"
+    changed = sync(root, url, "--datasets", "blocks,logs")
+    assert {d: len(c["added"]) for d, c in changed.items()} == {"blocks": 5, "logs": 5}
+    assert {key: remote.get(key) for key in remote.list("cold/")} == before
+    assert any(key.startswith("iceberg/cold_31337/logs/metadata/") for key in remote.list("iceberg/"))
+    for dataset in ("blocks", "logs"):
+        t = table(root, url, dataset)
+        assert set(catalog.live_files(t)) == paths(root, dataset)
+        assert same_rows(scan_iceberg(t).collect(), by_glob(archived, dataset))

@@ -22,7 +22,7 @@ on `block_number` come from the manifest entry (the chunk's range) and, where a 
 from __future__ import annotations
 
 import contextlib
-import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,12 +41,12 @@ if TYPE_CHECKING:
     from pyiceberg.manifest import DataFile
     from pyiceberg.table import Table
 
-log = logging.getLogger(__name__)
 
 PARTITION_CHUNKS = manifest.SHARD_CHUNKS  # truncate width in chunks: one partition per manifest shard
 SHA_PROPERTY = "cryo-ingest.sha256."  # + shard name: "start:sha256[:16],..." of the entries the table holds
 SHA_PREFIX = 16
 CATALOG_NAME = "cryo_ingest"
+S3_ENV = {"s3.endpoint": "AWS_ENDPOINT_URL", "s3.region": "AWS_REGION"}
 
 
 @dataclass
@@ -91,14 +91,17 @@ def open_catalog(url: str, root: str) -> Catalog:
     register_catalog_url(url)
     scheme = urlsplit(url).scheme.lower() if "://" in url else url.lower()
     warehouse = f"{archive_location(root)}/iceberg"
+    # pyiceberg's S3 reader takes its endpoint and region as properties; the archive's store reads them from
+    # the environment (storage.open_store), so the table's files come from the same place. Keys stay with the SDK.
+    io = {prop: os.environ[env] for prop, env in S3_ENV.items() if os.environ.get(env)}
     try:
         if scheme.startswith(("sqlite", "postgresql", "postgres")):
             uri = "postgresql+psycopg2" + url[len(scheme) :] if scheme in ("postgres", "postgresql") else url
-            return SqlCatalog(CATALOG_NAME, uri=uri, warehouse=warehouse)
+            return SqlCatalog(CATALOG_NAME, uri=uri, warehouse=warehouse, **io)
         if scheme in ("rest+https", "rest+http"):
-            return load_catalog(CATALOG_NAME, type="rest", uri=url[len("rest+") :])
+            return load_catalog(CATALOG_NAME, type="rest", uri=url[len("rest+") :], **io)
         if scheme == "glue":
-            return load_catalog(CATALOG_NAME, type="glue")
+            return load_catalog(CATALOG_NAME, type="glue", **io)
     except Exception as err:
         raise IngestError(f"catalog {url}: cannot open it: {_first_line(err)}") from None
     raise IngestError(f"catalog {url}: not a catalog URL (sqlite:///PATH, postgresql://…, rest+https://…, glue)")
