@@ -25,28 +25,64 @@ import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.conversions import to_bytes
+from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
+from pyiceberg.io.pyarrow import parquet_file_to_data_file
+from pyiceberg.manifest import DataFile
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table
+from pyiceberg.transforms import TruncateTransform
+from pyiceberg.types import (
+    BinaryType,
+    BooleanType,
+    DoubleType,
+    FloatType,
+    IcebergType,
+    IntegerType,
+    LongType,
+    NestedField,
+    StringType,
+)
 
 from .. import manifest
 from ..errors import IngestError, redact, register_secret_url
 from ..storage import open_store
-
-if TYPE_CHECKING:
-    from pyiceberg.catalog import Catalog
-    from pyiceberg.manifest import DataFile
-    from pyiceberg.table import Table
-
 
 PARTITION_CHUNKS = manifest.SHARD_CHUNKS  # truncate width in chunks: one partition per manifest shard
 SHA_PROPERTY = "cryo-ingest.sha256."  # + shard name: "start:sha256[:16],..." of the entries the table holds
 SHA_PREFIX = 16
 CATALOG_NAME = "cryo_ingest"
 S3_ENV = {"s3.endpoint": "AWS_ENDPOINT_URL", "s3.region": "AWS_REGION"}
+COMMIT_ATTEMPTS = 5  # another sync committed first: read the table again and redo the difference
+# pyiceberg would otherwise re-apply a failed commit's appends on the newer table: a file added twice.
+NO_REBASE = "commit.retry.num-retries"
+# The Arrow types of Cryo's columns, as the manifest names them, and what the table holds them as (see the module).
+ICEBERG_TYPES: dict[str, IcebergType] = {
+    "bool": BooleanType(),
+    "int8": IntegerType(),
+    "int16": IntegerType(),
+    "int32": IntegerType(),
+    "int64": LongType(),
+    "uint8": IntegerType(),
+    "uint16": IntegerType(),
+    "uint32": LongType(),
+    "uint64": LongType(),
+    "float": FloatType(),
+    "double": DoubleType(),
+    "string": StringType(),
+    "large_string": StringType(),
+    "binary": BinaryType(),
+    "large_binary": BinaryType(),
+}
 
 
 @dataclass
@@ -85,9 +121,6 @@ def archive_location(root: str) -> str:
 
 def open_catalog(url: str, root: str) -> Catalog:
     """`sqlite:///…`/`postgresql://…`: pyiceberg's SQL catalog; `rest+https://…`: REST; `glue`: AWS Glue."""
-    from pyiceberg.catalog import load_catalog
-    from pyiceberg.catalog.sql import SqlCatalog
-
     register_catalog_url(url)
     scheme = urlsplit(url).scheme.lower() if "://" in url else url.lower()
     warehouse = f"{archive_location(root)}/iceberg"
@@ -97,7 +130,12 @@ def open_catalog(url: str, root: str) -> Catalog:
     try:
         if scheme.startswith(("sqlite", "postgresql", "postgres")):
             uri = "postgresql+psycopg2" + url[len(scheme) :] if scheme in ("postgres", "postgresql") else url
-            return SqlCatalog(CATALOG_NAME, uri=uri, warehouse=warehouse, **io)
+            try:
+                return SqlCatalog(CATALOG_NAME, uri=uri, warehouse=warehouse, **io)
+            except Exception as err:  # two first syncs at once both create the catalog's own tables: one wins
+                if "already exists" not in str(err):
+                    raise
+                return SqlCatalog(CATALOG_NAME, uri=uri, warehouse=warehouse, **io)
         if scheme in ("rest+https", "rest+http"):
             return load_catalog(CATALOG_NAME, type="rest", uri=url[len("rest+") :], **io)
         if scheme == "glue":
@@ -112,46 +150,57 @@ def _first_line(err: BaseException) -> str:
     return redact(text[0] if text else type(err).__name__)
 
 
-def iceberg_schema(archived: list[dict[str, str]]) -> pa.Schema:
-    """The table's columns as Arrow types: the manifest's, with unsigned integers as signed 64-bit (see the module)."""
+def iceberg_schema(archived: list[dict[str, str]]) -> Schema:
+    """The table's columns: the manifest's, every one optional, unsigned integers as long (see the module)."""
     fields = []
-    for column in archived:
-        kind = pa.type_for_alias(column["type"])
-        fields.append(pa.field(column["name"], pa.int64() if pa.types.is_unsigned_integer(kind) else kind))
-    return pa.schema(fields)
+    for n, column in enumerate(archived, 1):
+        if column["type"] not in ICEBERG_TYPES:
+            raise IngestError(f"column {column['name']}: no Iceberg type for Arrow {column['type']} here; nothing changed")
+        fields.append(NestedField(n, column["name"], ICEBERG_TYPES[column["type"]], required=False))
+    return Schema(*fields)
 
 
-def _columns(table: Table) -> list[tuple[str, pa.DataType]]:
-    return [(f.name, f.type) for f in table.schema().as_arrow()]
+def partition_spec(schema: Schema, chunk_size: int) -> PartitionSpec:
+    """Truncate on block number, a multiple of chunk_size wide: every chunk file in one partition."""
+    source = schema.find_field("block_number").field_id
+    return PartitionSpec(PartitionField(source, 1000, TruncateTransform(chunk_size * PARTITION_CHUNKS), "block_number_trunc"))
+
+
+def _disagreement(table: Table, schema: Schema, spec: PartitionSpec) -> str | None:
+    have = {f.name: str(f.field_type) for f in table.schema().fields}
+    want = {f.name: str(f.field_type) for f in schema.fields}
+    if list(have.items()) != list(want.items()):
+        diff = [f"{n}: table {have.get(n, 'absent')}, archive {t}" for n, t in want.items() if have.get(n) != t]
+        diff += [f"{n}: table {t}, archive absent" for n, t in have.items() if n not in want]
+        return f"its schema disagrees with the archive ({'; '.join(diff) or 'column order'})"
+    theirs = [(table.schema().find_column_name(f.source_id), str(f.transform)) for f in table.spec().fields]
+    if theirs != [("block_number", str(spec.fields[0].transform))]:
+        return f"its partition spec {theirs} is not truncate on block_number by {spec.fields[0].transform}"
+    return None
 
 
 def _table(catalog: Catalog, identifier: str, m: manifest.Manifest, location: str) -> Table:
-    """The dataset's table, created on first sync; an existing one must have the archive's columns."""
-    from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
-    from pyiceberg.transforms import TruncateTransform
-
+    """The dataset's table, created on first sync in one commit; an existing one must have the archive's columns."""
     schema = iceberg_schema(m.schema)
+    spec = partition_spec(schema, m.chunk_size)
     try:
         table = catalog.load_table(identifier)
     except NoSuchTableError:
         pass
     else:
-        expected = [(f.name, f.type) for f in schema]
-        if _columns(table) != expected:
-            have = {n: str(t) for n, t in _columns(table)}
-            diff = [f"{n}: table {have.get(n, 'absent')}, archive {t}" for n, t in expected if have.get(n) != str(t)]
-            diff += [f"{n}: table {t}, archive absent" for n, t in have.items() if n not in dict(expected)]
-            raise IngestError(f"table {identifier}: its schema disagrees with the archive ({'; '.join(diff)}); nothing changed")
+        if problem := _disagreement(table, schema, spec):
+            raise IngestError(f"table {identifier}: {problem}; nothing changed")
+        if table.properties.get(NO_REBASE) != "0":
+            table = table.transaction().set_properties({NO_REBASE: "0"}).commit_transaction()
         return table
     with contextlib.suppress(NamespaceAlreadyExistsError):
         catalog.create_namespace(identifier.rsplit(".", 1)[0])
-    table = catalog.create_table(identifier, schema=schema, location=location)
-    with table.transaction() as tx:
-        # Cryo's files have no field ids: readers find columns by name.
-        tx.set_properties({"schema.name-mapping.default": tx.table_metadata.schema().name_mapping.model_dump_json()})
-        with tx.update_spec() as update:
-            update.add_field("block_number", TruncateTransform(m.chunk_size * PARTITION_CHUNKS), "block_number_trunc")
-    return catalog.load_table(identifier)
+    # Cryo's files have no field ids: readers find columns by name.
+    properties = {"schema.name-mapping.default": schema.name_mapping.model_dump_json(), NO_REBASE: "0"}
+    try:
+        return catalog.create_table(identifier, schema=schema, location=location, partition_spec=spec, properties=properties)
+    except TableAlreadyExistsError:  # another sync created it first
+        return _table(catalog, identifier, m, location)
 
 
 def live_files(table: Table) -> dict[str, DataFile]:
@@ -191,10 +240,6 @@ def _sha_properties(m: manifest.Manifest, starts: list[int]) -> dict[str, str]:
 def _data_file(table: Table, path: str, entry: manifest.Entry, width: int) -> DataFile:
     """The file as pyiceberg's `add_files` describes it, with the unsigned columns proved in range, the
     partition and block bounds from the entry (an empty chunk has no statistics), the time bounds read."""
-    from pyiceberg.conversions import to_bytes
-    from pyiceberg.io.pyarrow import parquet_file_to_data_file
-    from pyiceberg.types import LongType
-
     with table.io.new_input(path).open() as stream:
         parquet = pq.ParquetFile(stream)
         archived = parquet.schema_arrow
@@ -224,18 +269,30 @@ def _data_file(table: Table, path: str, entry: manifest.Entry, width: int) -> Da
     return data_file
 
 
-def sync_table(catalog: Catalog, root: str, chain_id: int, dataset: str, namespace: str) -> Synced | None:
-    """Bring one dataset's table in step with its manifest, in one commit; None when there is no manifest."""
-    m = manifest.load(open_store(root), chain_id, dataset)
-    identifier = f"{namespace}.{dataset}"
+def sync_table(
+    catalog: Catalog, root: str, chain_id: int, dataset: str, namespace: str, blocks: tuple[int, int] | None = None
+) -> Synced | None:
+    """Bring one dataset's table in step with its manifest, in one commit; None when there is no manifest.
+
+    With `blocks` (first, last), only the manifest shards holding those blocks are compared (what a
+    partition just published), so the cost follows the change, not the archive's length.
+    """
+    m = manifest.load(open_store(root), chain_id, dataset, blocks)
     if m is None:
         return None
     location = archive_location(root)
-    folder = f"{location}/cold/{chain_id}/{dataset}"
-    table = _table(catalog, identifier, m, f"{location}/iceberg/{namespace}/{dataset}")
+    identifier = f"{namespace}.{dataset}"
+    table_location, folder = f"{location}/iceberg/{namespace}/{dataset}", f"{location}/cold/{chain_id}/{dataset}"
+    for _ in range(COMMIT_ATTEMPTS - 1):
+        with contextlib.suppress(CommitFailedException):
+            return _commit(_table(catalog, identifier, m, table_location), m, folder, identifier)
+    return _commit(_table(catalog, identifier, m, table_location), m, folder, identifier)
+
+
+def _commit(table: Table, m: manifest.Manifest, folder: str, identifier: str) -> Synced:
+    """One snapshot: the entries the table lacks appended, the replaced ones deleted and appended again."""
     live = live_files(table)
     held = _read_shas(table)
-    result = Synced(dataset, identifier)
     add: list[manifest.Entry] = []
     swap: list[manifest.Entry] = []
     for start in sorted(m.files):
@@ -244,33 +301,42 @@ def sync_table(catalog: Catalog, root: str, chain_id: int, dataset: str, namespa
             add.append(entry)
         elif held.get(start) != entry.sha256[:SHA_PREFIX]:
             swap.append(entry)
+    result = Synced(m.dataset, identifier)
     if not add and not swap:
         return result
     width = m.chunk_size * PARTITION_CHUNKS
-    files = {e.start_block: _data_file(table, f"{folder}/{e.path}", e, width) for e in add + swap}
+    files = [_data_file(table, f"{folder}/{e.path}", e, width) for e in add + swap]
     summary = {"cryo-ingest.added": str(len(add)), "cryo-ingest.replaced": str(len(swap))}
     with table.transaction() as tx:
         tx.set_properties(_sha_properties(m, [e.start_block for e in add + swap]))
         snapshot = tx.update_snapshot(snapshot_properties=summary)
-        with snapshot.overwrite() if swap else snapshot.fast_append() as producer:
+        # merge_append folds small manifests together as commits accumulate (one per partition, all year)
+        with snapshot.overwrite() if swap else snapshot.merge_append() as producer:
             for e in swap:
                 producer.delete_data_file(live[f"{folder}/{e.path}"])
-            for data_file in files.values():
+            for data_file in files:
                 producer.append_data_file(data_file)
-    current = catalog.load_table(identifier).current_snapshot()
+    current = table.current_snapshot()
     result.added = [e.path for e in add]
     result.replaced = [e.path for e in swap]
     result.snapshot_id = current.snapshot_id if current else None
     return result
 
 
-def sync(root: str, chain_id: int, catalog_url: str, datasets: tuple[str, ...], namespace: str | None = None) -> list[Synced]:
-    """Every dataset's table in step with the archive; the archive itself is only read."""
+def sync(
+    root: str,
+    chain_id: int,
+    catalog_url: str,
+    datasets: tuple[str, ...],
+    namespace: str | None = None,
+    blocks: tuple[int, int] | None = None,
+) -> list[Synced]:
+    """Every dataset's table in step with the archive (or its shards holding `blocks`); the archive is only read."""
     catalog = open_catalog(catalog_url, root)
     results = []
     for dataset in datasets:
         try:
-            synced = sync_table(catalog, root, chain_id, dataset, namespace or f"cold_{chain_id}")
+            synced = sync_table(catalog, root, chain_id, dataset, namespace or f"cold_{chain_id}", blocks)
         except IngestError:
             raise
         except Exception as err:
