@@ -268,6 +268,19 @@ def test_largest_unsigned_values_round_trip_and_larger_ones_are_refused(catalog_
         assert set(catalog.live_files(t)) == {f"{root}/cold/31337/logs/logs_00000000_00000049.parquet"}
 
 
+def test_sync_of_a_block_range_reads_only_its_shards(tmp_path: Path) -> None:
+    """What a partition's hook asks: the shards holding its blocks, not the whole archive."""
+    root, url = tmp_path / "root", f"sqlite:///{tmp_path}/catalog.db"
+    row = {"block_number": [0], "log_index": [0], "chain_id": [1]}
+    synthetic(root, {0: row, 50_000: row | {"block_number": [50_000]}})  # two shards of 1,000 chunks of 50
+    (late,) = catalog.sync(str(root), 31337, url, ("logs",), blocks=(50_000, 50_049))
+    assert (late.added, late.replaced) == (["logs_00050000_00050049.parquet"], [])
+    (rest,) = catalog.sync(str(root), 31337, url, ("logs",))
+    assert (rest.added, rest.replaced) == (["logs_00000000_00000049.parquet"], [])
+    partitions = {task.file.partition[0] for task in table(root, url, "logs").scan().plan_files()}
+    assert partitions == {0, 50_000}
+
+
 def test_a_table_whose_schema_disagrees_is_refused(archived: Path, catalog_url: str, tmp_path: Path) -> None:
     root = tmp_path / "root"
     shutil.copytree(archived, root)
