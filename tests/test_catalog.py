@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import CANARY, S3, Devnet, backfill, cli, files_under, manifest, manifest_doc
+from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.table import Table
 from pyiceberg.types import StringType
 from servers import PostgresServer
@@ -25,6 +26,7 @@ from servers import PostgresServer
 from cryo_ingest import devnet
 from cryo_ingest import manifest as manifest_module
 from cryo_ingest.archive import catalog
+from cryo_ingest.faults import CRASH_ENV
 from cryo_ingest.storage import open_store, sha256
 
 CRYO = str(Path(sys.executable).parent / "cryo-ingest")
@@ -71,6 +73,14 @@ def sync(root: Path | str, url: str, *extra: str) -> dict[str, dict[str, Any]]:
 
 def table(root: Path | str, url: str, dataset: str) -> Table:
     return catalog.open_catalog(url, str(root)).load_table(f"cold_31337.{dataset}")
+
+
+def snapshots(root: Path, url: str, dataset: str) -> int | None:
+    """How many snapshots the dataset's table has; None when there is no table."""
+    try:
+        return len(table(root, url, dataset).snapshots())
+    except NoSuchTableError:
+        return None
 
 
 def paths(root: Path | str, dataset: str) -> set[str]:
@@ -134,6 +144,21 @@ def test_backfill_then_sync_registers_every_file_in_place(archived: Path, catalo
     again = sync(root, catalog_url)
     assert all(c["added"] == c["replaced"] == [] and c["snapshot_id"] is None for c in again.values())
     assert len(table(root, catalog_url, "blocks").snapshots()) == 1
+
+
+@pytest.mark.parametrize("step", catalog.CRASH_POINTS)
+def test_a_sync_killed_at_each_step_is_reconciled_by_the_next(archived: Path, step: str, tmp_path: Path) -> None:
+    root, url = tmp_path / "root", f"sqlite:///{tmp_path}/catalog.db"
+    shutil.copytree(archived, root)
+    killed = cli("catalog", "sync", str(root), "--chain-id", "31337", "--catalog", url, env={CRASH_ENV: step})
+    assert killed.code == -9, killed.text
+    committed = {d: snapshots(root, url, d) for d in DATASETS}
+    # The first dataset's table exists (made in one commit of its own), with its files' snapshot or none.
+    assert committed == {"blocks": 0 if step == "catalog-before-commit" else 1, **dict.fromkeys(DATASETS[1:])}
+    changed = sync(root, url)
+    assert {d: len(c["added"]) for d, c in changed.items()} == {d: 0 if committed[d] else 5 for d in DATASETS}
+    assert {d: snapshots(root, url, d) for d in DATASETS} == dict.fromkeys(DATASETS, 1)
+    check_in_step(root, url)
 
 
 def test_sync_of_a_growing_archive_adds_only_new_chunks(chain: Devnet, catalog_url: str, tmp_path: Path) -> None:

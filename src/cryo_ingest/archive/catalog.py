@@ -55,6 +55,7 @@ from pyiceberg.types import (
 
 from .. import manifest
 from ..errors import IngestError, redact, register_secret_url
+from ..faults import crash_point
 from ..storage import open_store
 
 PARTITION_CHUNKS = manifest.SHARD_CHUNKS  # truncate width in chunks: one partition per manifest shard
@@ -65,6 +66,8 @@ S3_ENV = {"s3.endpoint": "AWS_ENDPOINT_URL", "s3.region": "AWS_REGION"}
 COMMIT_ATTEMPTS = 5  # another sync committed first: read the table again and redo the difference
 # pyiceberg would otherwise re-apply a failed commit's appends on the newer table: a file added twice.
 NO_REBASE = "commit.retry.num-retries"
+# Where the tests kill a sync (faults.CRASH_ENV): the files described, nothing committed; one dataset committed.
+CRASH_POINTS = ("catalog-before-commit", "catalog-between-datasets")
 # The Arrow types of Cryo's columns, as the manifest names them, and what the table holds them as (see the module).
 ICEBERG_TYPES: dict[str, IcebergType] = {
     "bool": BooleanType(),
@@ -307,6 +310,7 @@ def _commit(table: Table, m: manifest.Manifest, folder: str, identifier: str) ->
     width = m.chunk_size * PARTITION_CHUNKS
     files = [_data_file(table, f"{folder}/{e.path}", e, width) for e in add + swap]
     summary = {"cryo-ingest.added": str(len(add)), "cryo-ingest.replaced": str(len(swap))}
+    crash_point("catalog-before-commit")
     with table.transaction() as tx:
         tx.set_properties(_sha_properties(m, [e.start_block for e in add + swap]))
         snapshot = tx.update_snapshot(snapshot_properties=summary)
@@ -343,4 +347,5 @@ def sync(
             raise IngestError(f"catalog {catalog_url}: {dataset}: {_first_line(err)}") from None
         if synced is not None:
             results.append(synced)
+        crash_point("catalog-between-datasets")
     return results
