@@ -273,14 +273,20 @@ def _data_file(table: Table, path: str, entry: manifest.Entry, width: int) -> Da
 
 
 def sync_table(
-    catalog: Catalog, root: str, chain_id: int, dataset: str, namespace: str, blocks: tuple[int, int] | None = None
+    catalog: Catalog,
+    root: str,
+    chain_id: int,
+    dataset: str,
+    namespace: str,
+    blocks: tuple[int, int] | None = None,
+    storage_options: dict[str, str] | None = None,
 ) -> Synced | None:
     """Bring one dataset's table in step with its manifest, in one commit; None when there is no manifest.
 
     With `blocks` (first, last), only the manifest shards holding those blocks are compared (what a
     partition just published), so the cost follows the change, not the archive's length.
     """
-    m = manifest.load(open_store(root), chain_id, dataset, blocks)
+    m = manifest.load(open_store(root, storage_options), chain_id, dataset, blocks)
     if m is None:
         return None
     location = archive_location(root)
@@ -334,13 +340,14 @@ def sync(
     datasets: tuple[str, ...],
     namespace: str | None = None,
     blocks: tuple[int, int] | None = None,
+    storage_options: dict[str, str] | None = None,
 ) -> list[Synced]:
     """Every dataset's table in step with the archive (or its shards holding `blocks`); the archive is only read."""
     catalog = open_catalog(catalog_url, root)
     results = []
     for dataset in datasets:
         try:
-            synced = sync_table(catalog, root, chain_id, dataset, namespace or f"cold_{chain_id}", blocks)
+            synced = sync_table(catalog, root, chain_id, dataset, namespace or f"cold_{chain_id}", blocks, storage_options)
         except IngestError:
             raise
         except Exception as err:
