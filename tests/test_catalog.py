@@ -336,6 +336,9 @@ def test_unreachable_catalog_and_wrong_credentials(postgres: PostgresServer, arc
         assert why in run.text and PASSWORD not in run.text
         assert len(run.text.strip().splitlines()) == 1 and run.text.startswith("error: catalog <redacted>: cannot open it")
         assert files_under(root) == before  # not even {root}/iceberg/
+    # argparse echoes a bad value before any catalog is opened: the URL is redacted there too.
+    echoed = cli("catalog", "sync", str(root), "--chain-id", postgres.url, "--catalog", postgres.url)
+    assert echoed.code == 2 and "<redacted>" in echoed.text and PASSWORD not in echoed.text
 
 
 def test_warehouse_on_s3(archived: Path, s3: S3, tmp_path: Path) -> None:

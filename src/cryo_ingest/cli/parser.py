@@ -124,7 +124,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true")
 
     c = sub.add_parser("catalog", help="the archive as Apache Iceberg tables (needs the iceberg extra)")
-    catalog = c.add_subparsers(dest="catalog_command", required=True, parser_class=_Parser)
+    catalog = c.add_subparsers(dest="catalog_command", required=True, parser_class=_Parser, metavar="{sync}")
     cs = catalog.add_parser("sync", help="bring each dataset's table in step with the manifest", parents=[common])
     cs.add_argument("root")
     cs.add_argument("--chain-id", type=int, required=True)
