@@ -11,10 +11,11 @@ setup: system-deps $(VENV)/.installed node_modules/.installed
 	@$(BIN)/python -m compileall -q src
 
 # Servers and tools the tests start (Debian's packages): redis for the shared budget, Chromium for the coverage page,
-# iproute2 (`ip netns`) for the hosts of tests/test_netns.py.
+# iproute2 (`ip netns`) for the hosts of tests/test_netns.py, PostgreSQL for the Iceberg catalog (tests/test_catalog.py).
 system-deps:
-	@command -v redis-server >/dev/null && command -v chromium >/dev/null && command -v ip >/dev/null || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server chromium iproute2 >/dev/null; }
+	@command -v redis-server >/dev/null && command -v chromium >/dev/null && command -v ip >/dev/null && \
+		ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server chromium iproute2 postgresql >/dev/null; }
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)

@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -587,6 +588,44 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster (Debian's `postgresql` package) on a free loopback port, password auth.
+
+    initdb and postgres refuse to run as root: as root, the cluster belongs to `nobody` (setpriv), in a
+    folder of its own under /tmp (pytest's tmp_path is closed to other users)."""
+
+    user = "cryo"
+
+    def __init__(self, password: str) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="cryo-ingest-pg-"))
+        self.password = password
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"postgresql://{self.user}:{password}@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        bindir = Path(shutil.which("initdb") or next(Path("/usr/lib/postgresql").glob("*/bin/initdb"), Path("initdb"))).parent
+        drop = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"] if os.geteuid() == 0 else []
+        subprocess.run([*drop, str(bindir / args[0]), *args[1:]], check=True, capture_output=True, timeout=60)
+
+    def __enter__(self) -> PostgresServer:
+        if not shutil.which("initdb") and not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+            raise RuntimeError("initdb not found: `make system-deps` installs PostgreSQL (Debian's package)")
+        (self.base / "pw").write_text(self.password + "\n")
+        if os.geteuid() == 0:
+            shutil.chown(self.base, "nobody")
+        data = str(self.base / "data")
+        self._run("initdb", "-D", data, "-U", self.user, "--pwfile", str(self.base / "pw"), "--auth=scram-sha-256", "--no-sync")
+        options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", data, "-o", options, "-l", str(self.base / "log"), "-w", "start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._run("pg_ctl", "-D", str(self.base / "data"), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.base, ignore_errors=True)
 
 
 if __name__ == "__main__":  # `python tests/servers.py HOST PORT`: S3Server in a process of its own (tests/test_netns.py)

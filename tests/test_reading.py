@@ -49,6 +49,7 @@ def namespace(chain: Devnet, s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyP
         "chain_id": 31337,
         "s3_secret": f"KEY_ID 'testing', SECRET 'testing', REGION 'us-east-1', ENDPOINT '{host}', "
         "URL_STYLE 'path', USE_SSL false",
+        "catalog_url": f"sqlite:///{tmp_path}/catalog.db",
     }
     documented: dict[str, Any] = {}
     exec(blocks()[0], documented)
@@ -74,3 +75,11 @@ def test_every_example_runs(namespace: dict[str, Any]) -> None:
     senders = namespace["senders"]
     assert senders.height == rows["logs"] and senders["sender"][0].startswith("0x") and len(senders["contract"][0]) == 42
     assert namespace["logs_on_s3_polars"] == rows["logs"]
+
+    logs = pq.read_table(list((root / "logs").glob("*.parquet")))
+    assert namespace["late_logs"].num_rows == sum(n >= 50 for n in logs["block_number"].to_pylist()) > 0
+    txs = pq.read_table(list((root / "transactions").glob("*.parquet")))
+    gas: dict[int, int] = {}
+    for n, g in zip(txs["block_number"].to_pylist(), txs["gas_used"].to_pylist(), strict=True):
+        gas[n] = gas.get(n, 0) + g
+    assert dict(namespace["gas_by_block"].iter_rows()) == gas

@@ -1,7 +1,7 @@
 """`cryo-ingest`: a thin layer over the Python API. Exit 0 success, 1 operational failure, 2 invalid input.
 
 A module a command group: `backfill` (backfill, demo), `dag` (the operator's request, run, status),
-`archive` (ls, verify, gc); `parser` has the arguments, `output` what is printed. Each command
+`archive` (ls, verify, gc, catalog sync); `parser` has the arguments, `output` what is printed. Each command
 imports what only it needs: start-up is a backfill's fixed cost.
 """
 
@@ -24,7 +24,7 @@ __all__ = ["main"]
 def main(argv: list[str] | None = None) -> int:
     # argparse echoes bad arguments (`--rpc A B`, a URL given to --chain-id) before any config sees them.
     for token in sys.argv[1:] if argv is None else argv:
-        if re.match(r"(https?|rediss?)://", token.split("=", 1)[-1], re.I):
+        if re.match(r"(https?|rediss?|postgres(ql)?(\+\w+)?|rest\+https?)://", token.split("=", 1)[-1], re.I):
             register_secret_url(token.split("=", 1)[-1])
     args = parser().parse_args(argv)
     # A terminal gets rich's layout; a pipe or a log collector one line per record, unpadded.
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     handler.addFilter(RedactingFilter())
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    logging.getLogger("pyiceberg").setLevel(logging.WARNING)  # one line per FileIO it opens
     commands = {
         "backfill": backfill.cmd_backfill,
         "demo": backfill.cmd_demo,
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         "status": dag.cmd_status,
         "verify": archive.cmd_verify,
         "gc": archive.cmd_gc,
+        "catalog": archive.cmd_catalog_sync,  # its one subcommand, sync
     }
     try:
         return commands[args.command](args)

@@ -1,4 +1,4 @@
-"""What is in an archive: `ls`, `verify` and `gc`."""
+"""What is in an archive: `ls`, `verify`, `gc` and `catalog sync`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from rich.table import Table
 
 from .. import manifest
 from ..config import DATASETS, resolve_pool
-from ..errors import ConfigError, redact
+from ..errors import ConfigError, IngestError, redact
 from ..storage import open_store
 from .output import archive_table, out
 
@@ -101,4 +101,28 @@ def cmd_gc(a: argparse.Namespace) -> int:
     for key in result.restored:
         out.print(f"put back {key}: a job recorded it while it was being deleted", highlight=False)
     out.print(f"{len(result.deleted)} orphan(s) {verb}", highlight=False)
+    return 0
+
+
+def cmd_catalog_sync(a: argparse.Namespace) -> int:
+    from ..config import _datasets as parse_datasets
+
+    try:
+        datasets = parse_datasets(a.datasets) if a.datasets else DATASETS
+        from ..archive import catalog
+    except ValueError as err:
+        raise ConfigError(f"invalid arguments: --datasets: {err}") from None
+    except ImportError:
+        raise IngestError("catalog sync needs the iceberg extra: pip install 'cryo-ingest[iceberg]'") from None
+    results = catalog.sync(a.root, a.chain_id, a.catalog, datasets, a.namespace)
+    if a.json:
+        out.print_json(redact(json.dumps({"tables": [r.to_json() for r in results]})))
+        return 0
+    for r in results:
+        changes = f"{len(r.added)} file(s) added, {len(r.replaced)} replaced" if r.snapshot_id else "in step, nothing changed"
+        out.print(
+            f"{r.table}: {changes}" + (f" (snapshot {r.snapshot_id})" if r.snapshot_id else ""), highlight=False, soft_wrap=True
+        )
+    if not results:
+        out.print(f"no manifest under {redact(a.root)} for chain {a.chain_id}: nothing to sync", highlight=False)
     return 0

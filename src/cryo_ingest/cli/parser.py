@@ -122,4 +122,14 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--older-than", default=DEFAULT_GRACE, help=f"grace period: 0s, 90s, 15m, 1h, 2d (default {DEFAULT_GRACE})")
     g.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
     g.add_argument("--json", action="store_true")
+
+    c = sub.add_parser("catalog", help="the archive as Apache Iceberg tables (needs the iceberg extra)")
+    catalog = c.add_subparsers(dest="catalog_command", required=True, parser_class=_Parser, metavar="{sync}")
+    cs = catalog.add_parser("sync", help="bring each dataset's table in step with the manifest", parents=[common])
+    cs.add_argument("root")
+    cs.add_argument("--chain-id", type=int, required=True)
+    cs.add_argument("--catalog", required=True, help="sqlite:///PATH, postgresql://USER:PASSWORD@HOST/DB, rest+https://…, glue")
+    cs.add_argument("--datasets", help=f"comma-separated: {','.join(DATASETS)} (default: all; aliases txs, events)")
+    cs.add_argument("--namespace", help="the tables' namespace (default cold_{chain_id})")
+    cs.add_argument("--json", action="store_true", help="print what changed as JSON on stdout")
     return p

@@ -1,0 +1,359 @@
+"""The archive as Iceberg tables (issue 23): real catalogs (SQLite, and a PostgreSQL server started here), a real
+devnet archive made by `cryo-ingest backfill`, the real `cryo-ingest catalog sync`; read back with pyiceberg and Polars."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import psycopg2
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import CANARY, S3, Devnet, backfill, cli, files_under, manifest, manifest_doc
+from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.table import Table
+from pyiceberg.types import StringType
+from servers import PostgresServer
+
+from cryo_ingest import devnet
+from cryo_ingest import manifest as manifest_module
+from cryo_ingest.archive import catalog
+from cryo_ingest.faults import CRASH_ENV
+from cryo_ingest.storage import open_store, sha256
+
+CRYO = str(Path(sys.executable).parent / "cryo-ingest")
+PASSWORD = f"pw-{CANARY}"  # must never be printed
+DATASETS = ("blocks", "transactions", "logs", "traces")
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    with PostgresServer(PASSWORD) as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh catalog per test: a SQLite file, or a database of its own on the PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/catalog.db"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    name = f"t{uuid.uuid4().hex[:12]}"
+    conn = psycopg2.connect(server.url)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    conn.close()
+    return server.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(scope="module")
+def archived(chain: Devnet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The devnet's 250 blocks, every dataset, archived once; tests take copies."""
+    root = tmp_path_factory.mktemp("archived") / "root"
+    run = backfill(root, chain.url)
+    assert run.code == 0, run.text
+    return root
+
+
+def sync(root: Path | str, url: str, *extra: str) -> dict[str, dict[str, Any]]:
+    run = cli("catalog", "sync", str(root), "--chain-id", "31337", "--catalog", url, "--json", *extra)
+    assert run.code == 0, run.text
+    assert PASSWORD not in run.text
+    return {t["dataset"]: t for t in json.loads(run.out)["tables"]}
+
+
+def table(root: Path | str, url: str, dataset: str) -> Table:
+    return catalog.open_catalog(url, str(root)).load_table(f"cold_31337.{dataset}")
+
+
+def snapshots(root: Path, url: str, dataset: str) -> int | None:
+    """How many snapshots the dataset's table has; None when there is no table."""
+    try:
+        return len(table(root, url, dataset).snapshots())
+    except NoSuchTableError:
+        return None
+
+
+def paths(root: Path | str, dataset: str) -> set[str]:
+    return {f"{root}/cold/31337/{dataset}/{e['path']}" for e in manifest_doc(str(root), 31337, dataset)["files"]}
+
+
+def by_glob(root: Path, dataset: str) -> pl.DataFrame:
+    """The archive as a glob reads it, unsigned columns as the table's longs."""
+    frame = pl.read_parquet(f"{root}/cold/31337/{dataset}/*.parquet")
+    unsigned = [n for n, t in frame.schema.items() if t in (pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)]
+    return frame.with_columns(pl.col(unsigned).cast(pl.Int64))
+
+
+def same_rows(a: pl.DataFrame, b: pl.DataFrame) -> bool:
+    return a.columns == b.columns and a.sort(pl.all()).equals(b.sort(pl.all()))
+
+
+def scan_iceberg(t: Table) -> pl.LazyFrame:
+    """Polars through pyiceberg's reader: Polars' own refuses to read a uint64 Parquet column as the table's long."""
+    return pl.scan_iceberg(t, reader_override="pyiceberg")
+
+
+def check_in_step(root: Path, url: str) -> None:
+    """Live files equal the manifest's entries; pyiceberg's scan and Polars' scan_iceberg read what the glob reads."""
+    for dataset in DATASETS:
+        t = table(root, url, dataset)
+        assert set(catalog.live_files(t)) == paths(root, dataset), dataset
+        glob = by_glob(root, dataset)
+        scanned = pl.from_arrow(t.scan().to_arrow())
+        assert isinstance(scanned, pl.DataFrame)
+        assert same_rows(scanned, glob), dataset
+        assert same_rows(scan_iceberg(t).collect(), glob), dataset
+    gas = scan_iceberg(table(root, url, "transactions")).select(pl.col("gas_used").sum()).collect().item()
+    assert gas == by_glob(root, "transactions")["gas_used"].sum() > 0
+
+
+def test_backfill_then_sync_registers_every_file_in_place(archived: Path, catalog_url: str, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(archived, root)
+    before = files_under(root / "cold")
+    changed = sync(root, catalog_url)
+    assert {d: sorted(c["added"]) for d, c in changed.items()} == {
+        d: sorted(e["path"] for e in manifest(root, 31337, d)["files"]) for d in DATASETS
+    }
+    assert files_under(root / "cold") == before  # registered where they are: nothing copied, rewritten or added
+    assert (root / "iceberg" / "cold_31337" / "blocks" / "metadata").is_dir()
+    check_in_step(root, catalog_url)
+    t = table(root, catalog_url, "blocks")
+    assert len(t.snapshots()) == 1  # one commit per dataset and sync, not per chunk
+    assert str(t.spec().fields[0].transform) == "truncate[50000]"  # a manifest shard's span: chunk 50 x 1000
+    # A block range skips files by the bounds taken from the manifest (Cryo's files carry no min/max).
+    planned = [task.file.file_path for task in t.scan(row_filter="block_number >= 120 and block_number <= 160").plan_files()]
+    assert sorted(Path(p).name for p in planned) == ["blocks_00000100_00000149.parquet", "blocks_00000150_00000199.parquet"]
+    # And a time range by the timestamps read at registration (blocks and transactions have the column).
+    glob = by_glob(root, "blocks")
+    since = glob.filter(pl.col("block_number") == 120)["timestamp"].item()
+    planned = [task.file.file_path for task in t.scan(row_filter=f"timestamp >= {since}").plan_files()]
+    chunks = glob.group_by(pl.col("block_number") // 50 * 50).agg(pl.col("timestamp").max()).filter(pl.col("timestamp") >= since)
+    assert sorted(Path(p).name for p in planned) == sorted(f"blocks_{s:08}_{s + 49:08}.parquet" for s in chunks["block_number"])
+    assert len(planned) == 3
+    again = sync(root, catalog_url)
+    assert all(c["added"] == c["replaced"] == [] and c["snapshot_id"] is None for c in again.values())
+    assert len(table(root, catalog_url, "blocks").snapshots()) == 1
+
+
+@pytest.mark.parametrize("step", catalog.CRASH_POINTS)
+def test_a_sync_killed_at_each_step_is_reconciled_by_the_next(archived: Path, step: str, tmp_path: Path) -> None:
+    root, url = tmp_path / "root", f"sqlite:///{tmp_path}/catalog.db"
+    shutil.copytree(archived, root)
+    killed = cli("catalog", "sync", str(root), "--chain-id", "31337", "--catalog", url, env={CRASH_ENV: step})
+    assert killed.code == -9, killed.text
+    committed = {d: snapshots(root, url, d) for d in DATASETS}
+    # The first dataset's table exists (made in one commit of its own), with its files' snapshot or none.
+    assert committed == {"blocks": 0 if step == "catalog-before-commit" else 1, **dict.fromkeys(DATASETS[1:])}
+    changed = sync(root, url)
+    assert {d: len(c["added"]) for d, c in changed.items()} == {d: 0 if committed[d] else 5 for d in DATASETS}
+    assert {d: snapshots(root, url, d) for d in DATASETS} == dict.fromkeys(DATASETS, 1)
+    check_in_step(root, url)
+
+
+def test_sync_of_a_growing_archive_adds_only_new_chunks(chain: Devnet, catalog_url: str, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    assert backfill(root, chain.url, end=99).code == 0
+    first = sync(root, catalog_url)
+    assert [len(first[d]["added"]) for d in DATASETS] == [2, 2, 2, 2]
+    assert backfill(root, chain.url, start=100).code == 0
+    second = sync(root, catalog_url, "--datasets", "blocks,txs,events,traces")
+    assert {d: c["added"] for d, c in second.items()} == {
+        d: [f"{d}_{s:08}_{s + 49:08}.parquet" for s in (100, 150, 200)] for d in DATASETS
+    }
+    assert len(table(root, catalog_url, "logs").snapshots()) == 2
+    check_in_step(root, catalog_url)
+
+
+def test_overwrite_conflicts_swaps_chunks_in_one_snapshot(chain: Devnet, catalog_url: str, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    assert backfill(root, chain.url, end=99, datasets="blocks,txs").code == 0
+    sync(root, catalog_url, "--datasets", "blocks,txs")
+    old = {d: manifest(root, 31337, d)["files"] for d in ("blocks", "transactions")}
+    before = table(root, catalog_url, "transactions").current_snapshot()
+    assert before is not None
+    with devnet.anvil() as other:  # same chain id, other history: a reorg as the archive sees it
+        devnet.generate_sync(other.url, 120, 3)
+        replaced = backfill(root, other.url, "--force", "--overwrite-conflicts", end=99, datasets="blocks,txs")
+        assert replaced.code == 0, replaced.text
+    changed = sync(root, catalog_url, "--datasets", "blocks,txs")
+    for dataset in ("blocks", "transactions"):
+        assert changed[dataset]["added"] == []
+        assert changed[dataset]["replaced"] == [f"{dataset}_00000000_00000049.parquet", f"{dataset}_00000050_00000099.parquet"]
+    t = table(root, catalog_url, "transactions")
+    after = t.current_snapshot()
+    assert after is not None and after.parent_snapshot_id == before.snapshot_id  # one snapshot: delete + add
+    assert [s.snapshot_id for s in t.snapshots()] == [before.snapshot_id, after.snapshot_id]
+    assert after.summary is not None and after.summary.operation.value == "overwrite"
+    assert set(catalog.live_files(t)) == paths(root, "transactions")
+    # The previous snapshot still lists the old chunks as they were (10 transactions a block, not 3).
+    previous = {
+        Path(task.file.file_path).name: task.file.record_count for task in t.scan(snapshot_id=before.snapshot_id).plan_files()
+    }
+    assert previous == {e["path"]: e["rows"] for e in old["transactions"]}
+    current = {Path(task.file.file_path).name: task.file.record_count for task in t.scan().plan_files()}
+    assert current == {e["path"]: e["rows"] for e in manifest(root, 31337, "transactions")["files"]} != previous
+    for dataset in ("blocks", "transactions"):
+        t = table(root, catalog_url, dataset)
+        assert set(catalog.live_files(t)) == paths(root, dataset)
+        assert same_rows(scan_iceberg(t).collect(), by_glob(root, dataset))
+
+
+def test_concurrent_syncs_register_each_file_once(postgres: PostgresServer, archived: Path, tmp_path: Path) -> None:
+    """Three syncs at once on one PostgreSQL catalog: whichever commits first, the others redo their difference."""
+    root = tmp_path / "root"
+    shutil.copytree(archived, root)
+    url = postgres.url
+    args = [
+        "catalog",
+        "sync",
+        str(root),
+        "--chain-id",
+        "31337",
+        "--catalog",
+        url,
+        "--namespace",
+        f"n{uuid.uuid4().hex[:8]}",
+        "--json",
+    ]
+    runs = [subprocess.Popen([CRYO, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [run.communicate(timeout=240) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], outputs
+    namespace = args[args.index("--namespace") + 1]
+    for dataset in DATASETS:
+        added = [t["added"] for out, _ in outputs for t in json.loads(out)["tables"] if t["dataset"] == dataset]
+        assert sorted(path for paths_ in added for path in paths_) == sorted(
+            e["path"] for e in manifest(root, 31337, dataset)["files"]
+        )  # each file added by exactly one of them
+        t = catalog.open_catalog(url, str(root)).load_table(f"{namespace}.{dataset}")
+        snapshot = t.current_snapshot()
+        assert snapshot is not None
+        files = [
+            e.data_file.file_path for m in snapshot.manifests(t.io) for e in m.fetch_manifest_entry(t.io, discard_deleted=True)
+        ]
+        assert sorted(files) == sorted(paths(root, dataset))  # no file twice
+
+
+def synthetic(root: Path, chunks: dict[int, dict[str, list[int]]]) -> None:
+    """Chunks of 50 blocks with Cryo's unsigned types, recorded in a manifest as the pipeline records them."""
+    store = open_store(str(root))
+    types = {"block_number": pa.uint32(), "log_index": pa.uint32(), "chain_id": pa.uint64()}
+    schema = pa.schema(types.items())
+    entries = []
+    for start, columns in chunks.items():
+        name = f"logs_{start:08}_{start + 49:08}.parquet"
+        path = root / "cold/31337/logs" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table(columns, schema=schema), path)
+        data = path.read_bytes()
+        entries.append(manifest_module.Entry(name, start, start + 49, len(columns["block_number"]), len(data), sha256(data)))
+    manifest_module.add(store, 31337, "logs", 50, [{"name": n, "type": str(t)} for n, t in types.items()], entries, False)
+
+
+def test_largest_unsigned_values_round_trip_and_larger_ones_are_refused(catalog_url: str, tmp_path: Path) -> None:
+    top32, top64 = 2**31 - 1, 2**63 - 1
+    # One past the largest: an Iceberg long would read it changed (or a reader of the signed INT32/INT64 would).
+    for column, beyond in (("chain_id", 2**63), ("log_index", 2**31)):
+        root = tmp_path / column
+        synthetic(root, {0: {"block_number": [0, 1, 49], "log_index": [0, 7, top32], "chain_id": [0, 1, top64]}})
+        changed = sync(root, catalog_url, "--datasets", "logs", "--namespace", column)
+        assert changed["logs"]["added"] == ["logs_00000000_00000049.parquet"]
+        t = catalog.open_catalog(catalog_url, str(root)).load_table(f"{column}.logs")
+        assert [(f.name, str(f.field_type)) for f in t.schema().fields] == [
+            ("block_number", "long"),
+            ("log_index", "long"),
+            ("chain_id", "long"),
+        ]
+        rows = t.scan().to_arrow().sort_by("block_number").to_pylist()
+        assert rows == [
+            {"block_number": 0, "log_index": 0, "chain_id": 0},
+            {"block_number": 1, "log_index": 7, "chain_id": 1},
+            {"block_number": 49, "log_index": top32, "chain_id": top64},
+        ]
+        assert scan_iceberg(t).select("chain_id").collect()["chain_id"].max() == top64
+        synthetic(root, {50: {"block_number": [50], "log_index": [0], "chain_id": [0]} | {column: [beyond]}})
+        before = files_under(root)
+        args = ("--chain-id", "31337", "--catalog", catalog_url, "--datasets", "logs", "--namespace", column)
+        run = cli("catalog", "sync", str(root), *args)
+        assert run.code == 1, run.text
+        assert f"column {column}" in run.text and str(beyond) in run.text and "not registered" in run.text
+        assert len(run.text.strip().splitlines()) == 1
+        assert files_under(root) == before  # neither the archive nor the table's metadata changed
+        t = catalog.open_catalog(catalog_url, str(root)).load_table(f"{column}.logs")
+        assert set(catalog.live_files(t)) == {f"{root}/cold/31337/logs/logs_00000000_00000049.parquet"}
+
+
+def test_sync_of_a_block_range_reads_only_its_shards(tmp_path: Path) -> None:
+    """What a partition's hook asks: the shards holding its blocks, not the whole archive."""
+    root, url = tmp_path / "root", f"sqlite:///{tmp_path}/catalog.db"
+    row = {"block_number": [0], "log_index": [0], "chain_id": [1]}
+    synthetic(root, {0: row, 50_000: row | {"block_number": [50_000]}})  # two shards of 1,000 chunks of 50
+    (late,) = catalog.sync(str(root), 31337, url, ("logs",), blocks=(50_000, 50_049))
+    assert (late.added, late.replaced) == (["logs_00050000_00050049.parquet"], [])
+    (rest,) = catalog.sync(str(root), 31337, url, ("logs",))
+    assert (rest.added, rest.replaced) == (["logs_00000000_00000049.parquet"], [])
+    partitions = {task.file.partition[0] for task in table(root, url, "logs").scan().plan_files()}
+    assert partitions == {0, 50_000}
+
+
+def test_a_table_whose_schema_disagrees_is_refused(archived: Path, catalog_url: str, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(archived, root)
+    sync(root, catalog_url, "--datasets", "logs")
+    with table(root, catalog_url, "logs").update_schema() as update:
+        update.add_column("extra", StringType())
+    before = files_under(root)
+    snapshot = table(root, catalog_url, "logs").current_snapshot()
+    run = cli("catalog", "sync", str(root), "--chain-id", "31337", "--catalog", catalog_url, "--datasets", "logs")
+    assert run.code == 1
+    assert run.text.strip() == (
+        "error: table cold_31337.logs: its schema disagrees with the archive (extra: table string, archive absent); "
+        "nothing changed"
+    )
+    assert files_under(root) == before
+    assert table(root, catalog_url, "logs").current_snapshot() == snapshot
+
+
+def test_unreachable_catalog_and_wrong_credentials(postgres: PostgresServer, archived: Path, tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(archived, root)
+    before = files_under(root)
+    wrong = postgres.url.replace(PASSWORD, f"not-{PASSWORD}")
+    unreachable = postgres.url.replace(f":{postgres.port}/", f":{devnet.free_port()}/")
+    for url, why in ((wrong, "password authentication failed"), (unreachable, "Connection refused")):
+        run = cli("catalog", "sync", str(root), "--chain-id", "31337", "--catalog", url)
+        assert run.code == 1, run.text
+        assert why in run.text and PASSWORD not in run.text
+        assert len(run.text.strip().splitlines()) == 1 and run.text.startswith("error: catalog <redacted>: cannot open it")
+        assert files_under(root) == before  # not even {root}/iceberg/
+    # argparse echoes a bad value before any catalog is opened: the URL is redacted there too.
+    echoed = cli("catalog", "sync", str(root), "--chain-id", postgres.url, "--catalog", postgres.url)
+    assert echoed.code == 2 and "<redacted>" in echoed.text and PASSWORD not in echoed.text
+
+
+def test_warehouse_on_s3(archived: Path, s3: S3, tmp_path: Path) -> None:
+    """The archive and the tables' metadata on the local S3 server, the catalog in SQLite."""
+    root = f"s3://{s3.bucket(f'catalog-{uuid.uuid4().hex[:12]}')}/archive"
+    local, remote = open_store(str(archived)), open_store(root)
+    for key in local.list("cold/"):
+        remote.put(key, local.get(key) or b"")
+    before = {key: remote.get(key) for key in remote.list("cold/")}
+    url = f"sqlite:///{tmp_path}/catalog.db"
+    changed = sync(root, url, "--datasets", "blocks,logs")
+    assert {d: len(c["added"]) for d, c in changed.items()} == {"blocks": 5, "logs": 5}
+    assert {key: remote.get(key) for key in remote.list("cold/")} == before
+    assert any(key.startswith("iceberg/cold_31337/logs/metadata/") for key in remote.list("iceberg/"))
+    for dataset in ("blocks", "logs"):
+        t = table(root, url, dataset)
+        assert set(catalog.live_files(t)) == paths(root, dataset)
+        assert same_rows(scan_iceberg(t).collect(), by_glob(archived, dataset))
