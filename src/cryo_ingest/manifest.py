@@ -334,11 +334,15 @@ class View:
         return None
 
     def entries(self, shard: str) -> dict[int, Entry]:
-        """The shard's entries by start block; {} for a shard the index does not list."""
+        """The shard's entries by start block; {} for a shard the index does not list.
+
+        Only shards that are not complete stay cached: a complete one is never needed to plan (and
+        79 of them per dataset would hold a year's entries in memory); asked for, it is read again.
+        """
         if shard not in self._listed:
             return {}
         tag, entries = self._shards.get(shard, (None, {}))
-        if shard not in self._fresh:
+        if shard not in self._fresh or shard not in self._shards:
             where = _dir(self.chain_id, self.dataset) + shard
             got = self.store.get_if_changed(where, tag)
             if got is not None:
@@ -346,9 +350,11 @@ class View:
                 if data is None:
                     raise IngestError(f"manifest {key(self.chain_id, self.dataset)} lists {shard}, which is missing")
                 entries = _entries(_parse(data, SHARD_FORMAT, where), where)
+            if len(entries) >= SHARD_CHUNKS:
+                self._complete.add(shard)
+                self._shards.pop(shard, None)
+            else:
                 self._shards[shard] = (tag, entries)
-                if len(entries) >= SHARD_CHUNKS:
-                    self._complete.add(shard)
             self._fresh.add(shard)
         return entries
 

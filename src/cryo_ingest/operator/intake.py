@@ -67,8 +67,8 @@ class Intake:
             for key in self.store.list(prefix, offset):
                 if key in self.seen:
                     continue
-                self.seen.add(key)
                 taken += requests.take_in(self.store, self.node, datasets.arrival_id(key), dataset)
+                self.seen.add(key)  # only once taken in: a store error leaves it to the next poll
         return taken
 
     def _scan(self, since: datetime) -> int:

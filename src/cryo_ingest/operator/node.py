@@ -205,7 +205,10 @@ class Runner:
         self.stats.requests = {}
         for s in states.values():
             self.stats.requests[s.state] = self.stats.requests.get(s.state, 0) + 1
+        # what the runner keeps per request lives as long as the request is open: a year of runs holds no history
         self.stats.remaining = {k: v for k, v in self.stats.remaining.items() if k in states}
+        self.bodies = {k: v for k, v in self.bodies.items() if k in states}
+        self.exhausted = {k: v for k, v in self.exhausted.items() if k in states}
         open_work = False
         bodies = {s.id: self._body(s) for s in states.values()}
         for state in sorted(states.values(), key=lambda s: (_created(bodies[s.id]), s.id)):  # oldest first
