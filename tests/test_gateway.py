@@ -400,6 +400,16 @@ def test_a_short_password_is_redacted_in_its_url_only() -> None:
     assert redact("401: password hunter2hunter2 refused") == "401: password <redacted> refused"
 
 
+def test_a_short_path_is_redacted_in_its_url_only() -> None:
+    """An endpoint on a path such as `/k` (a test proxy's, a local node's): the path is no key, and
+    `cold/k` elsewhere stays as it is; a key in the path goes wherever it stands."""
+    register_secret_url("http://short-path.invalid:8545/k")
+    register_secret_url("http://long-path.invalid/v2/Key0123456789?x=1")
+    assert redact("cannot write cold/k: x=1") == "cannot write cold/k: x=1"
+    assert redact("GET http://short-path.invalid:8545/k") == "GET <redacted>"
+    assert redact("refused: /v2/Key0123456789") == "refused: <redacted>"
+
+
 def test_the_endpoints_table_shows_an_open_breaker(monkeypatch: pytest.MonkeyPatch) -> None:
     """60 failures in a row: the breaker has tripped 6 times and opened for 30 s; `backfill`'s table says so."""
     spec = Endpoint.model_validate({"url": "http://127.0.0.1:9", "name": "flaky"})

@@ -20,10 +20,11 @@ def register_secret_url(url: str) -> None:
     """Remember an RPC URL and the parts of it that can carry a key (path, query, user info)."""
     parts = urlsplit(url)
     pieces = {url, url.rstrip("/"), parts.netloc + parts.path}
-    if parts.path.strip("/"):
+    # a path or query short enough to be a common word ("/a", "x=1") is redacted within its URL only
+    if len(parts.path.strip("/")) >= 8:
         pieces.add(parts.path.rstrip("/"))
         pieces.update(seg for seg in parts.path.split("/") if len(seg) >= 8)
-    if parts.query:
+    if len(parts.query) >= 8:
         pieces.add(parts.query)
         pieces.update(v for kv in parts.query.split("&") for v in kv.split("=")[1:] if len(v) >= 8)
     if parts.password is not None:  # the user info as it stands in a URL, at any length ...
