@@ -65,7 +65,6 @@ import logging
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -265,32 +264,11 @@ def index_moto_listing() -> None:
 @contextmanager
 def tip_devnet(genesis: int, blocks: int) -> Iterator[str]:
     """anvil with its genesis numbered `genesis` (finalized = head - 2), `blocks` more blocks of one transaction each."""
-    port = devnet.free_port()
-    args = [str(devnet.anvil_binary()), "--host", "127.0.0.1", "--port", str(port), "--chain-id", str(CHAIN_ID)]
-    args += ["--no-mining", "--timestamp", str(devnet.GENESIS_TIMESTAMP), "--slots-in-an-epoch", "1", "--silent"]
-    args += ["--number", str(genesis)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("anvil did not start") from None
-                time.sleep(0.05)
+    with devnet.anvil(chain_id=CHAIN_ID, genesis=genesis) as node:
         started = time.monotonic()
-        devnet.generate_sync(url, blocks, 1)
+        devnet.generate_sync(node.url, blocks, 1)
         print(f"devnet: blocks {genesis}..{genesis + blocks + 2} in {time.monotonic() - started:.0f} s", file=sys.stderr)
-        yield url
-    finally:
-        proc.terminate()
-        with suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=30)
-        if proc.poll() is None:
-            proc.kill()
+        yield node.url
 
 
 # ---- the synthetic year -------------------------------------------------------------------------

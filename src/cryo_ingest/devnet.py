@@ -88,9 +88,11 @@ def anvil(
     chain_id: int = CHAIN_ID,
     host: str = "127.0.0.1",
     launcher: Sequence[str] = (),
+    genesis: int = 0,
 ) -> Iterator[Anvil]:
     """An anvil node on a free port of `host` (loopback), started through `launcher` (e.g. `ip netns exec NS`:
-    a host of its own, tests/test_netns.py); finalized = head - 2 (`--slots-in-an-epoch 1`)."""
+    a host of its own, tests/test_netns.py); finalized = head - 2 (`--slots-in-an-epoch 1`); its first
+    block numbered `genesis` (a chain's tip after a long history, bench/scale.py)."""
     port = free_port()
     args = [
         *launcher,
@@ -108,6 +110,8 @@ def anvil(
         "1",
         "--silent",
     ]
+    if genesis:
+        args += ["--number", str(genesis)]
     if load_state:
         args += ["--load-state", str(load_state)]
     if dump_state:
