@@ -11,6 +11,8 @@ import re
 import threading
 from urllib.parse import unquote, urlsplit
 
+from filelock import Timeout as LockTimeout
+
 _secrets: set[str] = set()
 _lock = threading.Lock()
 _pattern: re.Pattern[str] | None = None
@@ -99,3 +101,9 @@ class ConflictError(IngestError):
 
 class StorageError(IngestError):
     """The object store refused or failed an operation."""
+
+
+# What a long-lived loop (a runner's poll, a source's tick, the lease watch) logs and retries rather
+# than dying of: the store's errors (after obstore's own retries), a lock on a local root held too
+# long, a gateway that cannot answer. Invalid config (ConfigError) is caught before it and ends the process.
+TRANSIENT = (IngestError, LockTimeout, OSError)

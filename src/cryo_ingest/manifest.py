@@ -12,7 +12,7 @@ content writes nothing. The format is documented in docs/manifest.md; keep the k
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
@@ -20,6 +20,7 @@ from typing import Any
 
 from .errors import ConfigError, ConflictError, IngestError
 from .faults import crash_point
+from .plan import contiguous_through
 from .storage import Store
 
 FORMAT = "cryo-ingest-manifest"
@@ -369,3 +370,31 @@ class View:
         if shard in self._complete:
             return range(lo, hi + 1, size)
         return {s for s in self.entries(shard) if lo <= s <= hi}
+
+
+class Views:
+    """The views of a job's datasets, as the operator's long-lived readers keep them (a runner, a
+    source, `status`): one place that answers which chunks are held, and how far they run."""
+
+    def __init__(self, store: Store, chain_id: int, datasets: Sequence[str], chunk_size: int) -> None:
+        self.chunk_size, self.window = chunk_size, shard_span(chunk_size)
+        self.of = {d: View(store, chain_id, d) for d in datasets}
+
+    def refresh(self) -> None:
+        for view in self.of.values():
+            view.refresh()
+
+    def held(self, dataset: str, lo: int, hi: int) -> Collection[int]:
+        return self.of[dataset].held(lo, hi)
+
+    def through(self, datasets: Sequence[str], base: int | None = None) -> int:
+        """The last block of the run of chunks held for every one of `datasets`, from `base`'s chunk
+        on (default: the first dataset's first archived chunk, on that dataset's own grid); -1 where
+        none is archived."""
+        size = self.chunk_size
+        if base is None:
+            view = self.of[datasets[0]]
+            base, size = view.first(), view.chunk_size or size
+            if base is None:
+                return -1
+        return contiguous_through(self.held, datasets, size, shard_span(size), base)

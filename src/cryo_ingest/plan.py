@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 
@@ -38,6 +38,9 @@ class Partition:
     @property
     def end(self) -> int:
         return self.chunks[-1].end
+
+    def __str__(self) -> str:
+        return f"{self.start}-{self.end}"
 
 
 @dataclass
@@ -162,7 +165,7 @@ def outlook(
     return out
 
 
-def contiguous_through(held: Held, datasets: tuple[str, ...], chunk_size: int, window: int, base: int) -> int:
+def contiguous_through(held: Held, datasets: Sequence[str], chunk_size: int, window: int, base: int) -> int:
     """The last block of the run of chunks, from `base`'s chunk on, archived for every dataset
     (the block before that chunk if there is none); whole windows are skipped unread."""
     lo = base - base % chunk_size

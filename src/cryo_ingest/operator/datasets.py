@@ -116,9 +116,13 @@ def parse(event_id: str, data: bytes | None) -> Request | str:
         return f"malformed event: {str(err)[:200]}"
 
 
-def get(store: Store, dataset: str, event_id: str) -> Request | str | None:
-    data = store.get(key(dataset, event_id))
-    return None if data is None else parse(event_id, data)
+def find(store: Store, names: list[str], event_id: str) -> Request | str | None:
+    """The event `event_id` of the first of the datasets `names` that holds it (a state names its
+    dataset; one written before it did may be in any of the node's inputs)."""
+    for name in names:
+        if (data := store.get(key(name, event_id))) is not None:
+            return parse(event_id, data)
+    return None
 
 
 def ids(store: Store, dataset: str) -> list[str]:

@@ -37,8 +37,14 @@ class RunnerCollector(Collector):
         lies = CounterMetricFamily(
             "cryo_ingest_rpc_lies", "Failed checks of data this endpoint alone answered", labels=["node", "endpoint"]
         )
+        store = CounterMetricFamily(
+            "cryo_ingest_store_errors",
+            "Storage errors logged and retried (after obstore's own)",
+            labels=["node"],
+        )
         for r in self.runners:
             name = r.node.name
+            store.add_metric([name], r.stats.store_errors)
             for state, n in r.stats.partitions.items():
                 parts.add_metric([name, state], n)
             running.add_metric([name], len(r.executor.running))
@@ -53,7 +59,7 @@ class RunnerCollector(Collector):
                 lies.add_metric([name, endpoint], m.get("lies", 0))
                 for kind, n in m["errors"].items():
                     errors.add_metric([name, endpoint, kind], n)
-        yield from (parts, running, blocks, lag, reqs, rpc, errors, limited, lies)
+        yield from (parts, running, blocks, lag, reqs, rpc, errors, limited, lies, store)
 
 
 class _Quiet(WSGIRequestHandler):

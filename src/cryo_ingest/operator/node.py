@@ -28,15 +28,14 @@ from typing import Any
 
 from .. import events, manifest
 from ..config import DagNode, Job
-from ..errors import ConfigError, redact
-from ..plan import Partition, contiguous_through, outlook
+from ..errors import TRANSIENT, ConfigError, redact
+from ..plan import Partition, outlook
 from ..storage import Store, open_store
 from ..task import PartitionResult, Task
 from . import datasets, requests
 from .datasets import Request
 from .executor import Executor
 from .intake import Intake
-from .sources import TRANSIENT
 
 log = logging.getLogger("cryo_ingest.node")
 
@@ -84,20 +83,12 @@ class Runner:
         self.executor = executor
         self.stats = Stats()
         self.slots = 1 if node.scaling.mode == "steady" else node.scaling.max_concurrency
-        self.views: dict[str, manifest.View] = {d: manifest.View(self.store, job.chain_id, d) for d in job.datasets}
+        self.views = manifest.Views(self.store, job.chain_id, job.datasets, job.chunk_size)
         self.intake = Intake(self.store, node.name, node.input_datasets)
         self.open = requests.OpenStates(self.store, node.name)
         self.bodies: dict[str, Request | str] = {}  # requests are immutable: read once per runner
         self.exhausted: dict[str, dict[int, str]] = {}  # by request: cells out of attempts, with their last error
         self.unfinished: list[tuple[_Claim, PartitionResult]] = []  # ended partitions whose bookkeeping failed
-
-    @property
-    def cell_span(self) -> int:
-        return self.job.chunk_size * self.job.chunks_per_partition
-
-    @property
-    def window(self) -> int:
-        return manifest.shard_span(self.job.chunk_size)
 
     @property
     def stall_seconds(self) -> float:
@@ -110,9 +101,6 @@ class Runner:
 
     def gateway_metrics(self) -> dict[str, Any]:
         return self.executor.metrics()
-
-    def held(self, dataset: str, lo: int, hi: int) -> Any:
-        return self.views[dataset].held(lo, hi)
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -171,7 +159,7 @@ class Runner:
                 self._finish(claim, result)
             except TRANSIENT as err:
                 self.stats.store_errors += 1
-                log.warning("%s: partition %s: %s (retrying)", self.node.name, _span(claim.partition), redact(str(err)))
+                log.warning("%s: partition %s: %s (retrying)", self.node.name, claim.partition, redact(str(err)))
                 left.append((claim, result))
         self.unfinished = left
 
@@ -195,8 +183,8 @@ class Runner:
     def _tick(self) -> bool:
         """One pass over the open requests; True while some request has work that is not waiting on finality."""
         final = self.executor.final_head()
-        for view in self.views.values():
-            view.refresh()
+        self.views.refresh()
+        for view in self.views.of.values():
             view.check_grid(self.job.chunk_size)
         self.intake.poll()
         self.intake.save()
@@ -226,19 +214,14 @@ class Runner:
 
     def _body(self, state: requests.State) -> Request | str:
         if state.id not in self.bodies:
-            found: Request | str | None = None
-            for dataset in [state.dataset] if state.dataset else self.node.input_datasets:
-                if (found := datasets.get(self.store, dataset, state.id)) is not None:
-                    break
+            found = datasets.find(self.store, [state.dataset] if state.dataset else self.node.input_datasets, state.id)
             self.bodies[state.id] = "no such request in the input datasets" if found is None else found
         return self.bodies[state.id]
 
     def _measure_lag(self, final: int) -> None:
         """Final head minus the contiguous high-water mark, from each dataset's first archived chunk."""
-        for d, view in self.views.items():
-            base = view.first()
-            through = -1 if base is None else contiguous_through(self.held, (d,), self.job.chunk_size, self.window, base)
-            self.stats.lag[d] = final - through
+        for d in self.job.datasets:
+            self.stats.lag[d] = final - self.views.through((d,))
 
     def _mismatch(self, r: Request) -> str:
         if r.chain_id != self.job.chain_id:
@@ -256,9 +239,9 @@ class Runner:
             r.end_block,
             self.job.chunk_size,
             self.job.chunks_per_partition,
-            self.window,
+            self.views.window,
             datasets_,
-            self.held,
+            self.views.held,
             final,
             limit=self.slots + 2 * len(running) + 8,  # room past the cells other runners hold
             skip=running | exhausted.keys(),
@@ -282,7 +265,7 @@ class Runner:
             )
             if lease is None:
                 if found.attempts >= self.cfg.attempts and not found.held(time.time()):
-                    exhausted[cell] = f"partition {_span(part)}: {found.last_error}"
+                    exhausted[cell] = f"partition {part}: {found.last_error}"
                 continue
             self._start(r, cell, part, datasets_, lease.expires)
             mine.add(cell)
@@ -307,11 +290,11 @@ class Runner:
             attempts=1,  # retries are the lease's: each in a fresh process, with backoff
         )
         self.executor.start(task, self.timeout, _Claim(r, cell, part, expires, time.monotonic() + self.timeout))
-        log.info("%s: request %s: partition %s started", self.node.name, r.id, _span(part))
+        log.info("%s: request %s: partition %s started", self.node.name, r.id, part)
         requests.set_state(self.store, self.node.name, r.id, "running", "", self.id)
 
     def _finish(self, claim: _Claim, result: PartitionResult) -> None:
-        span = _span(claim.partition)
+        span = claim.partition
         if claim.ended == "lost":  # given up or taken over: let it go if it is still ours (a late renewal)
             log.warning("%s: partition %s stopped here: its lease was lost", self.node.name, span)
             requests.release(self.store, self.node.name, claim.cell, self.id, "stopped")
@@ -434,7 +417,7 @@ class _Watch:
             elif self.stop_at is not None and now > self.stop_at + r.cfg.grace_seconds:
                 self._kill(claim, "stopped")
             elif claim.expires - time.time() < self.GIVE_UP:
-                log.warning("%s: lease of partition %s not renewed in time: giving it up", r.node.name, _span(claim.partition))
+                log.warning("%s: lease of partition %s not renewed in time: giving it up", r.node.name, claim.partition)
                 self._kill(claim, "lost")
             elif now - claim.last_renewal >= r.cfg.lease_seconds / 3 and id(claim) not in self.inflight:
                 self.inflight.add(id(claim))
@@ -465,7 +448,7 @@ class _Watch:
             expires = requests.renew(r.store, r.node.name, claim.cell, r.id, r.cfg.lease_seconds)
         except TRANSIENT as err:  # tried again next turn, until the lease is about to lapse
             r.stats.store_errors += 1
-            log.warning("%s: lease of partition %s: %s", r.node.name, _span(claim.partition), redact(str(err)))
+            log.warning("%s: lease of partition %s: %s", r.node.name, claim.partition, redact(str(err)))
             return
         finally:
             self.inflight.discard(id(claim))
@@ -486,7 +469,3 @@ def _in_flight(c: _Claim) -> dict[str, Any]:
 
 def _created(request: Request | str) -> str:
     return request.created_at if isinstance(request, Request) else ""
-
-
-def _span(p: Partition) -> str:
-    return f"{p.start}-{p.end}"

@@ -15,22 +15,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from croniter import croniter
-from filelock import Timeout as LockTimeout
 
 from .. import manifest
 from ..config import Job
-from ..errors import ConfigError, IngestError, redact
-from ..plan import contiguous_through
+from ..errors import TRANSIENT, ConfigError, redact
 from ..storage import Store
 from . import datasets
 from .dag import SourceNode
 
 log = logging.getLogger("cryo_ingest.sources")
-
-# What a long-lived loop (a runner's poll, a source's tick) logs and retries rather than dying of:
-# the store's errors (after obstore's own retries), a lock on a local root held too long, a
-# gateway that cannot answer. Invalid config (ConfigError) is not among them: it ends the process.
-TRANSIENT = (IngestError, LockTimeout, OSError)
 
 
 def retrying(name: str, stop: threading.Event, turn: Callable[[], None], every: float) -> None:
@@ -55,17 +48,12 @@ class Archived:
 
     def __init__(self, store: Store, job: Job) -> None:
         self.job = job
-        self.views: dict[str, manifest.View] = {d: manifest.View(store, job.chain_id, d) for d in job.datasets}
+        self.views = manifest.Views(store, job.chain_id, job.datasets, job.chunk_size)
 
     def through(self, base: int) -> int:
         """The high-water mark of the job's datasets together, from `base` on."""
-        for view in self.views.values():
-            view.refresh()
-        size = self.job.chunk_size
-        got = contiguous_through(
-            lambda d, lo, hi: self.views[d].held(lo, hi), self.job.datasets, size, manifest.shard_span(size), base
-        )
-        return max(got, base - 1)
+        self.views.refresh()
+        return max(self.views.through(self.job.datasets, base), base - 1)
 
 
 def _cursor_key(source: str) -> str:

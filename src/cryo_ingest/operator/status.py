@@ -19,7 +19,6 @@ from .. import chains, events, manifest
 from ..config import Job
 from ..errors import IngestError
 from ..gateway import Gateway
-from ..plan import Held, contiguous_through
 from ..storage import Store, open_store
 from . import datasets, requests
 from .dag import Dag, Pools
@@ -59,14 +58,13 @@ def node_status(dag: Dag, name: str, pools: Pools, with_rpc: bool = True) -> dic
                 final = chains.final_head(gw, job.chain_id, job.reorg_buffer)
         except IngestError as err:
             error = str(err)
-    views: dict[str, manifest.View] = {d: manifest.View(store, job.chain_id, d) for d in job.datasets}
+    views = manifest.Views(store, job.chain_id, job.datasets, job.chunk_size)
+    views.refresh()
     coverage = {}
-    for dataset, view in views.items():
-        view.refresh()
+    for dataset, view in views.of.items():
         runs = _runs(view)
         gaps = [(a[1] + 1, b[0] - 1) for a, b in itertools.pairwise(runs)]
-        first, size = view.first(), view.chunk_size or job.chunk_size
-        high = -1 if first is None else contiguous_through(_held(view), (dataset,), size, manifest.shard_span(size), first)
+        high = views.through((dataset,))
         coverage[dataset] = {
             "archived": runs,
             "gaps": gaps,
@@ -83,7 +81,7 @@ def node_status(dag: Dag, name: str, pools: Pools, with_rpc: bool = True) -> dic
         "partitions_in_flight": in_flight,
         "datasets": coverage,
         "output_dataset": job.output_dataset,
-        "last_events": _last_events(store, views, job),
+        "last_events": _last_events(store, views.of, job),
     }
 
 
@@ -107,14 +105,8 @@ def _requests(store: Store, node: str, inputs: list[str]) -> tuple[list[dict[str
     ended = [requests.State(**s) for s in summary["recent"] if s["id"] not in states]
     every = [*states.values(), *ended]
 
-    def body(s: requests.State) -> datasets.Request | str | None:
-        for dataset in [s.dataset] if s.dataset else inputs:
-            if (found := datasets.get(store, dataset, s.id)) is not None:
-                return found
-        return None
-
     with ThreadPoolExecutor(max_workers=16) as pool:
-        bodies = list(pool.map(body, every))
+        bodies = list(pool.map(lambda s: datasets.find(store, [s.dataset] if s.dataset else inputs, s.id), every))
     items = []
     for state, request in zip(every, bodies, strict=True):
         item: dict[str, Any] = {"id": state.id, "state": state.state, "reason": state.reason, "updated_at": state.updated_at}
@@ -125,10 +117,6 @@ def _requests(store: Store, node: str, inputs: list[str]) -> tuple[list[dict[str
     for s in states.values():
         counts[s.state] = counts.get(s.state, 0) + 1
     return items, counts
-
-
-def _held(view: manifest.View) -> Held:
-    return lambda _dataset, lo, hi: view.held(lo, hi)
 
 
 def _runs(view: manifest.View) -> list[tuple[int, int]]:
