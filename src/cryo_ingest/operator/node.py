@@ -324,10 +324,9 @@ class Runner:
             error = f"partition {span}: timed out after {self.timeout:.0f} s, killed"
         kind = "timed_out" if "timed out" in error else "failed"
         self.stats.partitions[kind] += 1
-        lease = requests.read_lease(self.store, self.node.name, claim.cell)
-        backoff = min(60.0, 2.0 ** max(0, lease.attempts - 1))
-        requests.release(self.store, self.node.name, claim.cell, self.id, "failed", error, backoff, self.cfg.attempts)
-        log.warning("%s: request %s: %s (attempt %d)", self.node.name, claim.request.id, redact(error), lease.attempts)
+        lease = requests.release(self.store, self.node.name, claim.cell, self.id, "failed", error, self.cfg.attempts)
+        attempt = lease.attempts if lease else "?"  # ? where another runner holds it now
+        log.warning("%s: request %s: %s (attempt %s)", self.node.name, claim.request.id, redact(error), attempt)
         if result.conflict:  # the archive disagrees with the chain: retrying cannot help
             self._fail(claim.request, redact(error), tuple(claim.request.datasets or self.job.datasets))
 

@@ -23,13 +23,28 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 from ..storage import Store
 from .datasets import now_iso
 
 TERMINAL = ("done", "failed", "invalid")
-RECENT = 20  # ended requests that summary.json keeps for `status`
+RECENT = 20
+T = TypeVar("T")  # ended requests that summary.json keeps for `status`
+
+
+def _encode(doc: Any) -> bytes:
+    """Every object this module writes: sorted keys, so that an unchanged document is unchanged bytes."""
+    return (json.dumps(doc, sort_keys=True) + "\n").encode()
+
+
+def _known(cls: type[T], doc: dict[str, Any]) -> T:
+    """A dataclass from a stored document, ignoring keys a later version may add."""
+    return cls(**{f.name: doc[f.name] for f in fields(cls) if f.name in doc})  # type: ignore[arg-type]
+
+
+def _summary(data: bytes | None) -> dict[str, Any]:
+    return dict(json.loads(data)) if data else {"counts": {}, "recent": [], "ids": []}
 
 
 def _prefix(node: str) -> str:
@@ -74,12 +89,11 @@ class State:
         return self.state in TERMINAL
 
     def dump(self) -> bytes:
-        return (json.dumps(asdict(self), sort_keys=True) + "\n").encode()
+        return _encode(asdict(self))
 
     @classmethod
     def parse(cls, data: bytes) -> State:
-        doc = json.loads(data)
-        return cls(**{f.name: doc[f.name] for f in fields(cls) if f.name in doc})
+        return _known(cls, json.loads(data))
 
 
 def load_state(store: Store, node: str, request_id: str) -> State:
@@ -154,7 +168,7 @@ def close(store: Store, node: str, ended: list[State]) -> None:
         list(pool.map(lambda s: store.put(closed_key(node, s.id), s.dump()), ended))
 
     def count(current: bytes | None) -> bytes | None:
-        doc: dict[str, Any] = json.loads(current) if current else {"counts": {}, "recent": [], "ids": []}
+        doc = _summary(current)
         new = [s for s in ended if s.id not in doc["ids"]]
         if not new:
             return None
@@ -163,7 +177,7 @@ def close(store: Store, node: str, ended: list[State]) -> None:
         doc["recent"] = ([asdict(s) for s in reversed(new)] + doc["recent"])[:RECENT]
         # the ids counted lately: enough to tell a repeated move from a new one
         doc["ids"] = ([s.id for s in reversed(new)] + doc["ids"])[: max(RECENT, len(new))]
-        return (json.dumps(doc, sort_keys=True) + "\n").encode()
+        return _encode(doc)
 
     store.update(summary_key(node), count)
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -171,8 +185,7 @@ def close(store: Store, node: str, ended: list[State]) -> None:
 
 
 def summary(store: Store, node: str) -> dict[str, Any]:
-    data = store.get(summary_key(node))
-    return dict(json.loads(data)) if data else {"counts": {}, "recent": [], "ids": []}
+    return _summary(store.get(summary_key(node)))
 
 
 def note_arrivals(store: Store, node: str, through: dict[str, str]) -> None:
@@ -180,13 +193,13 @@ def note_arrivals(store: Store, node: str, through: dict[str, str]) -> None:
     where the next runner's start-up resumes instead of scanning every request."""
 
     def change(current: bytes | None) -> bytes | None:
-        doc: dict[str, Any] = json.loads(current) if current else {"counts": {}, "recent": [], "ids": []}
+        doc = _summary(current)
         marks = doc.setdefault("arrivals", {})
         later = {d: t for d, t in through.items() if t > marks.get(d, "")}
         if not later:
             return None
         marks.update(later)
-        return (json.dumps(doc, sort_keys=True) + "\n").encode()
+        return _encode(doc)
 
     store.update(summary_key(node), change)
 
@@ -199,7 +212,7 @@ def report_claims(store: Store, node: str, runner: str, claims: list[dict[str, A
     """A runner's partitions in flight, in one object of its own (no compare-and-swap: it alone writes
     it): what `status` shows, without reading every lease the node ever wrote."""
     doc = {"runner": runner, "updated": time.time(), "claims": claims}
-    store.put(f"{runners_prefix(node)}{runner}.json", (json.dumps(doc, sort_keys=True) + "\n").encode())
+    store.put(f"{runners_prefix(node)}{runner}.json", _encode(doc))
 
 
 def forget_runner(store: Store, node: str, runner: str) -> None:
@@ -241,14 +254,11 @@ class Lease:
 
 
 def _load_lease(cell: int, data: bytes | None) -> Lease:
-    if not data:
-        return Lease(cell)
-    doc = json.loads(data)
-    return Lease(**{f.name: doc[f.name] for f in fields(Lease) if f.name in doc})
+    return _known(Lease, json.loads(data)) if data else Lease(cell)
 
 
 def _dump(lease: Lease) -> bytes:
-    return (json.dumps(asdict(lease), sort_keys=True) + "\n").encode()
+    return _encode(asdict(lease))
 
 
 def read_lease(store: Store, node: str, cell: int) -> Lease:
@@ -311,35 +321,39 @@ def release(
     runner: str,
     outcome: str,
     error: str = "",
-    backoff: float = 0.0,
     max_attempts: int = 0,
     margin: float = 5.0,
-) -> None:
-    """outcome: "done" (the lease is removed), "failed" (counts, backs off), "stopped" (SIGTERM: does not count).
+) -> Lease | None:
+    """outcome: "done" (the lease is removed), "failed" (counts, backs off 1 s, 2 s, 4 s … 60 s),
+    "stopped" (SIGTERM: does not count). The lease as released, or None where it was not ours.
 
     A done cell's lease is deleted only while it is ours with `margin` seconds to run, so that no
     other runner can have taken it between the read and the delete; otherwise it is released in
     place (attempts cleared), and stays.
     """
-    current = store.get(lease_key(node, cell))
-    lease = _load_lease(cell, current)
-    if outcome == "done" and lease.owner == runner and lease.expires - time.time() > margin:
-        store.delete(lease_key(node, cell))
-        return
+    if outcome == "done":
+        lease = read_lease(store, node, cell)
+        if lease.owner == runner and lease.expires - time.time() > margin:
+            store.delete(lease_key(node, cell))
+            return lease
+    released: list[Lease | None] = [None]
 
     def change(current: bytes | None) -> bytes | None:
         lease = _load_lease(cell, current)
+        released[0] = None
         if lease.owner != runner:
             return None
         lease.owner, lease.expires = None, 0.0
         if outcome == "done":
             lease.attempts, lease.last_error, lease.exhausted_at = 0, "", ""
         elif outcome == "failed":
-            lease.last_error, lease.not_before = error, time.time() + backoff
+            lease.last_error, lease.not_before = error, time.time() + min(60.0, 2.0 ** max(0, lease.attempts - 1))
             if lease.attempts >= max_attempts:
                 lease.exhausted_at = now_iso()
         else:
             lease.attempts = max(0, lease.attempts - 1)
+        released[0] = lease
         return _dump(lease)
 
     store.update(lease_key(node, cell), change)
+    return released[0]
