@@ -9,7 +9,7 @@ cluster). Partitions write their chunks and their events themselves; the runner 
 to done, waiting (not final yet) or failed. A poll costs what the open work costs: done
 requests, old leases, events and archived chunks are not read (docs/operator.md, "Scale").
 
-Leases, timeouts and SIGTERM are watched by a thread of their own (`_Watch`), so that neither a
+Leases, timeouts and SIGTERM are watched by a thread of their own (watch.py), so that neither a
 slow poll nor a slow store lets a lease lapse or a partition outlive its timeout. A store error
 anywhere is logged and retried; it never ends the runner.
 """
@@ -22,7 +22,6 @@ import socket
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +35,7 @@ from . import datasets, requests
 from .datasets import Request
 from .executor import Executor
 from .intake import Intake
+from .watch import Claim, Watch
 
 log = logging.getLogger("cryo_ingest.node")
 
@@ -60,20 +60,9 @@ class Stats:
     store_errors: int = 0
 
 
-@dataclass(eq=False)
-class _Claim:
-    request: Request
-    cell: int
-    partition: Partition
-    expires: float  # the lease's, as last written (wall clock)
-    deadline: float  # timeout_seconds after the start (monotonic)
-    last_renewal: float = field(default_factory=time.monotonic)
-    ended: str = ""  # set by the watch when it killed the partition: "lost", "timed_out", "stopped"
-
-
 class Runner:
     def __init__(
-        self, node: DagNode, job: Job, executor: Executor[_Claim], stop: threading.Event, idle_timeout: float | None
+        self, node: DagNode, job: Job, executor: Executor[Claim], stop: threading.Event, idle_timeout: float | None
     ) -> None:
         self.node, self.job, self.stop = node, job, stop
         self.cfg = node.config
@@ -88,7 +77,7 @@ class Runner:
         self.open = requests.OpenStates(self.store, node.name)
         self.bodies: dict[str, Request | str] = {}  # requests are immutable: read once per runner
         self.exhausted: dict[str, dict[int, str]] = {}  # by request: cells out of attempts, with their last error
-        self.unfinished: list[tuple[_Claim, PartitionResult]] = []  # ended partitions whose bookkeeping failed
+        self.unfinished: list[tuple[Claim, PartitionResult]] = []  # ended partitions whose bookkeeping failed
 
     @property
     def stall_seconds(self) -> float:
@@ -111,7 +100,7 @@ class Runner:
         # the spare processes spawn and import Cryo while the gateway starts and the first poll
         # runs: a runner is started because there is work (the spec's reactive activation)
         self.executor.warm()
-        with self.executor, _Watch(self):
+        with self.executor, Watch(self.store, self.node.name, self.id, self.cfg, self.executor, self.stop, self._count_error):
             idle_since, next_tick, pause = time.monotonic(), 0.0, 0.0
             while not self.stop.is_set():
                 self.stats.heartbeat = time.monotonic()
@@ -148,8 +137,11 @@ class Runner:
         try:
             fn(*args)
         except TRANSIENT as err:
-            self.stats.store_errors += 1
+            self._count_error()
             log.warning("%s: %s: %s", self.node.name, what, redact(str(err)))
+
+    def _count_error(self) -> None:
+        self.stats.store_errors += 1
 
     def _finish_all(self) -> None:
         """Each ended partition's bookkeeping; one the store refused stays queued for the next turn."""
@@ -289,11 +281,11 @@ class Runner:
             sinks,
             attempts=1,  # retries are the lease's: each in a fresh process, with backoff
         )
-        self.executor.start(task, self.timeout, _Claim(r, cell, part, expires, time.monotonic() + self.timeout))
+        self.executor.start(task, self.timeout, Claim(r, cell, part, expires, time.monotonic() + self.timeout))
         log.info("%s: request %s: partition %s started", self.node.name, r.id, part)
         requests.set_state(self.store, self.node.name, r.id, "running", "", self.id)
 
-    def _finish(self, claim: _Claim, result: PartitionResult) -> None:
+    def _finish(self, claim: Claim, result: PartitionResult) -> None:
         span = claim.partition
         if claim.ended == "lost":  # given up or taken over: let it go if it is still ours (a late renewal)
             log.warning("%s: partition %s stopped here: its lease was lost", self.node.name, span)
@@ -360,110 +352,6 @@ class Runner:
             f"{name} {m['requests'] / elapsed:.0f} req/s, {m['http_429']} 429s" for name, m in self.gateway_metrics().items()
         )
         return f"{self.stats.blocks:,} blocks done here, {left:,} left, {rate:.0f} blocks/s, ETA {eta}; {rpc}"
-
-
-class _Watch:
-    """The runner's clock, on a thread of its own: lease renewals, timeouts, and the SIGTERM grace.
-
-    It only renews and kills (a signal, safe from any thread); the loop does the bookkeeping when
-    the ended partition reaches it. Renewals run on a pool of their own, so that a store that
-    stalls holds up a renewal, never this clock: a lease that has not been renewed when it is
-    about to lapse is given up (its partition killed here, one second before any other runner
-    may take it), so that no cell ever runs under two runners at once.
-    """
-
-    TICK = 0.5
-    GIVE_UP = 2 * TICK  # seconds before the lease lapses
-
-    def __init__(self, runner: Runner) -> None:
-        self.r = runner
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name=f"watch-{runner.node.name}", daemon=True)
-        self.renewals = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"renew-{runner.node.name}")
-        self.inflight: set[int] = set()  # claims (by id) with a renewal under way
-        self.stop_at: float | None = None
-        self.reported: tuple[tuple[int, str], ...] = ()  # the claims last written to the runner's report
-        self.report_at = 0.0
-        self.reporting = False
-
-    def __enter__(self) -> _Watch:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        self.thread.join()
-        self.renewals.shutdown(wait=False, cancel_futures=True)
-        if self.reported:
-            self.r._quietly("removing its report", requests.forget_runner, self.r.store, self.r.node.name, self.r.id)
-
-    def _loop(self) -> None:
-        while not self.done.wait(self.TICK):
-            try:
-                self.turn()
-            except Exception:  # the watch must outlive anything one turn meets
-                log.exception("%s: lease watch", self.r.node.name)
-
-    def turn(self) -> None:
-        r, now = self.r, time.monotonic()
-        if r.stop.is_set() and self.stop_at is None:
-            self.stop_at = now
-        for claim in list(r.executor.running):
-            if claim.ended:
-                continue
-            if now > claim.deadline:
-                self._kill(claim, "timed_out")
-            elif self.stop_at is not None and now > self.stop_at + r.cfg.grace_seconds:
-                self._kill(claim, "stopped")
-            elif claim.expires - time.time() < self.GIVE_UP:
-                log.warning("%s: lease of partition %s not renewed in time: giving it up", r.node.name, claim.partition)
-                self._kill(claim, "lost")
-            elif now - claim.last_renewal >= r.cfg.lease_seconds / 3 and id(claim) not in self.inflight:
-                self.inflight.add(id(claim))
-                self.renewals.submit(self._renew, claim)
-        claims = [c for c in r.executor.running if not c.ended]
-        held = tuple(sorted((c.cell, c.request.id) for c in claims))
-        if not self.reporting and (held != self.reported or (held and now - self.report_at >= r.cfg.lease_seconds / 3)):
-            self.reporting = True
-            self.renewals.submit(self._report, held, [_in_flight(c) for c in claims])
-
-    def _report(self, held: tuple[tuple[int, str], ...], claims: list[dict[str, Any]]) -> None:
-        """This runner's partitions in flight, for `status` (requests.report_claims)."""
-        r = self.r
-        try:
-            if claims:
-                requests.report_claims(r.store, r.node.name, r.id, claims)
-            else:
-                requests.forget_runner(r.store, r.node.name, r.id)
-            self.reported, self.report_at = held, time.monotonic()
-        except TRANSIENT as err:
-            log.warning("%s: report of partitions in flight: %s", r.node.name, redact(str(err)))
-        finally:
-            self.reporting = False
-
-    def _renew(self, claim: _Claim) -> None:
-        r = self.r
-        try:
-            expires = requests.renew(r.store, r.node.name, claim.cell, r.id, r.cfg.lease_seconds)
-        except TRANSIENT as err:  # tried again next turn, until the lease is about to lapse
-            r.stats.store_errors += 1
-            log.warning("%s: lease of partition %s: %s", r.node.name, claim.partition, redact(str(err)))
-            return
-        finally:
-            self.inflight.discard(id(claim))
-        if expires is None:  # it expired (we stalled) and another runner took it: it runs there now, not here
-            self._kill(claim, "lost")
-        elif not claim.ended:
-            claim.expires, claim.last_renewal = expires, time.monotonic()
-
-    def _kill(self, claim: _Claim, why: str) -> None:
-        if not claim.ended:
-            claim.ended = why
-            self.r.executor.kill(claim)
-
-
-def _in_flight(c: _Claim) -> dict[str, Any]:
-    return {"cell": c.cell, "blocks": [c.partition.start, c.partition.end], "request": c.request.id, "expires": c.expires}
 
 
 def _created(request: Request | str) -> str:
