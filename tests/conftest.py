@@ -14,7 +14,8 @@ from typing import Any
 import boto3
 import pytest
 
-from cryo_ingest import devnet
+from cryo_ingest import backfill as backfill_api
+from cryo_ingest import devnet, make_job
 from cryo_ingest import manifest as manifest_module
 from cryo_ingest.storage import open_store
 
@@ -96,6 +97,14 @@ def backfill(root: Path | str, rpc: str | None, *extra: str, env: dict[str, str]
 
 def files_under(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def archive_blocks(url: str, chain_id: int, first: int, last: int, datasets: list[str], root: Path, chunk_size: int = 1) -> Any:
+    """A backfill through the Python API, in this process: how the tests archive a few blocks of a replay node."""
+    job = make_job(
+        chain_id=chain_id, start_block=first, end_block=last, datasets=datasets, rpc=[url], root=str(root), chunk_size=chunk_size
+    )
+    return backfill_api(job)
 
 
 def manifest_doc(root: str, chain_id: int, dataset: str) -> dict[str, Any]:

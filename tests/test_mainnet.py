@@ -8,9 +8,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import archive_blocks
 from servers import MainnetReplay
-
-from cryo_ingest import backfill, make_job
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +19,7 @@ def replay() -> Iterator[MainnetReplay]:
 
 
 def archive(replay: MainnetReplay, root: Path, block: int, datasets: list[str]) -> dict[str, list[dict[str, Any]]]:
-    job = make_job(
-        chain_id=1, start_block=block, end_block=block, datasets=datasets, rpc=[replay.url], root=str(root), chunk_size=1
-    )
-    result = backfill(job)
+    result = archive_blocks(replay.url, 1, block, block, datasets, root)
     assert result.ok, result.failed + result.conflicts
     return {d: pq.read_table(root / "cold" / "1" / d / f"{d}_{block:08}_{block:08}.parquet").to_pylist() for d in datasets}
 

@@ -9,14 +9,12 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import Devnet, backfill, files_under
+from conftest import Devnet, archive_blocks, backfill, files_under
 from modern_replay import SERVED, ModernReplay, served
 from monad_exec import MonadReplay
 from pydantic import SecretStr
 from servers import FaultProxy, Faults, MainnetReplay
 
-from cryo_ingest import backfill as backfill_api
-from cryo_ingest import make_job
 from cryo_ingest.config import Endpoint
 from cryo_ingest.extract import blame
 from cryo_ingest.gateway import Gateway
@@ -89,16 +87,7 @@ def test_real_blocks_every_lie_caught(tmp_path: Path, name: str, kind: str, data
     """Ethereum 18,000,000 and Arbitrum Sepolia 185,232,421, every receipt, through a lying proxy: caught, nothing published."""
     block = served(name)
     with ModernReplay(block) as node, FaultProxy(node.url, Faults(lies={kind: 1.0})) as liar:
-        job = make_job(
-            chain_id=block.chain_id,
-            start_block=block.number,
-            end_block=block.number,
-            datasets=datasets,
-            rpc=[liar.url()],
-            root=str(tmp_path),
-            chunk_size=1,
-        )
-        result = backfill_api(job)
+        result = archive_blocks(liar.url(), block.chain_id, block.number, block.number, datasets, tmp_path)
     assert liar.lied and not result.ok
     found = re.search(r"block (\d+) fails the (\w+) check", result.failed[0])
     assert found is not None and int(found[1]) == block.number and found[2] in checks, result.failed
@@ -112,16 +101,7 @@ def test_logs_alone_the_bloom_sees_what_it_can(tmp_path: Path, name: str, caught
     (Ethereum's here): that lie is published. Archive transactions with logs (docs/verify.md)."""
     block = served(name)
     with ModernReplay(block) as node, FaultProxy(node.url, Faults(lies={"drop_log": 1.0})) as liar:
-        job = make_job(
-            chain_id=block.chain_id,
-            start_block=block.number,
-            end_block=block.number,
-            datasets=["blocks", "logs"],
-            rpc=[liar.url()],
-            root=str(tmp_path),
-            chunk_size=1,
-        )
-        result = backfill_api(job)
+        result = archive_blocks(liar.url(), block.chain_id, block.number, block.number, ["blocks", "logs"], tmp_path)
     assert liar.lied and result.ok is not caught, result.failed
     if caught:
         assert f"block {block.number} fails the logs_bloom check" in result.failed[0]
@@ -181,16 +161,7 @@ def test_monad_blocks_through_the_pipeline(tmp_path: Path, kind: str | None) -> 
     statuses mixed), served by a replay node in the RPC's shape, archived through Cryo and the gateway: every block
     passes every check; through a liar dropping a block's last transaction, caught and nothing published."""
     with MonadReplay() as node, FaultProxy(node.url, Faults(lies={kind: 1.0} if kind else {})) as proxy:
-        job = make_job(
-            chain_id=node.chain_id,
-            start_block=300,
-            end_block=399,
-            datasets=["blocks", "transactions", "logs"],
-            rpc=[proxy.url()],
-            root=str(tmp_path),
-            chunk_size=50,
-        )
-        result = backfill_api(job)
+        result = archive_blocks(proxy.url(), node.chain_id, 300, 399, ["blocks", "transactions", "logs"], tmp_path, 50)
     if kind is None:
         assert result.ok, result.failed
         assert result.checked == {"receipts": 100, "logs_bloom": 100, "gas_used": 100, "receipts_root": 100}
@@ -207,16 +178,7 @@ def test_what_cannot_be_checked_is_said(tmp_path: Path, caplog: pytest.LogCaptur
     checked and the run says so once, with the first block; the other checks run."""
     caplog.set_level(logging.WARNING, "cryo_ingest")
     with MainnetReplay() as node:
-        job = make_job(
-            chain_id=1,
-            start_block=483920,
-            end_block=483920,
-            datasets=["blocks", "transactions", "logs"],
-            rpc=[node.url],
-            root=str(tmp_path),
-            chunk_size=1,
-        )
-        result = backfill_api(job)
+        result = archive_blocks(node.url, 1, 483920, 483920, ["blocks", "transactions", "logs"], tmp_path)
     assert result.ok, result.failed
     why = "receipts_root: pre-Byzantium: receipts hold a state root, not a status"
     assert result.unchecked == {why: 483920}

@@ -18,13 +18,12 @@ import obstore
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import CANARY, CHUNK, DEVNET_BLOCKS, S3, Backend, Devnet, Run, backfill, cli
+from conftest import CANARY, CHUNK, DEVNET_BLOCKS, S3, Backend, Devnet, Run, archive_blocks, backfill, cli
 from modern_replay import HAND_BUILT, SERVED, ModernReplay, Rows, rows, served
 from PIL import Image
 from servers import FaultProxy, MainnetReplay
 
-from cryo_ingest import backfill as backfill_api
-from cryo_ingest import make_job, manifest
+from cryo_ingest import manifest
 from cryo_ingest.cli import main
 from cryo_ingest.manifest import Entry
 from cryo_ingest.roots import EMPTY_ROOT
@@ -557,10 +556,7 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             (1755634, 1755635, ["blocks", "transactions", "logs"]),
             *[(n, n, ["traces"]) for n in (508110, 1000000, 1000690, 1000895, 1011973, 2112234)],
         ]:
-            job = make_job(
-                chain_id=1, start_block=first, end_block=last, datasets=datasets, rpc=[node.url], root=str(root), chunk_size=1
-            )
-            result = backfill_api(job)
+            result = archive_blocks(node.url, 1, first, last, datasets, root)
             assert result.ok, result.failed
     yield root
 
@@ -593,16 +589,9 @@ def test_modern_blocks_through_the_pipeline(tmp_path: Path, name: str) -> None:
     """Real post-Byzantium blocks, archived by Cryo from a replay node: their receipts roots recomputed."""
     block = served(name)
     with ModernReplay(block) as node:
-        job = make_job(
-            chain_id=block.chain_id,
-            start_block=block.number,
-            end_block=block.number,
-            datasets=["blocks", "transactions", "logs"],
-            rpc=[node.url],
-            root=str(tmp_path),
-            chunk_size=1,
+        result = archive_blocks(
+            node.url, block.chain_id, block.number, block.number, ["blocks", "transactions", "logs"], tmp_path
         )
-        result = backfill_api(job)
     assert result.ok, result.failed
     store = open_store(str(tmp_path))
     report = verify(store, block.chain_id, str(tmp_path))
