@@ -6,15 +6,16 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
-from conftest import Devnet, archive_blocks, backfill, files_under
+from conftest import Devnet, archive_blocks, backfill, files_under, without_provenance
 from modern_replay import SERVED, ModernReplay, served
 from monad_exec import MonadReplay
 from pydantic import SecretStr
-from servers import FaultProxy, Faults, MainnetReplay, stale_fork
+from servers import FaultProxy, Faults, Forks, MainnetReplay, stale_fork
 from test_logs import per_block
 
 from cryo_ingest import manifest
@@ -34,15 +35,6 @@ CAUGHT_BY = {"drop_log": "receipts_root", "drop_tx": "receipts"}
 def cold(root: Path) -> dict[str, bytes]:
     """What readers see: the archive's objects (not the local store's lock files)."""
     return {k: v for k, v in files_under(root).items() if k.startswith("cold/")}
-
-
-def without_provenance(files: dict[str, bytes]) -> dict[str, object]:
-    """An archive less its provenance (which endpoints served each chunk: a run's own): the files' bytes, the
-    manifests' documents."""
-    return {
-        k: {key: v for key, v in json.loads(data).items() if key != "sources"} if k.endswith(".json") else data
-        for k, data in files.items()
-    }
 
 
 def archived(root: Path) -> dict[str, object]:
@@ -227,18 +219,23 @@ def test_without_blocks_the_archived_headers_serve(chain: Devnet, tmp_path: Path
     assert lying.code == 1 and "fails the receipts_root check" in json.loads(lying.out)["failed"][0], lying.text
 
 
-def test_a_stale_fork_beside_a_canonical_endpoint(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def forks() -> Iterator[Forks]:
+    with stale_fork(60) as both:
+        yield both
+
+
+def test_a_stale_fork_beside_a_canonical_endpoint(forks: Forks, tmp_path: Path) -> None:
     """An endpoint left on an older fork answers a consistent chain of its own, and gets most requests (weight
     50): the last block of the chunk that holds the fork is asked of the other endpoint, the two differ, the
     longer chain wins; the chunk is fetched again from the canonical endpoint. The archive is a clean run's on
     the canonical chain, the stale endpoint is named and counted. With the stale endpoint alone nothing can
     be compared: its fork is published (docs/verify.md, "What the checks cannot see")."""
-    with stale_fork(60) as forks:
-        end = forks.fork  # 63: the last block of the second chunk of 32
-        clean = backfill(tmp_path / "truth", forks.canonical, end=end, datasets=DATASETS, chunk=32)
-        pools = pool_file(tmp_path / "pools.yaml", ("stale", forks.stale, 50), ("honest", forks.canonical, 1))
-        run = backfill(tmp_path / "a", None, *pools, "--json", end=end, datasets=DATASETS, chunk=32)
-        alone = backfill(tmp_path / "alone", forks.stale, "--json", end=end, datasets=DATASETS, chunk=32)
+    end = forks.fork  # 63: the last block of the second chunk of 32
+    clean = backfill(tmp_path / "truth", forks.canonical, end=end, datasets=DATASETS, chunk=32)
+    pools = pool_file(tmp_path / "pools.yaml", ("stale", forks.stale, 50), ("honest", forks.canonical, 1))
+    run = backfill(tmp_path / "a", None, *pools, "--json", end=end, datasets=DATASETS, chunk=32)
+    alone = backfill(tmp_path / "alone", forks.stale, "--json", end=end, datasets=DATASETS, chunk=32)
     assert clean.code == 0 and run.code == 0 and alone.code == 0, run.text
     assert archived(tmp_path / "a") == archived(tmp_path / "truth")
     doc = json.loads(run.out)
@@ -311,3 +308,31 @@ def test_the_cross_check_is_a_pool_setting(chain: Devnet) -> None:
         gw.trust.answered(head, "a")
         verdict = second_opinion(gw.url)(5, "0x00")
         assert verdict is not None and verdict["agrees"] is False
+
+
+def test_the_longer_chain_settles_a_disagreement(forks: Forks) -> None:
+    """Through a real gateway's loopback path: block 63 answered by the stale endpoint and asked of the canonical
+    one disagrees (the stale one's head is lower): a failed check; answered by the canonical endpoint and asked
+    of the stale one, the stale endpoint is counted a lie and the chunk passes. Either way the settled hash is
+    the canonical chain's, and a second question about the block costs no request."""
+    block = forks.fork
+    ask = {"jsonrpc": "2.0", "id": 1, "method": "eth_getBlockByNumber", "params": [hex(block), False]}
+    endpoints = [Endpoint(url=SecretStr(forks.stale), name="stale"), Endpoint(url=SecretStr(forks.canonical), name="honest")]
+    with Gateway(endpoints, 31337) as gw:
+        ups = {u.name: u for u in gw.pool.upstreams}
+        stale_hash, honest_hash = (gw._run(gw.pool.ask(ups[n], ask))["result"]["hash"] for n in ("stale", "honest"))
+        assert stale_hash != honest_hash
+        gw.trust.answered(ask, "stale")
+        verdict = second_opinion(gw.url)(block, stale_hash)
+        assert verdict is not None and verdict["agrees"] is False and "(head 65)" in verdict["detail"], verdict
+        assert blame(gw.url, block, "canonical", Chunk(32, 63)) == ["eth_getBlockByNumber stale"]
+        logs = {**ask, "method": "eth_getLogs", "params": [{"fromBlock": hex(32), "toBlock": hex(63)}]}
+        assert ups["stale"].lies == 1 and gw.trust.avoid(logs) == {"stale"}  # every method of the chunk
+        requests = ups["honest"].requests
+        gw.trust.answered(ask, "honest")
+        again = second_opinion(gw.url)(block, honest_hash)
+        assert again is not None and again["agrees"] is True and ups["honest"].requests == requests  # settled: no request
+        gw.trust.settle(32, 63)
+        gw.trust.answered(ask, "honest")
+        verdict = second_opinion(gw.url)(block, honest_hash)
+        assert verdict is not None and verdict["agrees"] is True and ups["stale"].lies == 2, verdict

@@ -16,6 +16,7 @@ chunk), and that answer is a lie like any other.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from .logs import bounds
@@ -121,7 +122,8 @@ class Trust:
             live = [u for u in self.pool.upstreams if u.disabled is None and u.name != first and u.name not in avoided]
             if not live:
                 return {"unchecked": "no second endpoint left to ask"}
-            second = min(live, key=lambda u: u.latency)
+            now = time.monotonic()
+            second = min(live, key=lambda u: (not u.usable(now), u.latency))  # the fastest not cooling down
             theirs = await self._hash(second, block)
             if theirs is None:
                 return {"unchecked": f"{second.name} did not answer block {block}"}
