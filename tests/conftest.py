@@ -99,6 +99,15 @@ def files_under(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+def without_provenance(files: dict[str, bytes]) -> dict[str, object]:
+    """An archive less its provenance (which endpoints served each chunk, docs/manifest.md: a run's own): the files' bytes, the
+    manifests' documents."""
+    return {
+        k: {key: v for key, v in json.loads(data).items() if key != "sources"} if k.endswith(".json") else data
+        for k, data in files.items()
+    }
+
+
 def archive_blocks(url: str, chain_id: int, first: int, last: int, datasets: list[str], root: Path, chunk_size: int = 1) -> Any:
     """A backfill through the Python API, in this process: how the tests archive a few blocks of a replay node."""
     job = make_job(

@@ -22,7 +22,8 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
@@ -30,6 +31,8 @@ from typing import Any, Self
 
 import aiohttp
 from aiohttp import web
+
+from cryo_ingest import devnet
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "mainnet"
 
@@ -630,3 +633,45 @@ class PostgresServer:
 
 if __name__ == "__main__":  # `python tests/servers.py HOST PORT`: S3Server in a process of its own (tests/test_netns.py)
     S3Server(sys.argv[1], int(sys.argv[2])).server.serve_forever()
+
+
+@dataclass
+class Forks:
+    """Two anvil nodes that agree up to `fork - 1` and differ from `fork` on: `stale` on an older fork, shorter."""
+
+    canonical: str
+    stale: str
+    fork: int
+
+
+def _mine_empty(url: str, blocks: int, skew: int) -> None:
+    """`blocks` empty blocks on top of the node's head, `skew` seconds off the devnet's timestamps (another fork)."""
+    for _ in range(blocks):
+        head = int(_rpc(url, "eth_blockNumber"), 16)
+        _rpc(url, "evm_mine", devnet.GENESIS_TIMESTAMP + devnet.BLOCK_TIME * (head + 1) + skew)
+
+
+def _rpc(url: str, method: str, *params: Any) -> Any:
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}).encode()
+    req = urllib.request.Request(url, body, {"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())["result"]
+
+
+@contextmanager
+def stale_fork(blocks: int) -> Iterator[Forks]:
+    """A reorg as an endpoint left behind sees it: both nodes mine the same devnet (devnet.generate is
+    deterministic: blocks 1..blocks + 2), then block `blocks + 3` differs (its timestamp) and the canonical
+    chain grows two blocks longer than the stale one. Both keep the fork final (finalized = head - 2)."""
+    with ExitStack() as stack:
+        canonical, stale = (stack.enter_context(devnet.anvil()) for _ in range(2))
+        for node in (canonical, stale):
+            devnet.generate_sync(node.url, blocks, 10)
+        fork = blocks + 3
+        assert (
+            _rpc(canonical.url, "eth_getBlockByNumber", hex(fork - 1), False)["hash"]
+            == _rpc(stale.url, "eth_getBlockByNumber", hex(fork - 1), False)["hash"]
+        ), "the devnets differ before the fork"
+        _mine_empty(canonical.url, 5, 0)
+        _mine_empty(stale.url, 3, 1)
+        yield Forks(canonical.url, stale.url, fork)

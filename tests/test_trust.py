@@ -6,20 +6,25 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Iterator
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
-from conftest import Devnet, archive_blocks, backfill, files_under
+from conftest import Devnet, archive_blocks, backfill, files_under, without_provenance
 from modern_replay import SERVED, ModernReplay, served
 from monad_exec import MonadReplay
 from pydantic import SecretStr
-from servers import FaultProxy, Faults, MainnetReplay
+from servers import FaultProxy, Faults, Forks, MainnetReplay, stale_fork
+from test_logs import per_block
 
-from cryo_ingest.config import Endpoint
-from cryo_ingest.extract import blame
+from cryo_ingest import manifest
+from cryo_ingest.config import Endpoint, make_job
+from cryo_ingest.extract import blame, second_opinion
 from cryo_ingest.gateway import Gateway
 from cryo_ingest.gateway.trust import LIES_TO_BENCH
 from cryo_ingest.plan import Chunk
+from cryo_ingest.storage import open_store
 
 END = 99  # two chunks of 50: blocks 1..99 hold transactions and logs
 DATASETS = "blocks,transactions,logs"
@@ -30,6 +35,17 @@ CAUGHT_BY = {"drop_log": "receipts_root", "drop_tx": "receipts"}
 def cold(root: Path) -> dict[str, bytes]:
     """What readers see: the archive's objects (not the local store's lock files)."""
     return {k: v for k, v in files_under(root).items() if k.startswith("cold/")}
+
+
+def archived(root: Path) -> dict[str, object]:
+    return without_provenance(cold(root))
+
+
+def pool_file(path: Path, *endpoints: tuple[str, str, float]) -> list[str]:
+    """A pool "two" of (name, url, weight): the backfill arguments that name it."""
+    lines = "".join(f"      - {{name: {n}, url: '{u}', weight: {w}}}\n" for n, u, w in endpoints)
+    path.write_text("pools:\n  two:\n    endpoints:\n" + lines)
+    return ["--rpc-pool", "two", "--rpc-pool-file", str(path)]
 
 
 @pytest.fixture(scope="module")
@@ -116,16 +132,11 @@ def test_a_liar_beside_an_honest_endpoint(chain: Devnet, tmp_path: Path, truth: 
     fetched again, method by method, from the endpoint that did not answer the failing block; the archive is the
     truth, the liar is named and counted, the honest endpoint never counted as the only one answering a lie."""
     with FaultProxy(chain.url, Faults(lies={kind: 1.0})) as liar, FaultProxy(chain.url) as honest:
-        pools = tmp_path / "pools.yaml"
-        pools.write_text(
-            "pools:\n  two:\n    endpoints:\n"
-            f"      - {{name: liar, url: '{liar.url()}', weight: 50}}\n      - {{name: honest, url: '{honest.url()}'}}\n"
-        )
-        run = backfill(
-            tmp_path / "a", None, "--rpc-pool", "two", "--rpc-pool-file", str(pools), "--json", end=END, datasets=DATASETS
-        )
+        pools = pool_file(tmp_path / "pools.yaml", ("liar", liar.url(), 50), ("honest", honest.url(), 1))
+        run = backfill(tmp_path / "a", None, *pools, "--json", end=END, datasets=DATASETS)
     assert run.code == 0, run.text
-    assert liar.lied and cold(tmp_path / "a") == truth
+    assert liar.lied
+    assert archived(tmp_path / "a") == without_provenance(truth)
     named = re.findall(r"fails the \w+ check: .*?\(answered by ([^)]*)\)", run.err)
     assert named and all("liar" in n for n in named), run.err
     gateway = json.loads(run.out)["gateway"]
@@ -206,3 +217,122 @@ def test_without_blocks_the_archived_headers_serve(chain: Devnet, tmp_path: Path
     with FaultProxy(chain.url, Faults(lies={"drop_log": 1.0})) as liar:
         lying = backfill(root, liar.url(), "--json", "--force", end=END, datasets="transactions,logs")
     assert lying.code == 1 and "fails the receipts_root check" in json.loads(lying.out)["failed"][0], lying.text
+
+
+@pytest.fixture(scope="module")
+def forks() -> Iterator[Forks]:
+    with stale_fork(60) as both:
+        yield both
+
+
+def test_a_stale_fork_beside_a_canonical_endpoint(forks: Forks, tmp_path: Path) -> None:
+    """An endpoint left on an older fork answers a consistent chain of its own, and gets most requests (weight
+    50): the last block of the chunk that holds the fork is asked of the other endpoint, the two differ, the
+    longer chain wins; the chunk is fetched again from the canonical endpoint. The archive is a clean run's on
+    the canonical chain, the stale endpoint is named and counted. With the stale endpoint alone nothing can
+    be compared: its fork is published (docs/verify.md, "What the checks cannot see")."""
+    end = forks.fork  # 63: the last block of the second chunk of 32
+    clean = backfill(tmp_path / "truth", forks.canonical, end=end, datasets=DATASETS, chunk=32)
+    pools = pool_file(tmp_path / "pools.yaml", ("stale", forks.stale, 50), ("honest", forks.canonical, 1))
+    run = backfill(tmp_path / "a", None, *pools, "--json", end=end, datasets=DATASETS, chunk=32)
+    alone = backfill(tmp_path / "alone", forks.stale, "--json", end=end, datasets=DATASETS, chunk=32)
+    assert clean.code == 0 and run.code == 0 and alone.code == 0, run.text
+    assert archived(tmp_path / "a") == archived(tmp_path / "truth")
+    doc = json.loads(run.out)
+    assert doc["checked"]["canonical"] == end + 1, doc["checked"]
+    assert doc["gateway"]["stale"]["lies"] >= 1 and doc["gateway"]["honest"]["lies"] == 0, doc["gateway"]
+    named = re.findall(r"block (\d+) fails the canonical check: .*\(answered by ([^)]*)\)", run.err)
+    assert all(b == str(end) and n == "eth_getBlockByNumber stale" for b, n in named), run.err
+    assert "canonical" not in json.loads(alone.out)["checked"]
+    assert archived(tmp_path / "alone") != archived(tmp_path / "truth")
+
+
+def test_manifest_names_the_endpoints_never_their_urls(chain: Devnet, tmp_path: Path) -> None:
+    """Each chunk's entry is named by the endpoints that answered its data, in the shard's `sources` beside its
+    entries: an entry itself keeps the keys today's readers know (they build one from each). No key of a URL
+    is written anywhere."""
+    canary = "CANARY-KEY-5f1d"
+    with FaultProxy(chain.url) as a, FaultProxy(chain.url) as b:
+        pools = pool_file(tmp_path / "pools.yaml", ("a", a.url(f"/v2/{canary}"), 1), ("b", b.url(f"/v2/{canary}"), 1))
+        run = backfill(tmp_path / "root", None, *pools, end=END, datasets=DATASETS)
+    assert run.code == 0, run.text
+    store, known = open_store(str(tmp_path / "root")), {f.name for f in fields(manifest.Entry)} - {"sources"}
+    named: set[str] = set()
+    for dataset in DATASETS.split(","):
+        m = manifest.load(store, 31337, dataset)
+        assert m is not None and set(m.files) == {0, 50}
+        for entry in m.files.values():
+            assert entry.sources and set(entry.sources) <= {"a", "b"}, (dataset, entry)
+            named |= set(entry.sources)
+        for shard in (tmp_path / "root" / f"cold/31337/{dataset}/manifest").glob("*.json"):
+            doc = json.loads(shard.read_text())
+            assert all(set(e) <= known for e in doc["files"]) and set(doc["sources"]) == {"0", "50"}
+    assert named == {"a", "b"}
+    assert not [k for k, v in files_under(tmp_path / "root").items() if canary.encode() in v or canary in k]
+    assert canary not in run.text
+
+
+def test_requests_per_block_with_the_cross_check(chain: Devnet, tmp_path: Path) -> None:
+    """Blocks, transactions and logs at 100 blocks a chunk from two endpoints: 2.02 requests a block with one
+    (tests/test_logs.py), and one eth_getBlockByNumber a chunk more for the cross-check: within 2.03. Hedges
+    apart: with two endpoints the pool races a late answer on the other (at most 5% of requests; on a busy
+    host, loopback answers are late)."""
+    with FaultProxy(chain.url) as a, FaultProxy(chain.url) as b:
+        pools = pool_file(tmp_path / "pools.yaml", ("a", a.url(), 1), ("b", b.url(), 1))
+        run = backfill(tmp_path / "root", None, *pools, "--json", end=99, chunk=100, datasets=DATASETS)
+    assert run.code == 0, run.text
+    doc = json.loads(run.out)
+    assert doc["checked"]["canonical"] == 100
+    counts = per_block(a, 0, 99) + per_block(b, 0, 99)
+    hedged = sum(up["hedges"] for up in doc["gateway"].values())
+    assert (sum(counts.values()) - hedged) / 100 <= 2.03, (counts, hedged)
+    asked = [body for proxy in (a, b) for body in proxy.bodies if body["params"] == [hex(99), False]]
+    assert len(asked) == 1, asked  # the cross-check: Cryo asks with full transactions
+
+
+def test_the_cross_check_is_a_pool_setting(chain: Devnet) -> None:
+    """On by default where the pool has two endpoints, off with one; the pool document's `canonical_check` says
+    otherwise. Off, the gateway answers that it is off (no request); on, with one endpoint, that it cannot run."""
+    one = make_job(chain_id=31337, start_block=0, end_block=0, datasets="blocks", rpc=[chain.url])
+    assert one.canonical_check is None
+    doc = {"endpoints": [{"url": chain.url, "name": "a"}, {"url": chain.url, "name": "b"}], "canonical_check": False}
+    off = make_job(chain_id=31337, start_block=0, end_block=0, datasets="blocks", rpc=doc)
+    assert off.canonical_check is False and [e.name for e in off.rpc] == ["a", "b"]
+    head = {"jsonrpc": "2.0", "id": 1, "method": "eth_getBlockByNumber", "params": ["0x5", False]}
+    with Gateway(off.rpc, 31337, canonical_check=off.canonical_check) as gw:
+        assert second_opinion(gw.url)(5, "0x00") is None
+    with Gateway(one.rpc, 31337, canonical_check=True) as gw:
+        gw.trust.answered(head, "rpc-0")
+        assert second_opinion(gw.url)(5, "0x00") == {"unchecked": "no second endpoint left to ask"}
+    with Gateway(off.rpc, 31337) as gw:
+        gw.trust.answered(head, "a")
+        verdict = second_opinion(gw.url)(5, "0x00")
+        assert verdict is not None and verdict["agrees"] is False
+
+
+def test_the_longer_chain_settles_a_disagreement(forks: Forks) -> None:
+    """Through a real gateway's loopback path: block 63 answered by the stale endpoint and asked of the canonical
+    one disagrees (the stale one's head is lower): a failed check; answered by the canonical endpoint and asked
+    of the stale one, the stale endpoint is counted a lie and the chunk passes. Either way the settled hash is
+    the canonical chain's, and a second question about the block costs no request."""
+    block = forks.fork
+    ask = {"jsonrpc": "2.0", "id": 1, "method": "eth_getBlockByNumber", "params": [hex(block), False]}
+    endpoints = [Endpoint(url=SecretStr(forks.stale), name="stale"), Endpoint(url=SecretStr(forks.canonical), name="honest")]
+    with Gateway(endpoints, 31337) as gw:
+        ups = {u.name: u for u in gw.pool.upstreams}
+        stale_hash, honest_hash = (gw._run(gw.pool.ask(ups[n], ask))["result"]["hash"] for n in ("stale", "honest"))
+        assert stale_hash != honest_hash
+        gw.trust.answered(ask, "stale")
+        verdict = second_opinion(gw.url)(block, stale_hash)
+        assert verdict is not None and verdict["agrees"] is False and "(head 65)" in verdict["detail"], verdict
+        assert blame(gw.url, block, "canonical", Chunk(32, 63)) == ["eth_getBlockByNumber stale"]
+        logs = {**ask, "method": "eth_getLogs", "params": [{"fromBlock": hex(32), "toBlock": hex(63)}]}
+        assert ups["stale"].lies == 1 and gw.trust.avoid(logs) == {"stale"}  # every method of the chunk
+        requests = ups["honest"].requests
+        gw.trust.answered(ask, "honest")
+        again = second_opinion(gw.url)(block, honest_hash)
+        assert again is not None and again["agrees"] is True and ups["honest"].requests == requests  # settled: no request
+        gw.trust.settle(32, 63)
+        gw.trust.answered(ask, "honest")
+        verdict = second_opinion(gw.url)(block, honest_hash)
+        assert verdict is not None and verdict["agrees"] is True and ups["stale"].lies == 2, verdict

@@ -136,7 +136,7 @@ def backfill(
         from .budget import shared_budget  # the gateway and its libraries: not imported by workers (they import this module)
         from .gateway import Gateway
 
-        with Gateway(job.rpc, job.chain_id, shared=shared_budget(job)) as gw:
+        with Gateway(job.rpc, job.chain_id, shared=shared_budget(job), canonical_check=job.canonical_check) as gw:
             plan = run.plan(chains.final_head(gw, job.chain_id, job.reorg_buffer))
             with_traces = [p for p in plan.partitions if "traces" in p.datasets]
             if with_traces:

@@ -50,7 +50,7 @@ def _worker_gateway(ref: PoolRef, chain_id: int) -> Gateway:
         rpc_pool=ref.name,
         budget_store=os.environ.get(BUDGET_ENV) or None,
     )
-    return Gateway(job.rpc, chain_id, shared=shared_budget(job))
+    return Gateway(job.rpc, chain_id, shared=shared_budget(job), canonical_check=job.canonical_check)
 
 
 def final_head_task(ref: PoolRef, chain_id: int, reorg_buffer: int) -> int:

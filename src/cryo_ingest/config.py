@@ -173,6 +173,17 @@ class Job(BaseModel):
     storage_options: dict[str, str] = Field(default_factory=dict)
     rpc_pool: str | None = None  # the pool's name: keys its endpoints' shared budget (`--rpc` pools share "rpc")
     budget_store: SecretStr | None = None  # redis://…: one budget per endpoint across every gateway (docs/cluster.md)
+    # The pool document's `canonical_check` (docs/rpc-pool.md): each chunk's last block hash asked of a second
+    # endpoint; None: on where the pool has two or more endpoints.
+    canonical_check: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pool_settings(cls, data: Any) -> Any:
+        """A pool document's settings, beside its endpoints, are the job's."""
+        if isinstance(data, dict) and isinstance(doc := data.get("rpc"), dict) and "canonical_check" in doc:
+            data = {**data, "canonical_check": doc["canonical_check"], "rpc": doc.get("endpoints", doc)}
+        return data
 
     @field_validator("budget_store")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,16 @@ import pyarrow.parquet as pq
 
 from .errors import ChunkError
 from .plan import Chunk, Partition
-from .task import BLAME_PATH, RECEIPTS_PATH, REFUSALS_PATH, SETTLE_PATH, TRACE_SOURCE_PATH, UNKNOWN_PATH
+from .task import (
+    BLAME_PATH,
+    CANONICAL_PATH,
+    RECEIPTS_PATH,
+    REFUSALS_PATH,
+    SERVED_PATH,
+    SETTLE_PATH,
+    TRACE_SOURCE_PATH,
+    UNKNOWN_PATH,
+)
 
 
 def extract(partition: Partition, gateway_url: str, chunk_size: int, staging: Path) -> dict[tuple[str, Chunk], Path]:
@@ -89,6 +99,17 @@ def blame(gateway_url: str, block: int, check: str, chunk: Chunk) -> list[str]:
     except (OSError, ValueError):
         return []
     return [str(n) for n in names]
+
+
+def second_opinion(gateway_url: str) -> Callable[[int, str], dict[str, Any] | None]:
+    """Asks the gateway whether a second endpoint gives a block the same hash (validate.py, the canonical check)."""
+    return lambda block, block_hash: _gateway_json(gateway_url, f"{CANONICAL_PATH}?block={block}&hash={block_hash}")
+
+
+def served(gateway_url: str, chunk: Chunk) -> dict[str, tuple[str, ...]]:
+    """By dataset, the names of the endpoints that answered the chunk's data (never their URLs)."""
+    names = _gateway_json(gateway_url, f"{SERVED_PATH}?from={chunk.start}&to={chunk.end}")
+    return {d: tuple(str(n) for n in ns) for d, ns in names.items()}
 
 
 def settle(gateway_url: str, partition: Partition) -> None:

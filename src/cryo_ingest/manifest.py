@@ -41,9 +41,12 @@ class Entry:
     first_parent_hash: str | None = None  # blocks only: parent of start_block
     last_block_hash: str | None = None  # blocks only: hash of end_block
     source: str | None = None  # traces only: the node API the rows came from
+    # The endpoints (names) that answered its data: kept in the shard's `sources`, beside `files`, where readers
+    # of format 2 that build an Entry from each of `files` do not look; not part of what a re-run compares.
+    sources: tuple[str, ...] = field(default=(), compare=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return {k: v for k, v in asdict(self).items() if v is not None and k != "sources"}
 
 
 @dataclass
@@ -96,8 +99,9 @@ def _parse(data: bytes, fmt: str, where: str) -> dict[str, Any]:
 
 def _entries(doc: dict[str, Any], where: str) -> dict[int, Entry]:
     try:
-        return {e["start_block"]: Entry(**e) for e in doc["files"]}
-    except (KeyError, TypeError) as err:
+        served = doc.get("sources", {})
+        return {e["start_block"]: Entry(**e, sources=tuple(served.get(str(e["start_block"]), ()))) for e in doc["files"]}
+    except (KeyError, TypeError, AttributeError) as err:
         raise IngestError(f"manifest {where} is unreadable: {err}") from None
 
 
@@ -117,10 +121,12 @@ def encode_index(m: Manifest, shards: list[str], complete: list[str] | None = No
 
 
 def encode_shard(m: Manifest, entries: dict[int, Entry]) -> bytes:
-    """One entry per line: diffable, and cheap to rewrite."""
+    """One entry per line: diffable, and cheap to rewrite. Provenance after the entries, one line a chunk."""
     head = json.dumps(m.header(SHARD_FORMAT), indent=1)[:-2]
     lines = [json.dumps(entries[k].to_json(), separators=(",", ":")) for k in sorted(entries)]
-    return (head + ',\n "files": [\n  ' + ",\n  ".join(lines) + "\n ]\n}\n").encode()
+    served = [f'"{k}":{json.dumps(list(entries[k].sources))}' for k in sorted(entries) if entries[k].sources]
+    tail = ',\n "sources": {\n  ' + ",\n  ".join(served) + "\n }" if served else ""
+    return (head + ',\n "files": [\n  ' + ",\n  ".join(lines) + "\n ]" + tail + "\n}\n").encode()
 
 
 def _index(store: Store, chain_id: int, dataset: str) -> dict[str, Any] | None:

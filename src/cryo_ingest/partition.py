@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import events, manifest
 from .errors import CheckFailed, ChunkError, ConflictError, IngestError, register_secret_url
-from .extract import blame, extract, receipt_counts, settle, trace_source
+from .extract import blame, extract, receipt_counts, second_opinion, served, settle, trace_source
 from .plan import Chunk
 from .publish import Staged, crash_point, publish
 from .storage import Store, open_store, sha256
@@ -72,6 +72,7 @@ def _run_once(task: Task, store: Store, staging: Path, result: PartitionResult) 
     counts: dict[str, int] = {}
     unchecked: dict[str, int] = {}
     lies: list[tuple[str, int, str]] = []  # (what, block, check) of each chunk that failed a check
+    ask = second_opinion(task.gateway_url)
     for chunk in part.chunks:
         nxt = blocks.files.get(chunk.end + 1) if blocks and chunk == part.chunks[-1] else None
         try:
@@ -83,6 +84,7 @@ def _run_once(task: Task, store: Store, staging: Path, result: PartitionResult) 
                 task.chain_id,
                 receipts,
                 headers.get(chunk),
+                ask,
             )
         except CheckFailed as err:  # every chunk's lie told to the gateway, so that one refetch goes elsewhere for all
             answered = blame(task.gateway_url, err.block, err.check, chunk)
@@ -95,7 +97,11 @@ def _run_once(task: Task, store: Store, staging: Path, result: PartitionResult) 
             unchecked.setdefault(why, block)
         if "blocks" in facts:
             prev_hash = facts["blocks"].last_block_hash
-        staged += [Staged(d, chunk, files[d, chunk], facts[d], source if d == "traces" else None) for d in part.datasets]
+        names = served(task.gateway_url, chunk)
+        staged += [
+            Staged(d, chunk, files[d, chunk], facts[d], source if d == "traces" else None, names.get(d, ()))
+            for d in part.datasets
+        ]
     if lies:
         first = lies[0]
         more = f"; and {len(lies) - 1} more chunk(s) failed a check" if len(lies) > 1 else ""

@@ -30,6 +30,7 @@ class Staged:
     path: Path
     facts: Facts
     source: str | None = None
+    sources: tuple[str, ...] = ()  # the endpoints (names) that answered its data
 
     def entry(self, data: bytes) -> Entry:
         return Entry(
@@ -42,6 +43,7 @@ class Staged:
             first_parent_hash=self.facts.first_parent_hash,
             last_block_hash=self.facts.last_block_hash,
             source=self.source,
+            sources=self.sources,
         )
 
 

@@ -5,9 +5,10 @@ logs. Recomputing it from the archived `transactions` (type, success, gas_used) 
 both datasets complete and exact for that block with no RPC call: a missing, extra or altered log,
 a dropped transaction or a wrong status changes the root. The trie's keys are rlp(0..n-1), so its
 root is built in one pass over the sorted keys, without a trie database (`ordered_trie_root`); RLP
-is encoded here (byte strings and lists are all a receipt holds); keccak is eth-hash's native
-backend (pycryptodome), for the trie's nodes and the bloom's items alike (40 receipts: 9 ms with
-`trie`'s HexaryTrie, under 1 ms here; docs/benchmarks.md, `bench/checks.py`).
+is encoded here (byte strings and lists are all a receipt holds); keccak is eth-hash's pysha3
+backend (safe-pysha3's C keccak, called directly: under 1 µs a call where eth_hash.auto's pycryptodome
+took about 5), for the trie's nodes and the bloom's items alike (40 receipts: 9 ms with `trie`'s
+HexaryTrie, about 0.5 ms here with their blooms; docs/benchmarks.md, `bench/checks.py`).
 
 The check applies where receipts follow EIP-658 and EIP-2718 (post-Byzantium Ethereum and the chains
 that follow it). `not_applicable` says why it does not apply to a block elsewhere.
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any
 
-from eth_hash.auto import keccak
+from eth_hash.backends.pysha3 import keccak256 as keccak
 
 # Receipts before Byzantium hold an intermediate state root instead of a status (EIP-658).
 BYZANTIUM = {1: 4_370_000, 61: 8_772_000}  # Ethereum, Ethereum Classic (Atlantis)
@@ -128,24 +129,24 @@ def receipts(txs: Sequence[Tx], logs: Sequence[Log], blooms: dict[int, int] | No
     blooms = receipt_blooms(logs) if blooms is None else blooms
     by_tx: dict[int, list[bytes]] = {}
     for log in logs:
-        entry = encode_list(
-            [encode_bytes(log.address), encode_list([encode_bytes(t) for t in log.topics]), encode_bytes(log.data)]
-        )
+        topics = encode_list([encode_bytes(t) for t in log.topics])
+        entry = encode_list([encode_bytes(log.address), topics, encode_bytes(log.data)])
         by_tx.setdefault(log.transaction_index, []).append(entry)
     out = {}
     cumulative = 0
     for tx in txs:
         assert tx.gas_used is not None and tx.success is not None and tx.type is not None
         cumulative += tx.gas_used
+        value = blooms.get(tx.index, 0)
         body = encode_list(
             [
                 b"\x01" if tx.success else b"\x80",
                 encode_bytes(_uint(cumulative)),
-                encode_bytes(bloom_bytes(blooms.get(tx.index, 0))),
-                encode_list(by_tx.get(tx.index, [])),
+                _BLOOM_PREFIX + value.to_bytes(256, "big") if value else _EMPTY_BLOOM,
+                encode_list(by_tx.get(tx.index, ())),
             ]
         )
-        out[tx.index] = body if tx.type == 0 else bytes([tx.type]) + body
+        out[tx.index] = body if tx.type == 0 else bytes((tx.type,)) + body
     return out
 
 
@@ -285,18 +286,24 @@ def _uint(value: int) -> bytes:
 
 def _prefix(length: int, short: int) -> bytes:
     if length < 56:
-        return bytes([short + length])
+        return bytes((short + length,))
     size = _uint(length)
-    return bytes([short + 55 + len(size)]) + size
+    return bytes((short + 55 + len(size),)) + size
 
 
 def encode_bytes(value: bytes) -> bytes:
-    if len(value) == 1 and value[0] < 0x80:
+    n = len(value)
+    if n == 1 and value[0] < 0x80:
         return value
-    return _prefix(len(value), 0x80) + value
+    return (bytes((0x80 + n,)) if n < 56 else _prefix(n, 0x80)) + value
 
 
 def encode_list(encoded: Iterable[bytes]) -> bytes:
     """A list of items already encoded."""
     payload = b"".join(encoded)
-    return _prefix(len(payload), 0xC0) + payload
+    n = len(payload)
+    return (bytes((0xC0 + n,)) if n < 56 else _prefix(n, 0xC0)) + payload
+
+
+_BLOOM_PREFIX = _prefix(256, 0x80)  # a receipt's bloom: 256 bytes
+_EMPTY_BLOOM = _BLOOM_PREFIX + bytes(256)  # the bloom of a receipt without logs

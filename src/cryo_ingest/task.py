@@ -19,6 +19,8 @@ REFUSALS_PATH = "/_cryo_ingest/refusals"
 RECEIPTS_PATH = "/_cryo_ingest/receipts"  # receipts counted by block (gateway/history.py), taken once
 BLAME_PATH = "/_cryo_ingest/blame"  # a block failed a check: who answered it (gateway/trust.py)
 SETTLE_PATH = "/_cryo_ingest/settle"  # a partition is done: the gateway forgets who answered its blocks
+CANONICAL_PATH = "/_cryo_ingest/canonical"  # a chunk's last block hash, asked of a second endpoint (gateway/trust.py)
+SERVED_PATH = "/_cryo_ingest/served"  # which endpoints answered a chunk's data, by dataset (its manifest provenance)
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,17 @@ Content: every block against its own header (`roots.check_block`, as `verify` do
 bloom from its logs, the gas used and, with the logs, the receipts root from its transactions;
 and its transactions as many as the receipts the gateway passed on. A provider that leaves out a
 log or a transaction fails the chunk, which is fetched again (docs/verify.md, "Before publishing").
+
+Canonical: the chunk's last block hash as a second endpoint gives it (where the pool has two); the hash
+chain carries that to every block of the chunk, and the hash check of the other datasets to their rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -180,13 +185,32 @@ def validate_chunk(
     chain_id: int,
     receipts: dict[int, int] | None,
     headers: Path | None = None,
+    second_opinion: Callable[[int, str], dict[str, Any] | None] | None = None,
 ) -> tuple[dict[str, Facts], Checked]:
-    """Shape first (a block missing or out of order makes the content checks meaningless), then content."""
+    """Shape first (a block missing or out of order makes the content checks meaningless), then whether the
+    blocks are the canonical chain's (before their hashes judge the other datasets' rows), then content."""
     facts: dict[str, Facts] = {}
     hashes = None
+    canonical = Checked({}, {})
     if "blocks" in files:
         facts["blocks"], hashes = validate_blocks(files["blocks"], chunk, prev_hash, next_parent)
+        if second_opinion is not None:
+            canonical = check_canonical(chunk, hashes[-1], second_opinion(chunk.end, hashes[-1]))
     for dataset, path in files.items():
         if dataset != "blocks":
             facts[dataset] = validate_rows(path, dataset, chunk, hashes)
-    return facts, check_content(files, chunk, chain_id, receipts, headers)
+    checked = check_content(files, chunk, chain_id, receipts, headers)
+    checked.counts.update(canonical.counts)
+    checked.unchecked.update(canonical.unchecked)
+    return facts, checked
+
+
+def check_canonical(chunk: Chunk, last_hash: str, verdict: dict[str, Any] | None) -> Checked:
+    """The gateway's verdict on the chunk's last hash (None: the check is off); a disagreement raises CheckFailed."""
+    if verdict is None:
+        return Checked({}, {})
+    if "unchecked" in verdict:
+        return Checked({}, {f"canonical: {verdict['unchecked']}": chunk.end})
+    if not verdict["agrees"]:
+        _fail(chunk, chunk.end, "canonical", f"its hash {last_hash} is another fork's: {verdict['detail']}")
+    return Checked({"canonical": chunk.end - chunk.start + 1}, {})

@@ -247,6 +247,10 @@ class Pool:
                 await asyncio.sleep(max(r.delay, 0.1 * 2**attempt))
         return await self._attempt(up, body, first_try=True)
 
+    async def ask(self, up: Upstream, req: dict[str, Any]) -> dict[str, Any]:
+        """`req` to `up` and no other (a second opinion, gateway/trust.py), retried a little; raises Retry."""
+        return await self._preflight_one(up, req)
+
     async def send(self, req: dict[str, Any], passthrough: bool = False) -> dict[str, Any]:
         """Send with retries on other endpoints; a spent budget becomes a JSON-RPC error.
         `passthrough`: the caller only relays the reply's bytes, so a plain success need not be parsed."""

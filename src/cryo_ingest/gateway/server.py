@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import secrets
@@ -17,7 +18,16 @@ from .. import traces as call_frames
 from ..budget import SharedBudget
 from ..config import Endpoint
 from ..errors import RpcError, register_secret_url
-from ..task import BLAME_PATH, RECEIPTS_PATH, REFUSALS_PATH, SETTLE_PATH, TRACE_SOURCE_PATH, UNKNOWN_PATH
+from ..task import (
+    BLAME_PATH,
+    CANONICAL_PATH,
+    RECEIPTS_PATH,
+    REFUSALS_PATH,
+    SERVED_PATH,
+    SETTLE_PATH,
+    TRACE_SOURCE_PATH,
+    UNKNOWN_PATH,
+)
 from . import history, traces
 from .inflight import InFlight
 from .listener import Listener, Request, Response
@@ -46,6 +56,7 @@ class Gateway:
         budget_seconds: float = 120.0,
         timeout_seconds: float = 30.0,
         shared: SharedBudget | None = None,
+        canonical_check: bool | None = None,
     ) -> None:
         self.pool = Pool(
             endpoints,
@@ -60,7 +71,7 @@ class Gateway:
         self.inflight = InFlight()
         self.unknown = history.Unknown()
         self.receipts = history.ReceiptCounts()
-        self.trust = Trust(self.pool)
+        self.trust = Trust(self.pool, canonical_check)
         self.pool.answered, self.pool.avoid = self.trust.answered, self.trust.avoid
         self.refusals = Refusals()
         self.trace_source = "trace_block"
@@ -77,6 +88,8 @@ class Gateway:
             self._base + RECEIPTS_PATH: lambda q: self.receipts.take(int(q["from"]), int(q["to"])),
             self._base + BLAME_PATH: lambda q: self.trust.blame(int(q["block"]), q["check"], int(q["from"]), int(q["to"])),
             self._base + SETTLE_PATH: lambda q: self.trust.settle(int(q["from"]), int(q["to"])),
+            self._base + CANONICAL_PATH: lambda q: self.trust.canonical(int(q["block"]), q["hash"]),
+            self._base + SERVED_PATH: lambda q: self.trust.served(int(q["from"]), int(q["to"])),
         }
 
     # ---- lifecycle (called from the main thread) -------------------------------------------
@@ -143,7 +156,8 @@ class Gateway:
         if answer is None:
             return Response(403, b"forbidden", "text/plain")
         try:
-            return Response(200, encode(answer(request.query)))
+            out = answer(request.query)
+            return Response(200, encode(await out if inspect.isawaitable(out) else out))
         except (KeyError, ValueError):
             return Response(400, b"from and to: block numbers", "text/plain")
 

@@ -65,7 +65,9 @@ class Local:
         self._gw: Gateway | None = None
 
     def __enter__(self) -> Local:
-        self._gw = Gateway(self.job.rpc, self.job.chain_id, shared=shared_budget(self.job)).__enter__()
+        self._gw = Gateway(
+            self.job.rpc, self.job.chain_id, shared=shared_budget(self.job), canonical_check=self.job.canonical_check
+        ).__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
