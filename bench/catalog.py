@@ -22,9 +22,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cryo_ingest import manifest
-from cryo_ingest.archive import catalog
-from cryo_ingest.storage import open_store, sha256
+from cryo_ingest.archive import catalog, manifest
+from cryo_ingest.archive.storage import open_store, sha256
 
 TYPES = {"block_number": pa.uint32(), "log_index": pa.uint32(), "chain_id": pa.uint64()}
 CHUNK = 50

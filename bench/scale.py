@@ -88,13 +88,14 @@ from common import save
 from servers import Proxy, S3Server, s3_env
 from test_config import SPEC_YAML
 
-from cryo_ingest import devnet, events, manifest
-from cryo_ingest.manifest import Entry, Manifest
+from cryo_ingest import devnet
+from cryo_ingest.archive import events, manifest
+from cryo_ingest.archive.manifest import Entry, Manifest
+from cryo_ingest.archive.storage import Store, open_store
 from cryo_ingest.operator import datasets, intake, requests, sources
 from cryo_ingest.operator.dag import Pools, load_dag
 from cryo_ingest.operator.executor import Local
 from cryo_ingest.operator.node import Runner
-from cryo_ingest.storage import Store, open_store
 
 PY = sys.executable
 INGEST = str(Path(PY).parent / "cryo-ingest")

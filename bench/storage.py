@@ -25,9 +25,9 @@ import boto3
 from common import cached_chain, ingest, measure, save, spread
 from servers import S3Server
 
-from cryo_ingest import manifest
-from cryo_ingest.manifest import Entry, Manifest
-from cryo_ingest.storage import Store, open_store
+from cryo_ingest.archive import manifest
+from cryo_ingest.archive.manifest import Entry, Manifest
+from cryo_ingest.archive.storage import Store, open_store
 
 
 def publishing(url: str, blocks: int, iterations: int, env: dict[str, str]) -> dict[str, Any]:

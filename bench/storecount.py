@@ -1,4 +1,4 @@
-"""Storage requests of a process on a local root, counted at `cryo_ingest.storage.Store`'s methods.
+"""Storage requests of a process on a local root, counted at `cryo_ingest.archive.storage.Store`'s methods.
 
 On a local root there is no HTTP to count: each call of `get`, `get_if_changed` (a 304 counted
 apart), `put`/`put_new`, `head`, `delete` and `list_meta` (`list` goes through it) counts as one
@@ -47,7 +47,7 @@ def install() -> None:
     if _installed:
         return
     _installed = True
-    from cryo_ingest import storage
+    from cryo_ingest.archive import storage
 
     store_cls: Any = storage.Store
     orig = {n: getattr(store_cls, n) for n in ("get", "get_if_changed", "put", "put_new", "head", "delete", "list_meta")}

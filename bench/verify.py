@@ -27,9 +27,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from common import CACHE, ROOT, cached_chain, measure, save, spread
 
-from cryo_ingest import manifest, roots
-from cryo_ingest.manifest import Entry, Manifest
-from cryo_ingest.storage import open_store, sha256
+from cryo_ingest import roots
+from cryo_ingest.archive import manifest
+from cryo_ingest.archive.manifest import Entry, Manifest
+from cryo_ingest.archive.storage import open_store, sha256
 from cryo_ingest.validate import schema_of
 from cryo_ingest.verify import verify
 

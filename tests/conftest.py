@@ -16,8 +16,8 @@ import pytest
 
 from cryo_ingest import backfill as backfill_api
 from cryo_ingest import devnet, make_job
-from cryo_ingest import manifest as manifest_module
-from cryo_ingest.storage import open_store
+from cryo_ingest.archive import manifest as manifest_module
+from cryo_ingest.archive.storage import open_store
 
 sys.path.insert(0, str(Path(__file__).parent))
 from emulators import Azurite, FakeGcs

@@ -24,10 +24,10 @@ from pyiceberg.types import StringType
 from servers import PostgresServer
 
 from cryo_ingest import devnet
-from cryo_ingest import manifest as manifest_module
 from cryo_ingest.archive import catalog
+from cryo_ingest.archive import manifest as manifest_module
+from cryo_ingest.archive.storage import open_store, sha256
 from cryo_ingest.faults import CRASH_ENV
-from cryo_ingest.storage import open_store, sha256
 
 CRYO = str(Path(sys.executable).parent / "cryo-ingest")
 PASSWORD = f"pw-{CANARY}"  # must never be printed

@@ -20,8 +20,8 @@ from dask_cluster import PARTITION_PROCESS, Cluster, staging_left
 from test_cluster import assert_no_canary, client_env, cluster
 from test_operator import StallProxy, dag_file, devnet_dag, finish, pool_env, request, start, wait_for
 
+from cryo_ingest.archive.storage import open_store
 from cryo_ingest.operator import requests
-from cryo_ingest.storage import open_store
 
 __all__ = ["cluster"]  # the fixture, from test_cluster.py (with this module's proxy)
 

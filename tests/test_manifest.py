@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cryo_ingest import manifest
+from cryo_ingest.archive import manifest
+from cryo_ingest.archive.manifest import Entry
+from cryo_ingest.archive.storage import Store, open_store
 from cryo_ingest.errors import ConflictError
-from cryo_ingest.manifest import Entry
-from cryo_ingest.storage import Store, open_store
 
 SCHEMA = [{"name": "block_number", "type": "uint32"}]
 

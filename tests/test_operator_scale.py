@@ -29,7 +29,8 @@ from test_operator import (
     wait_for,
 )
 
-from cryo_ingest import manifest
+from cryo_ingest.archive import manifest
+from cryo_ingest.archive.storage import open_store
 from cryo_ingest.errors import ConfigError, StorageError
 from cryo_ingest.operator import datasets, requests
 from cryo_ingest.operator.dag import Pools, load_dag
@@ -37,7 +38,6 @@ from cryo_ingest.operator.executor import Local
 from cryo_ingest.operator.node import Runner
 from cryo_ingest.operator.sources import retrying
 from cryo_ingest.plan import contiguous_through, outlook
-from cryo_ingest.storage import open_store
 
 
 def test_a_slow_store_never_lets_two_runners_extract_one_cell(chain: Devnet, s3: Any, tmp_path: Path) -> None:

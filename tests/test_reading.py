@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import S3, Devnet, backfill
 
-from cryo_ingest.storage import open_store
+from cryo_ingest.archive.storage import open_store
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reading.md"
 BLOCK = re.compile(r"^```python( settings)?\n(.*?)^```$", re.S | re.M)

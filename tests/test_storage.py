@@ -20,11 +20,12 @@ from obstore.exceptions import PreconditionError
 from obstore.store import S3Store
 from servers import AuthS3Server, S3FaultProxy
 
-from cryo_ingest import devnet, manifest, storage
+from cryo_ingest import devnet
+from cryo_ingest.archive import manifest, storage
+from cryo_ingest.archive.storage import open_store
 from cryo_ingest.errors import ConfigError, ConflictError, StorageError
 from cryo_ingest.plan import Chunk
 from cryo_ingest.publish import CRASH_ENV, CRASH_POINTS, Staged, publish
-from cryo_ingest.storage import open_store
 from cryo_ingest.validate import Facts
 
 if TYPE_CHECKING:

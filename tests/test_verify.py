@@ -23,11 +23,11 @@ from modern_replay import HAND_BUILT, SERVED, ModernReplay, Rows, rows, served
 from PIL import Image
 from servers import FaultProxy, MainnetReplay
 
-from cryo_ingest import manifest
+from cryo_ingest.archive import manifest
+from cryo_ingest.archive.manifest import Entry
+from cryo_ingest.archive.storage import Store, open_store, sha256
 from cryo_ingest.cli import main
-from cryo_ingest.manifest import Entry
 from cryo_ingest.roots import EMPTY_ROOT
-from cryo_ingest.storage import Store, open_store, sha256
 from cryo_ingest.validate import schema_of
 from cryo_ingest.verify import gc, verify
 

@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import chains, events, manifest, workers
+from . import chains, workers
+from .archive import events, manifest
+from .archive.storage import Store, open_store
 from .plan import Chunk, Partition, Plan, grid, make_plan
-from .storage import Store, open_store
 from .task import PartitionResult, Task
 
 if TYPE_CHECKING:  # the package imports this module: config's pydantic models would load in every worker

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import manifest
+from .archive import manifest
+from .archive.manifest import Entry
+from .archive.storage import Store, sha256, single_put_limit
 from .errors import ConflictError, StorageError
 from .faults import CRASH_ENV, CRASH_POINTS, crash_point
-from .manifest import Entry
 from .plan import Chunk
-from .storage import Store, sha256, single_put_limit
 from .validate import Facts
 
 # The crash hook lives in .faults (manifest.py marks a step too); its names stay importable from here.

@@ -1,1 +1,1 @@
-"""What lives on the store beyond the Parquet files and their manifest: the Iceberg tables that follow it."""
+"""What lives on the store: the objects (storage), the manifest that is the archive's source of truth, the events that follow it, and the Iceberg tables that follow it too (catalog)."""

@@ -53,10 +53,10 @@ from pyiceberg.types import (
     StringType,
 )
 
-from .. import manifest
 from ..errors import IngestError, redact, register_secret_url
 from ..faults import crash_point
-from ..storage import open_store
+from . import manifest
+from .storage import open_store
 
 PARTITION_CHUNKS = manifest.SHARD_CHUNKS  # truncate width in chunks: one partition per manifest shard
 SHA_PROPERTY = "cryo-ingest.sha256."  # + shard name: "start:sha256[:16],..." of the entries the table holds

@@ -7,10 +7,10 @@ import json
 
 from rich.table import Table
 
-from .. import manifest
+from ..archive import manifest
+from ..archive.storage import open_store
 from ..config import DATASETS, resolve_pool
 from ..errors import ConfigError, IngestError, redact
-from ..storage import open_store
 from .output import archive_table, out
 
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
+from ..archive.storage import open_store
 from ..errors import ConfigError, redact
-from ..storage import open_store
 from .backfill import pool_ref
 from .output import out
 

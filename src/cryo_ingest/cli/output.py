@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from .. import manifest
-from ..storage import open_store
+from ..archive import manifest
+from ..archive.storage import open_store
 
 console = Console(stderr=True)
 out = Console()

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .. import manifest
+from ..archive import manifest
 from ..config import BUDGET_ENV, DATASETS, DEFAULT_GRACE
 from ..errors import redact
 from ..workers import SCHEDULER_ENV

@@ -15,10 +15,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, model_validator
 
+from ..archive.events import dataset_prefix
+from ..archive.storage import Store
 from ..config import Datasets
 from ..errors import ConfigError
-from ..events import dataset_prefix
-from ..storage import Store
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 

@@ -16,7 +16,7 @@ import logging
 import time
 from datetime import UTC, date, datetime, timedelta
 
-from ..storage import Store
+from ..archive.storage import Store
 from . import datasets, requests
 
 log = logging.getLogger("cryo_ingest.intake")

@@ -25,11 +25,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import events, manifest
+from ..archive import events, manifest
+from ..archive.storage import Store, open_store
 from ..config import DagNode, Job
 from ..errors import TRANSIENT, ConfigError, redact
 from ..plan import Partition, outlook
-from ..storage import Store, open_store
 from ..task import PartitionResult, Task
 from . import datasets, requests
 from .datasets import Request

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar
 
-from ..storage import Store
+from ..archive.storage import Store
 from .datasets import now_iso
 
 TERMINAL = ("done", "failed", "invalid")

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from ..archive.storage import open_store
 from ..errors import IngestError
-from ..storage import open_store
 from . import metrics, sources
 from .dag import Dag, Pools, SourceNode
 from .executor import Executors, local

@@ -16,10 +16,10 @@ from typing import Any
 
 from croniter import croniter
 
-from .. import manifest
+from ..archive import manifest
+from ..archive.storage import Store
 from ..config import Job
 from ..errors import TRANSIENT, ConfigError, redact
-from ..storage import Store
 from . import datasets
 from .dag import SourceNode
 

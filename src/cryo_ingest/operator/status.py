@@ -15,11 +15,12 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .. import chains, events, manifest
+from .. import chains
+from ..archive import events, manifest
+from ..archive.storage import Store, open_store
 from ..config import Job
 from ..errors import IngestError
 from ..gateway import Gateway
-from ..storage import Store, open_store
 from . import datasets, requests
 from .dag import Dag, Pools
 

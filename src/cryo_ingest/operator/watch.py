@@ -15,10 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..archive.storage import Store
 from ..config import NodeConfig
 from ..errors import TRANSIENT, redact
 from ..plan import Partition
-from ..storage import Store
 from . import requests
 from .datasets import Request
 from .executor import Executor

@@ -16,9 +16,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import roots
+from ..archive.manifest import Entry, Manifest
+from ..archive.storage import Store, sha256
 from ..config import DATASETS
-from ..manifest import Entry, Manifest
-from ..storage import Store, sha256
 from ..validate import schema_of
 from .report import Report
 

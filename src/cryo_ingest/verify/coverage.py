@@ -11,7 +11,7 @@ import html
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..storage import open_store
+from ..archive.storage import open_store
 from .report import Problem, Report, sorted_problems
 from .walk import verify
 

@@ -22,10 +22,10 @@ from datetime import UTC, datetime, timedelta
 import obstore
 from obstore.exceptions import BaseError, NotFoundError
 
-from .. import manifest
+from ..archive import manifest
+from ..archive.storage import Store, sha256
 from ..config import DATASETS
 from ..errors import ConfigError, StorageError
-from ..storage import Store, sha256
 from .orphans import Orphan, list_orphans
 
 DURATION = re.compile(r"^(\d+)(s|m|h|d)$")

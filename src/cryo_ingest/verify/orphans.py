@@ -19,9 +19,9 @@ from typing import Any
 import obstore
 from obstore.exceptions import BaseError, NotFoundError
 
-from .. import manifest
+from ..archive import manifest
+from ..archive.storage import Store
 from ..errors import StorageError
-from ..storage import Store
 
 DATA_FILE = re.compile(r"^(?P<dataset>[a-z]+)_(?P<start>\d{8,})_(?P<end>\d{8,})\.parquet$")
 

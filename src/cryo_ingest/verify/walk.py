@@ -14,11 +14,11 @@ import math
 import time
 from collections.abc import Iterator
 
-from .. import manifest
+from ..archive import manifest
+from ..archive.manifest import Entry, Manifest
+from ..archive.storage import Store
 from ..config import DATASETS
 from ..errors import ConfigError, IngestError, StorageError
-from ..manifest import Entry, Manifest
-from ..storage import Store
 from .checks import Held, Refetch, Verifier
 from .orphans import list_orphans
 from .report import Report

@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from typing import Any
 
-from .errors import ConfigError, ConflictError, IngestError
-from .faults import crash_point
-from .plan import contiguous_through
+from ..errors import ConfigError, ConflictError, IngestError
+from ..faults import crash_point
+from ..plan import contiguous_through
 from .storage import Store
 
 FORMAT = "cryo-ingest-manifest"

@@ -23,7 +23,7 @@ from filelock import FileLock
 from . import manifest
 from .storage import Store
 
-log = logging.getLogger("cryo_ingest.events")
+log = logging.getLogger("cryo_ingest.archive.events")
 
 # Above this many events, a listing of the blocks they cover beats one conditional PUT per event.
 LIST_FIRST = 64

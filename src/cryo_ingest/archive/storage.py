@@ -31,7 +31,7 @@ from obstore.exceptions import (
 )
 from obstore.store import AzureStore, GCSStore, LocalStore, S3Store
 
-from .errors import ConfigError, StorageError
+from ..errors import ConfigError, StorageError
 
 # The most one request may write: S3 PutObject 5 GiB, Azure Put Blob 5,000 MiB, a GCS single upload
 # 5 TiB; a local file has no limit. Every object goes up in one request, the only kind that carries
