@@ -22,8 +22,8 @@ from monad_exec import FILES, blocks
 from trie.hexary import HexaryTrie
 
 from cryo_ingest import roots
-from cryo_ingest.plan import Chunk
-from cryo_ingest.validate import check_content, validate_blocks, validate_rows
+from cryo_ingest.pipeline.plan import Chunk
+from cryo_ingest.pipeline.validate import check_content, validate_blocks, validate_rows
 
 
 def cpu(fn: Callable[[], object], repeat: int) -> float:

@@ -31,7 +31,7 @@ from cryo_ingest import roots
 from cryo_ingest.archive import manifest
 from cryo_ingest.archive.manifest import Entry, Manifest
 from cryo_ingest.archive.storage import open_store, sha256
-from cryo_ingest.validate import schema_of
+from cryo_ingest.pipeline.validate import schema_of
 from cryo_ingest.verify import verify
 
 CLI = str(Path(sys.executable).parent / "cryo-ingest")

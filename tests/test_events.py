@@ -9,7 +9,7 @@ import pytest
 from conftest import Devnet, backfill, manifest
 
 from cryo_ingest.faults import CRASH_SCOPE_ENV
-from cryo_ingest.publish import CRASH_ENV
+from cryo_ingest.pipeline.publish import CRASH_ENV
 
 DATASETS = ("blocks", "transactions", "logs", "traces")
 

@@ -31,18 +31,19 @@ from conftest import (
 from pydantic import SecretStr
 from servers import FaultProxy, Faults
 
-from cryo_ingest import devnet, plan
-from cryo_ingest.backfill import Result
+from cryo_ingest import devnet
 from cryo_ingest.cli.backfill import report
 from cryo_ingest.cli.output import console
 from cryo_ingest.config import Endpoint
 from cryo_ingest.errors import redact, register_secret_url
-from cryo_ingest.extract import _refusals
 from cryo_ingest.gateway import Gateway
 from cryo_ingest.gateway.budgets import Bucket
 from cryo_ingest.gateway.pool import Upstream
 from cryo_ingest.gateway.replies import MAX_ANSWERS, MAX_BLOCKS, Refusals
 from cryo_ingest.gateway.upstream import Client
+from cryo_ingest.pipeline import plan
+from cryo_ingest.pipeline.backfill import Result
+from cryo_ingest.pipeline.extract import _refusals
 
 END = 149
 DATASETS = "blocks,transactions,logs,traces"

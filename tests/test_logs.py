@@ -20,11 +20,11 @@ from servers import LOGS_REFUSALS, FaultProxy, Faults, MainnetReplay
 
 from cryo_ingest import devnet
 from cryo_ingest.config import Endpoint
-from cryo_ingest.extract import extract
 from cryo_ingest.gateway import Gateway
 from cryo_ingest.gateway.inflight import InFlight
 from cryo_ingest.gateway.logs import refused
-from cryo_ingest.plan import Partition, grid
+from cryo_ingest.pipeline.extract import extract
+from cryo_ingest.pipeline.plan import Partition, grid
 
 
 def per_block(proxy: FaultProxy, lo: int, hi: int) -> Counter[str]:

@@ -37,7 +37,7 @@ from cryo_ingest.operator.dag import Pools, load_dag
 from cryo_ingest.operator.executor import Local
 from cryo_ingest.operator.node import Runner
 from cryo_ingest.operator.sources import retrying
-from cryo_ingest.plan import contiguous_through, outlook
+from cryo_ingest.pipeline.plan import contiguous_through, outlook
 
 
 def test_a_slow_store_never_lets_two_runners_extract_one_cell(chain: Devnet, s3: Any, tmp_path: Path) -> None:

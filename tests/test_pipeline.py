@@ -148,7 +148,7 @@ CONSOLE_SCRIPT_MODULE = tomllib.loads((Path(__file__).parents[1] / "pyproject.to
     ("modules", "heavy"),
     [  # a spawned worker imports the main module again (the console script's), workers.py, then the partition's stages
         (
-            f"{CONSOLE_SCRIPT_MODULE}, cryo_ingest.workers, cryo_ingest.partition",
+            f"{CONSOLE_SCRIPT_MODULE}, cryo_ingest.pipeline.workers, cryo_ingest.pipeline.partition",
             (
                 *("pydantic", "rich", "yaml", "uvloop", "httptools", "aiohttp", "redis"),
                 *("cryo_ingest.config", "cryo_ingest.cli", "cryo_ingest.gateway", "cryo_ingest.verify"),

@@ -24,9 +24,9 @@ from cryo_ingest import devnet
 from cryo_ingest.archive import manifest, storage
 from cryo_ingest.archive.storage import open_store
 from cryo_ingest.errors import ConfigError, ConflictError, StorageError
-from cryo_ingest.plan import Chunk
-from cryo_ingest.publish import CRASH_ENV, CRASH_POINTS, Staged, publish
-from cryo_ingest.validate import Facts
+from cryo_ingest.pipeline.plan import Chunk
+from cryo_ingest.pipeline.publish import CRASH_ENV, CRASH_POINTS, Staged, publish
+from cryo_ingest.pipeline.validate import Facts
 
 if TYPE_CHECKING:
     from obstore import UpdateVersion

@@ -21,10 +21,10 @@ from test_logs import per_block
 from cryo_ingest.archive import manifest
 from cryo_ingest.archive.storage import open_store
 from cryo_ingest.config import Endpoint, make_job
-from cryo_ingest.extract import blame, second_opinion
 from cryo_ingest.gateway import Gateway
 from cryo_ingest.gateway.trust import LIES_TO_BENCH
-from cryo_ingest.plan import Chunk
+from cryo_ingest.pipeline.extract import blame, second_opinion
+from cryo_ingest.pipeline.plan import Chunk
 
 END = 99  # two chunks of 50: blocks 1..99 hold transactions and logs
 DATASETS = "blocks,transactions,logs"

@@ -27,8 +27,8 @@ from cryo_ingest.archive import manifest
 from cryo_ingest.archive.manifest import Entry
 from cryo_ingest.archive.storage import Store, open_store, sha256
 from cryo_ingest.cli import main
+from cryo_ingest.pipeline.validate import schema_of
 from cryo_ingest.roots import EMPTY_ROOT
-from cryo_ingest.validate import schema_of
 from cryo_ingest.verify import gc, verify
 
 gc_module = importlib.import_module("cryo_ingest.verify.gc")  # the package's `gc` is the function

@@ -10,7 +10,7 @@ import sys
 
 def entry() -> None:
     args = sys.argv[1:]
-    from .workers import SCHEDULER_ENV, prestart  # light: no more than multiprocessing
+    from .pipeline.workers import SCHEDULER_ENV, prestart
 
     elsewhere = os.environ.get(SCHEDULER_ENV) or any(a.startswith("--scheduler") for a in args)
     if args[:1] == ["backfill"] and not {"-h", "--help"} & set(args) and not elsewhere:

@@ -1,7 +1,7 @@
 """Test hook: kill this process at a named step, to prove that a crash there loses nothing.
 
 A module of its own, below every stage, so that any of them (publish, manifest) can mark a step
-without importing another. `cryo_ingest.publish` re-exports these names.
+without importing another. `cryo_ingest.pipeline.publish` re-exports these names.
 """
 
 from __future__ import annotations

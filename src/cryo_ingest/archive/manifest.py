@@ -20,7 +20,7 @@ from typing import Any
 
 from ..errors import ConfigError, ConflictError, IngestError
 from ..faults import crash_point
-from ..plan import contiguous_through
+from ..pipeline.plan import contiguous_through
 from .storage import Store
 
 FORMAT = "cryo-ingest-manifest"

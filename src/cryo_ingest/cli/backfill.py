@@ -15,9 +15,9 @@ from ..errors import ConfigError, redact
 from .output import archive_table, console, out
 
 if TYPE_CHECKING:
-    from ..backfill import Result
-    from ..cluster import PoolRef
-    from ..task import PartitionResult
+    from ..pipeline.backfill import Result
+    from ..pipeline.cluster import PoolRef
+    from ..pipeline.task import PartitionResult
 
 
 def job_from_args(a: argparse.Namespace) -> Job:
@@ -76,7 +76,7 @@ def pool_ref(a: argparse.Namespace, job: Job) -> PoolRef:
         raise ConfigError(
             "invalid arguments: --scheduler needs a pool by name, not --rpc or rpc (a URL would travel to the scheduler)"
         )
-    from ..cluster import PoolRef  # Dask loads only here
+    from ..pipeline.cluster import PoolRef
 
     return PoolRef(job.rpc_pool, str(a.rpc_pool_file.resolve()) if a.rpc_pool_file else None, a.rpc_pool_secret)
 
@@ -119,12 +119,12 @@ def on_partition(pr: PartitionResult) -> None:
 
 
 def cmd_backfill(a: argparse.Namespace) -> int:
-    from ..backfill import backfill
+    from ..pipeline.backfill import backfill
 
     job = job_from_args(a)
     if a.scheduler:
         ref = pool_ref(a, job)
-        from ..cluster import backfill_on_cluster
+        from ..pipeline.cluster import backfill_on_cluster
 
         result = backfill_on_cluster(job, ref, a.scheduler, a.timeout, a.events_file, on_partition)
     else:
@@ -138,7 +138,7 @@ def cmd_backfill(a: argparse.Namespace) -> int:
 
 def cmd_demo(a: argparse.Namespace) -> int:
     from .. import devnet
-    from ..backfill import backfill
+    from ..pipeline.backfill import backfill
 
     if a.blocks < 1 or a.chunk_size < 1:
         raise ConfigError("invalid config: --blocks and --chunk-size must be positive")

@@ -10,7 +10,7 @@ from typing import Any
 from ..archive import manifest
 from ..config import BUDGET_ENV, DATASETS, DEFAULT_GRACE
 from ..errors import redact
-from ..workers import SCHEDULER_ENV
+from ..pipeline.workers import SCHEDULER_ENV
 from .output import console
 
 SCHEDULER_HELP = (

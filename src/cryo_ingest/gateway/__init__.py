@@ -9,7 +9,7 @@ be sent to), `history` (old chains made readable), `traces` (traces from debug_t
 to) and `upstream` (the client to the endpoints). docs/rpc-pool.md says what it does.
 """
 
-from ..task import REFUSALS_PATH, TRACE_SOURCE_PATH, UNKNOWN_PATH
+from ..pipeline.task import REFUSALS_PATH, TRACE_SOURCE_PATH, UNKNOWN_PATH
 from .server import Gateway
 
 __all__ = ["REFUSALS_PATH", "TRACE_SOURCE_PATH", "UNKNOWN_PATH", "Gateway"]

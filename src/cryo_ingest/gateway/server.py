@@ -18,7 +18,7 @@ from .. import traces as call_frames
 from ..budget import SharedBudget
 from ..config import Endpoint
 from ..errors import RpcError, register_secret_url
-from ..task import (
+from ..pipeline.task import (
     BLAME_PATH,
     CANONICAL_PATH,
     RECEIPTS_PATH,

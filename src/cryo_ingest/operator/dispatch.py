@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from ..task import PartitionResult, Task
+from ..pipeline.task import PartitionResult, Task
 
 # Processes kept started and idle; each holds Cryo and pyarrow in memory (about 150 MB).
 SPARES = 2
@@ -47,7 +47,7 @@ def _child(fd: int, parent: int) -> None:
     until the parent closes its end (the end of file ends the wait for a next task)."""
     os.set_inheritable(fd, False)  # whatever it starts must not keep the parent's socket open
     conn = Connection(fd)
-    from ..partition import run_partition  # Cryo and pyarrow load before the task comes
+    from ..pipeline.partition import run_partition
 
     staging: list[str] = []  # the current task's folder, for the orphan watch
     threading.Thread(target=_exit_with_parent, args=(parent, staging), daemon=True).start()

@@ -16,7 +16,7 @@ from .. import chains
 from ..budget import shared_budget
 from ..config import Job
 from ..gateway import Gateway
-from ..task import PartitionResult, Task
+from ..pipeline.task import PartitionResult, Task
 from .dispatch import Dispatcher
 
 T = TypeVar("T")

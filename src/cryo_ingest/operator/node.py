@@ -29,8 +29,8 @@ from ..archive import events, manifest
 from ..archive.storage import Store, open_store
 from ..config import DagNode, Job
 from ..errors import TRANSIENT, ConfigError, redact
-from ..plan import Partition, outlook
-from ..task import PartitionResult, Task
+from ..pipeline.plan import Partition, outlook
+from ..pipeline.task import PartitionResult, Task
 from . import datasets, requests
 from .datasets import Request
 from .executor import Executor

@@ -18,10 +18,10 @@ from typing import Any
 
 from distributed import Client, Event, Future, Semaphore
 
-from ..cluster import PoolRef, final_head_task, partition_task, task_result
 from ..config import Job
 from ..errors import IngestError
-from ..task import PartitionResult, Task
+from ..pipeline.cluster import PoolRef, final_head_task, partition_task, task_result
+from ..pipeline.task import PartitionResult, Task
 
 # A final head not answered in this long: the runner logs it and asks again next poll.
 FINAL_HEAD_SECONDS = 30.0

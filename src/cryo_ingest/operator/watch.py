@@ -18,7 +18,7 @@ from typing import Any
 from ..archive.storage import Store
 from ..config import NodeConfig
 from ..errors import TRANSIENT, redact
-from ..plan import Partition
+from ..pipeline.plan import Partition
 from . import requests
 from .datasets import Request
 from .executor import Executor

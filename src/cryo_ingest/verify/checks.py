@@ -19,7 +19,7 @@ from .. import roots
 from ..archive.manifest import Entry, Manifest
 from ..archive.storage import Store, sha256
 from ..config import DATASETS
-from ..validate import schema_of
+from ..pipeline.validate import schema_of
 from .report import Report
 
 # The columns each block-level check reads; the rest of a file is decoded once (it must read) and dropped.

@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 
 from ..config import DATASETS, Endpoint, make_job
 from ..errors import ChunkError, RpcError
-from ..extract import extract
 from ..gateway import Gateway
-from ..plan import Chunk, Partition
+from ..pipeline.extract import extract
+from ..pipeline.plan import Chunk, Partition
 from .checks import ORDER
 
 MAX_LISTED = 5  # differing cells named per block and dataset

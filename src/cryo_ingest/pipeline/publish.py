@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .archive import manifest
-from .archive.manifest import Entry
-from .archive.storage import Store, sha256, single_put_limit
-from .errors import ConflictError, StorageError
-from .faults import CRASH_ENV, CRASH_POINTS, crash_point
+from ..archive import manifest
+from ..archive.manifest import Entry
+from ..archive.storage import Store, sha256, single_put_limit
+from ..errors import ConflictError, StorageError
+from ..faults import CRASH_ENV, CRASH_POINTS, crash_point
 from .plan import Chunk
 from .validate import Facts
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .errors import ChunkError
+from ..errors import ChunkError
 from .plan import Chunk, Partition
 from .task import (
     BLAME_PATH,

@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import roots
-from .errors import CheckFailed, ChunkError
+from .. import roots
+from ..errors import CheckFailed, ChunkError
 from .plan import Chunk
 
 TX_COLUMNS = ["block_number", "transaction_index", "transaction_type", "success", "gas_used"]

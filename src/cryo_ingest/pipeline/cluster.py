@@ -18,13 +18,13 @@ from pathlib import Path
 
 from distributed import Client, Event, Future, Semaphore, as_completed
 
-from . import chains
+from .. import chains
+from ..budget import shared_budget
+from ..config import BUDGET_ENV, Job, make_job, resolve_pool
+from ..errors import redact
+from ..gateway import Gateway
+from ..operator.dispatch import Dispatcher
 from .backfill import Result, open_job
-from .budget import shared_budget
-from .config import BUDGET_ENV, Job, make_job, resolve_pool
-from .errors import redact
-from .gateway import Gateway
-from .operator.dispatch import Dispatcher
 from .plan import Partition
 from .task import PartitionResult, Task
 

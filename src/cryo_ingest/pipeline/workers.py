@@ -50,7 +50,6 @@ def run_in_worker(task: Task) -> PartitionResult:
 
 def warm_up() -> None:
     """A worker's start-up (spawn, the imports of Cryo and pyarrow), done before its first partition."""
-    from . import partition  # noqa: F401
 
 
 def _new() -> ProcessPoolExecutor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .archive.events import Event, Sinks
+from ..archive.events import Event, Sinks
 from .plan import Partition
 
 # What a worker asks the gateway besides JSON-RPC (under the gateway URL's secret path); here, not

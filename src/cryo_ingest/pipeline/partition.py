@@ -7,9 +7,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from .archive import events, manifest
-from .archive.storage import Store, open_store, sha256
-from .errors import CheckFailed, ChunkError, ConflictError, IngestError, register_secret_url
+from ..archive import events, manifest
+from ..archive.storage import Store, open_store, sha256
+from ..errors import CheckFailed, ChunkError, ConflictError, IngestError, register_secret_url
 from .extract import blame, extract, receipt_counts, second_opinion, served, settle, trace_source
 from .plan import Chunk
 from .publish import Staged, crash_point, publish

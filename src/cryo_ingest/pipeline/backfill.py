@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import chains, workers
-from .archive import events, manifest
-from .archive.storage import Store, open_store
+from .. import chains
+from ..archive import events, manifest
+from ..archive.storage import Store, open_store
+from . import workers
 from .plan import Chunk, Partition, Plan, grid, make_plan
 from .task import PartitionResult, Task
 
 if TYPE_CHECKING:  # the package imports this module: config's pydantic models would load in every worker
-    from .config import Job
+    from ..config import Job
 
 log = logging.getLogger("cryo_ingest")
 
@@ -134,8 +135,8 @@ def backfill(
     chunks = len(grid(job.start_block, job.end_block, job.chunk_size))
     pool, warm = workers.pool(min(job.max_concurrency, -(-chunks // job.chunks_per_partition)))
     with pool:
-        from .budget import shared_budget  # the gateway and its libraries: not imported by workers (they import this module)
-        from .gateway import Gateway
+        from ..budget import shared_budget
+        from ..gateway import Gateway
 
         with Gateway(job.rpc, job.chain_id, shared=shared_budget(job), canonical_check=job.canonical_check) as gw:
             plan = run.plan(chains.final_head(gw, job.chain_id, job.reorg_buffer))
