@@ -10,6 +10,8 @@ from collections.abc import Iterator
 from dataclasses import fields
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import Devnet, archive_blocks, backfill, files_under, without_provenance
 from modern_replay import SERVED, ModernReplay, served
@@ -20,11 +22,17 @@ from test_logs import per_block
 
 from cryo_ingest.archive import manifest
 from cryo_ingest.archive.storage import open_store
-from cryo_ingest.config import Endpoint, make_job
+from cryo_ingest.cli import main
+from cryo_ingest.cli.backfill import job_from_args
+from cryo_ingest.cli.parser import parser
+from cryo_ingest.config import Endpoint, load_node, make_job
+from cryo_ingest.errors import ChunkError, ConfigError
 from cryo_ingest.gateway import Gateway
 from cryo_ingest.gateway.trust import LIES_TO_BENCH
+from cryo_ingest.operator.dag import Pools, load_dag
 from cryo_ingest.pipeline.extract import blame, second_opinion
 from cryo_ingest.pipeline.plan import Chunk
+from cryo_ingest.pipeline.validate import validate_chunk
 
 END = 99  # two chunks of 50: blocks 1..99 hold transactions and logs
 DATASETS = "blocks,transactions,logs"
@@ -201,8 +209,8 @@ def test_what_cannot_be_checked_is_said(tmp_path: Path, caplog: pytest.LogCaptur
 def test_without_blocks_the_archived_headers_serve(chain: Devnet, tmp_path: Path) -> None:
     """A job of transactions and logs alone, where the archive already holds the blocks: the headers come from
     the archive (no request), so the receipts root is checked and a dropped log caught; where the archive holds
-    no blocks, the run says the header checks could not apply."""
-    bare = backfill(tmp_path / "bare", chain.url, "--json", end=END, datasets="transactions,logs")
+    no blocks and the job does not fetch headers, the run says the header checks could not apply."""
+    bare = backfill(tmp_path / "bare", chain.url, "--json", "--header-checks", "archived", end=END, datasets="transactions,logs")
     assert bare.code == 0, bare.text
     doc = json.loads(bare.out)
     assert doc["checked"] == {"receipts": END + 1}
@@ -217,6 +225,114 @@ def test_without_blocks_the_archived_headers_serve(chain: Devnet, tmp_path: Path
     with FaultProxy(chain.url, Faults(lies={"drop_log": 1.0})) as liar:
         lying = backfill(root, liar.url(), "--json", "--force", end=END, datasets="transactions,logs")
     assert lying.code == 1 and "fails the receipts_root check" in json.loads(lying.out)["failed"][0], lying.text
+
+
+def nothing_of_blocks(root: Path) -> bool:
+    return not [k for k in files_under(root) if "/blocks" in k]
+
+
+@pytest.mark.parametrize(
+    ("datasets", "checks"),
+    [("logs", {"logs_bloom"}), ("transactions,logs", {"receipts", "logs_bloom", "gas_used", "receipts_root"})],
+)
+def test_without_blocks_the_headers_are_fetched(
+    chain: Devnet, tmp_path: Path, truth: dict[str, bytes], datasets: str, checks: set[str]
+) -> None:
+    """A job without blocks, none archived: the chunks' blocks are fetched for the checks alone. Every block is
+    checked as with blocks in the job; the files are an honest run's; nothing of blocks is published or in a
+    manifest. A dropped log is caught (the receipts root sees any), nothing of it published."""
+    run = backfill(tmp_path / "a", chain.url, "--json", end=END, datasets=datasets)
+    assert run.code == 0, run.text
+    doc = json.loads(run.out)
+    assert doc["checked"] == dict.fromkeys(checks, END + 1) and doc["unchecked"] == {}, doc
+    assert nothing_of_blocks(tmp_path / "a")
+    mine = {k: v for k, v in cold(tmp_path / "a").items() if k.endswith(".parquet")}
+    assert mine and mine == {k: v for k, v in truth.items() if k.split("/")[2] in datasets.split(",") and k.endswith(".parquet")}
+    if "transactions" not in datasets:
+        return
+    with FaultProxy(chain.url, Faults(lies={"drop_log": 1.0})) as liar:
+        lying = backfill(tmp_path / "b", liar.url(), "--json", end=END, datasets=datasets)
+    assert liar.lied and lying.code == 1, lying.text
+    assert "fails the receipts_root check" in json.loads(lying.out)["failed"][0], lying.text
+    assert cold(tmp_path / "b") == {}
+
+
+def test_headers_and_rows_of_one_chain(tmp_path: Path, truth: dict[str, bytes]) -> None:
+    """Headers fetched (or archived) apart from the logs must be of the logs' chain: a log whose block hash is not
+    its header's fails the chunk (a reorg between the two fetches), as it does against a job's own blocks."""
+    chunk, paths = Chunk(0, 49), {}
+    for dataset in ("blocks", "logs"):
+        paths[dataset] = tmp_path / f"{dataset}.parquet"
+        paths[dataset].write_bytes(truth[f"cold/31337/{dataset}/{dataset}_00000000_00000049.parquet"])
+    _, checked = validate_chunk({"logs": paths["logs"]}, chunk, None, None, 31337, None, paths["blocks"])
+    assert checked.counts == {"logs_bloom": 50}
+    logs = pq.read_table(paths["logs"])
+    other = pa.array([b"\x01" * 32, *logs["block_hash"].to_pylist()[1:]], logs.schema.field("block_hash").type)
+    pq.write_table(logs.set_column(logs.schema.get_field_index("block_hash"), "block_hash", other), paths["logs"])
+    with pytest.raises(ChunkError, match="has another hash than in blocks"):
+        validate_chunk({"logs": paths["logs"]}, chunk, None, None, 31337, None, paths["blocks"])
+
+
+@pytest.mark.parametrize("name", list(SERVED))
+def test_logs_alone_real_blocks_fetch_their_headers(tmp_path: Path, name: str) -> None:
+    """Ethereum 18,000,000 (291 logs) and Arbitrum Sepolia 185,232,421, logs alone, no archived blocks, an honest
+    node: the fetched header's bloom is the logs' bloom; only logs are published."""
+    block = served(name)
+    with ModernReplay(block) as node:
+        result = archive_blocks(node.url, block.chain_id, block.number, block.number, ["logs"], tmp_path)
+    assert result.ok and result.checked == {"logs_bloom": 1} and result.unchecked == {}, result.failed
+    assert nothing_of_blocks(tmp_path) and cold(tmp_path)
+
+
+@pytest.mark.parametrize("header_checks", ["fetch", "archived"])
+def test_logs_alone_through_a_liar_fetch_their_headers(tmp_path: Path, header_checks: str) -> None:
+    """Arbitrum Sepolia 185,232,421 (46 logs, every receipt), logs alone, no archived blocks, a liar dropping a
+    log the bloom sees: with the headers fetched, caught and nothing published; with `--header-checks archived`,
+    nothing checks the logs and the lie is published, as the run says."""
+    block = served("arb-sepolia-185232421")
+    with ModernReplay(block) as node, FaultProxy(node.url, Faults(lies={"drop_log": 1.0})) as liar:
+        run = backfill(
+            tmp_path,
+            liar.url(),
+            "--json",
+            "--header-checks",
+            header_checks,
+            datasets="logs",
+            start=block.number,
+            end=block.number,
+            chunk=1,
+            chain_id=block.chain_id,
+        )
+    assert liar.lied
+    doc = json.loads(run.out)
+    assert nothing_of_blocks(tmp_path)
+    if header_checks == "fetch":
+        assert run.code == 1 and f"block {block.number} fails the logs_bloom check" in doc["failed"][0], run.text
+        assert cold(tmp_path) == {}
+    else:
+        assert run.code == 0 and doc["checked"] == {} and "no headers" in next(iter(doc["unchecked"])), run.text
+        assert cold(tmp_path)
+
+
+def test_header_checks_is_a_job_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--header-checks`, or `header_checks` in a DAG node's config (backfill --config, the operator): fetch by
+    default (correctness first); anything else is a one-line error, exit 2, nothing written."""
+    url = "http://127.0.0.1:9"
+    config = tmp_path / "dag.yaml"
+    config.write_text(
+        f"- name: n\n  config:\n    chain_id: 31337\n    datasets: [logs]\n    rpc: ['{url}']\n    header_checks: archived\n"
+    )
+    args = ["backfill", "--config", str(config), "--start", "0", "--end", "9"]
+    assert job_from_args(parser().parse_args(args)).header_checks == "archived"
+    assert job_from_args(parser().parse_args([*args, "--header-checks", "fetch"])).header_checks == "fetch"
+    assert load_dag(config, str(tmp_path)).job(load_node(config, "n"), Pools()).header_checks == "archived"
+    assert make_job(chain_id=1, start_block=0, end_block=0, datasets="logs", rpc=[url]).header_checks == "fetch"
+    with pytest.raises(ConfigError, match=r"^invalid config: header_checks: Input should be 'fetch' or 'archived'$"):
+        make_job(chain_id=1, start_block=0, end_block=0, datasets="logs", rpc=[url], header_checks="never")
+    with pytest.raises(SystemExit) as bad:
+        main([*args, "--root", str(tmp_path / "root"), "--header-checks", "never"])
+    assert bad.value.code == 2 and "--header-checks: invalid choice: 'never'" in capsys.readouterr().err
+    assert not (tmp_path / "root").exists()
 
 
 @pytest.fixture(scope="module")

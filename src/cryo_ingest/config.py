@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import yaml
@@ -63,6 +63,8 @@ def _datasets(value: Any) -> Any:
 
 
 Datasets = Annotated[tuple[Dataset, ...], BeforeValidator(_datasets)]
+HeaderChecks = Literal["fetch", "archived"]
+HEADER_CHECKS: tuple[str, ...] = get_args(HeaderChecks)
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -176,6 +178,9 @@ class Job(BaseModel):
     # The pool document's `canonical_check` (docs/rpc-pool.md): each chunk's last block hash asked of a second
     # endpoint; None: on where the pool has two or more endpoints.
     canonical_check: bool | None = None
+    # A job of transactions or logs without blocks checks them against headers: the archive's blocks, else "fetch"
+    # them (about one request a block, never published); "archived": the archive's alone (docs/verify.md)
+    header_checks: HeaderChecks = "fetch"
 
     @model_validator(mode="before")
     @classmethod
@@ -259,6 +264,7 @@ class NodeConfig(BaseModel):
     chunk_size: PositiveInt | None = None
     reorg_buffer: NonNegativeInt | None = None
     chunks_per_partition: PositiveInt | None = None
+    header_checks: HeaderChecks | None = None
     # the operator's (docs/operator.md)
     attempts: PositiveInt = 3  # per partition, each in its own process, killed at timeout_seconds
     lease_seconds: float = Field(default=30.0, ge=1.0)  # a dead runner's partitions are taken over after this

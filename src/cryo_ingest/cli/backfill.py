@@ -27,7 +27,16 @@ def job_from_args(a: argparse.Namespace) -> Job:
         node = load_node(a.config, a.node)
         cfg = node.config
         fields.update(chain_id=cfg.chain_id, datasets=cfg.datasets, output_dataset=node.output_dataset)
-        for name in ("start_block", "end_block", "root", "chunk_size", "reorg_buffer", "chunks_per_partition", "rpc"):
+        for name in (
+            "start_block",
+            "end_block",
+            "root",
+            "chunk_size",
+            "reorg_buffer",
+            "chunks_per_partition",
+            "header_checks",
+            "rpc",
+        ):
             if getattr(cfg, name) is not None:
                 fields[name] = getattr(cfg, name)
         pool_name = pool_name or cfg.rpc_pool
@@ -41,6 +50,7 @@ def job_from_args(a: argparse.Namespace) -> Job:
         "root": a.root,
         "chunk_size": a.chunk_size,
         "max_concurrency": a.max_concurrency,
+        "header_checks": a.header_checks,
     }
     fields.update({k: v for k, v in cli.items() if v is not None})
     if a.rpc:

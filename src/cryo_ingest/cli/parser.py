@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..archive import manifest
-from ..config import BUDGET_ENV, DATASETS, DEFAULT_GRACE
+from ..config import BUDGET_ENV, DATASETS, DEFAULT_GRACE, HEADER_CHECKS
 from ..errors import redact
 from ..pipeline.workers import SCHEDULER_ENV
 from .output import console
@@ -54,6 +54,12 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--force", action="store_true", help="redo chunks the manifest already lists")
     b.add_argument("--overwrite-conflicts", action="store_true", help="replace archived chunks whose content changed")
     b.add_argument("--max-concurrency", type=int, help="worker processes (default 2)")
+    b.add_argument(
+        "--header-checks",
+        choices=HEADER_CHECKS,
+        help="transactions or logs without blocks: check them against headers the archive holds, else fetched"
+        " (fetch: about 1 request a block more; the default), or the archive's alone (archived)",
+    )
     b.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
     b.add_argument("--events-file", type=Path, help="append one JSON line per published chunk")
     b.add_argument("--json", action="store_true", help="print the result as JSON on stdout")

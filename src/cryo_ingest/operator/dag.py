@@ -92,7 +92,9 @@ class Dag:
                 raise ConfigError(f"invalid config: {node.name}: config needs rpc_pool or rpc")
             rpc = pools.resolve(cfg.rpc_pool)
         settings = {
-            k: getattr(cfg, k) for k in ("chunk_size", "reorg_buffer", "chunks_per_partition") if getattr(cfg, k) is not None
+            k: getattr(cfg, k)
+            for k in ("chunk_size", "reorg_buffer", "chunks_per_partition", "header_checks")
+            if getattr(cfg, k) is not None
         }
         fields = {
             "chain_id": cfg.chain_id,

@@ -280,6 +280,7 @@ class Runner:
             False,
             sinks,
             attempts=1,  # retries are the lease's: each in a fresh process, with backoff
+            fetch_headers=self.job.header_checks == "fetch",
         )
         self.executor.start(task, self.timeout, Claim(r, cell, part, expires, time.monotonic() + self.timeout))
         log.info("%s: request %s: partition %s started", self.node.name, r.id, part)

@@ -85,7 +85,15 @@ class Opened:
     def task(self, partition: Partition, gateway_url: str) -> Task:
         j = self.job
         return Task(
-            partition, gateway_url, j.root, j.storage_options, j.chain_id, j.chunk_size, j.overwrite_conflicts, self.sinks
+            partition,
+            gateway_url,
+            j.root,
+            j.storage_options,
+            j.chain_id,
+            j.chunk_size,
+            j.overwrite_conflicts,
+            self.sinks,
+            fetch_headers=j.header_checks == "fetch",
         )
 
     def record(self, pr: PartitionResult, on_partition: Callable[[PartitionResult], None] | None) -> None:

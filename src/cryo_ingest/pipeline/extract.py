@@ -28,11 +28,15 @@ from .task import (
 )
 
 
-def extract(partition: Partition, gateway_url: str, chunk_size: int, staging: Path) -> dict[tuple[str, Chunk], Path]:
-    """Run Cryo over the partition; every expected file must exist, else the partition fails."""
+def extract(
+    partition: Partition, gateway_url: str, chunk_size: int, staging: Path, for_checks: tuple[str, ...] = ()
+) -> dict[tuple[str, Chunk], Path]:
+    """Run Cryo over the partition; every expected file must exist, else the partition fails. `for_checks`: datasets
+    extracted besides the partition's only for validate to read (the headers of a job without blocks), never published."""
+    datasets = partition.datasets + tuple(d for d in for_checks if d not in partition.datasets)
     try:
         report = cryo.freeze(
-            list(partition.datasets),
+            list(datasets),
             blocks=[f"{partition.start}:{partition.end + 1}"],
             rpc=gateway_url,  # the loopback gateway: Cryo never sees a provider URL
             output_dir=str(staging),
@@ -52,7 +56,7 @@ def extract(partition: Partition, gateway_url: str, chunk_size: int, staging: Pa
     files: dict[tuple[str, Chunk], Path] = {}
     missing = []
     for chunk in partition.chunks:
-        for dataset in partition.datasets:
+        for dataset in datasets:
             found = list(staging.glob(f"*__{dataset}__{chunk.start:08}_to_{chunk.end:08}.parquet"))
             if len(found) == 1:
                 files[dataset, chunk] = found[0]
@@ -66,7 +70,7 @@ def extract(partition: Partition, gateway_url: str, chunk_size: int, staging: Pa
         )
     cells = _gateway_json(gateway_url, f"{UNKNOWN_PATH}?from={partition.start}&to={partition.end}")
     for chunk in partition.chunks:
-        for dataset in partition.datasets:
+        for dataset in datasets:
             mine = [c for c in cells if c["dataset"] == dataset and chunk.start <= c["block"] <= chunk.end]
             if mine:
                 null_cells(files[dataset, chunk], mine)

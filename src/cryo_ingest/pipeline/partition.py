@@ -56,7 +56,14 @@ def _run_once(task: Task, store: Store, staging: Path, result: PartitionResult) 
     """Returns the events of the entries this run changed, and how many events were new to the sinks."""
     part, seconds = task.partition, result.seconds
     started = time.monotonic()
-    files = extract(part, task.gateway_url, task.chunk_size, staging)
+    # a job of transactions or logs without blocks checks them against the archive's headers, else fetched ones: Cryo
+    # extracts blocks too (about one request a block), for the checks only, never published (task.fetch_headers)
+    needs_headers = "blocks" not in part.datasets and bool({"transactions", "logs"} & set(part.datasets))
+    headers = _archived_headers(store, task, staging) if needs_headers else {}
+    for_checks = ("blocks",) if needs_headers and task.fetch_headers and len(headers) < len(part.chunks) else ()
+    files = extract(part, task.gateway_url, task.chunk_size, staging, for_checks)
+    if for_checks:
+        headers = {c: files["blocks", c] for c in part.chunks} | headers  # the archive's where it holds them
     seconds["extract"] = time.monotonic() - started
     source = trace_source(task.gateway_url) if "traces" in part.datasets else None
     receipts = receipt_counts(task.gateway_url, part) if "transactions" in part.datasets else None
@@ -64,7 +71,6 @@ def _run_once(task: Task, store: Store, staging: Path, result: PartitionResult) 
     around = (max(0, part.start - task.chunk_size), part.end + task.chunk_size)
     archived = {d: manifest.load(store, task.chain_id, d, around) for d in part.datasets}
     blocks = archived.get("blocks")
-    headers = _archived_headers(store, task, staging) if {"transactions", "logs"} & set(part.datasets) else {}
     prev_hash = None
     if blocks and (prev := blocks.files.get(part.start - task.chunk_size)):
         prev_hash = prev.last_block_hash
@@ -124,9 +130,9 @@ def _run_once(task: Task, store: Store, staging: Path, result: PartitionResult) 
 
 def _archived_headers(store: Store, task: Task, staging: Path) -> dict[Chunk, Path]:
     """A job without blocks: the chunks' headers from the archive's own blocks, where it holds those chunks
-    (intact, on the same grid): no RPC request. Empty for a job that fetches blocks."""
+    (intact, on the same grid): no RPC request."""
     part = task.partition
-    if "blocks" in part.datasets or (archived := manifest.load(store, task.chain_id, "blocks", (part.start, part.end))) is None:
+    if (archived := manifest.load(store, task.chain_id, "blocks", (part.start, part.end))) is None:
         return {}
     out: dict[Chunk, Path] = {}
     for chunk in part.chunks:

@@ -37,6 +37,8 @@ class Task:
     sinks: Sinks
     attempts: int = 3
     staging_dir: str | None = None  # where the worker makes its staging folder; the system's temp dir if None
+    # A job without blocks, where the archive lacks a chunk's headers: fetch them for the checks (Job.header_checks)
+    fetch_headers: bool = True
 
 
 @dataclass

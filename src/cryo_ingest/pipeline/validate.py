@@ -2,8 +2,8 @@
 
 Blocks: one row per block, in order, each block's parent hash the previous block's hash, and
 the chain continuing into the neighbouring chunks. Other datasets: every row inside the chunk
-and, when blocks are fetched in the same job, on the same block hashes (a reorg between two
-fetches shows up here, not in the archive).
+and on the same block hashes as the chunk's blocks (the job's, else the headers the content checks
+use): a reorg between two fetches shows up here, not in the archive.
 
 Content: every block against its own header (`roots.check_block`, as `verify` does): the logs
 bloom from its logs, the gas used and, with the logs, the receipts root from its transactions;
@@ -115,7 +115,8 @@ def check_content(
 ) -> Checked:
     """Every block of the chunk against its header and its receipts count; the first failure raises
     CheckFailed naming the block and the check (the partition fetches the chunk again). The headers are
-    the job's blocks, else `headers` (the archive's own blocks file of the chunk, for a job without blocks)."""
+    the job's blocks, else `headers` (for a job without blocks: the archive's own blocks file of the chunk, or
+    the chunk's blocks fetched for the checks alone)."""
     done = Checked({}, {})
     blocks = range(chunk.start, chunk.end + 1)
     txs = _txs(files["transactions"], chunk) if "transactions" in files else None
@@ -196,6 +197,8 @@ def validate_chunk(
         facts["blocks"], hashes = validate_blocks(files["blocks"], chunk, prev_hash, next_parent)
         if second_opinion is not None:
             canonical = check_canonical(chunk, hashes[-1], second_opinion(chunk.end, hashes[-1]))
+    elif headers is not None:  # archived or fetched apart from the rows: both must be of one chain
+        _, hashes = validate_blocks(headers, chunk, None, None)
     for dataset, path in files.items():
         if dataset != "blocks":
             facts[dataset] = validate_rows(path, dataset, chunk, hashes)
