@@ -26,7 +26,7 @@ from servers import PostgresServer
 from cryo_ingest import devnet
 from cryo_ingest import manifest as manifest_module
 from cryo_ingest.archive import catalog
-from cryo_ingest.faults import CRASH_ENV
+from cryo_ingest.faults import CRASH_ENV, CRASH_SCOPE_ENV
 from cryo_ingest.storage import open_store, sha256
 
 CRYO = str(Path(sys.executable).parent / "cryo-ingest")
@@ -87,7 +87,7 @@ def paths(root: Path | str, dataset: str) -> set[str]:
     return {f"{root}/cold/31337/{dataset}/{e['path']}" for e in manifest_doc(str(root), 31337, dataset)["files"]}
 
 
-def by_glob(root: Path, dataset: str) -> pl.DataFrame:
+def by_glob(root: Path | str, dataset: str) -> pl.DataFrame:
     """The archive as a glob reads it, unsigned columns as the table's longs."""
     frame = pl.read_parquet(f"{root}/cold/31337/{dataset}/*.parquet")
     unsigned = [n for n, t in frame.schema.items() if t in (pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)]
@@ -357,3 +357,114 @@ def test_warehouse_on_s3(archived: Path, s3: S3, tmp_path: Path) -> None:
         t = table(root, url, dataset)
         assert set(catalog.live_files(t)) == paths(root, dataset)
         assert same_rows(scan_iceberg(t).collect(), by_glob(archived, dataset))
+
+
+# ---- the tables follow the archive as it is made: backfill --catalog, a node's `catalog:`, the operator ------------
+
+
+def live_counts(t: Table) -> dict[str, int]:
+    """How many times each path is live in the current snapshot: 1 each, or a file was registered twice."""
+    snapshot = t.current_snapshot()
+    found: dict[str, int] = {}
+    for m in snapshot.manifests(t.io) if snapshot else []:
+        for e in m.fetch_manifest_entry(t.io, discard_deleted=True):
+            found[e.data_file.file_path] = found.get(e.data_file.file_path, 0) + 1
+    return found
+
+
+def test_backfill_with_a_catalog_commits_once_per_partition(chain: Devnet, catalog_url: str, tmp_path: Path) -> None:
+    root, sink = tmp_path / "root", tmp_path / "events.jsonl"
+    # one partition at a time: two at once may both publish before either syncs, and one commit takes both
+    run = backfill(root, chain.url, "--catalog", catalog_url, "--events-file", str(sink), "--json", "--max-concurrency", "1")
+    assert run.code == 0, run.text
+    assert PASSWORD not in run.text
+    assert all(PASSWORD.encode() not in data for data in files_under(tmp_path).values())  # events, metadata, archive
+    check_in_step(root, catalog_url)
+    # 5 chunks, 4 to a partition: two partitions, one commit each per dataset; the run's last sync has nothing to add.
+    for dataset in DATASETS:
+        t = table(root, catalog_url, dataset)
+        added = [int(s.summary["cryo-ingest.added"]) for s in t.snapshots() if s.summary is not None]
+        assert added == [4, 1], dataset
+        assert set(live_counts(t).values()) == {1}
+    again = backfill(root, chain.url, "--catalog", catalog_url)
+    assert again.code == 0, again.text
+    assert len(table(root, catalog_url, "logs").snapshots()) == 2
+
+
+def test_a_nodes_catalog_and_namespace(chain: Devnet, tmp_path: Path) -> None:
+    root, db = tmp_path / "root", tmp_path / "catalog.db"
+    node = (
+        "name: cold\noperator: cryo_ingest\nconfig:\n  chain_id: 31337\n  datasets: [blocks, logs]\n"
+        f"  catalog:\n    url: sqlite:///{db}\n    namespace: team\n"
+    )
+    (tmp_path / "node.yaml").write_text(node)
+    run = backfill(root, chain.url, "--config", str(tmp_path / "node.yaml"), end=99, datasets="blocks,logs")
+    assert run.code == 0, run.text
+    tables = catalog.open_catalog(f"sqlite:///{db}", str(root))
+    assert sorted(tables.list_tables("team")) == [("team", "blocks"), ("team", "logs")]
+    assert set(catalog.live_files(tables.load_table("team.logs"))) == paths(root, "logs")
+    # A catalog URL pyiceberg cannot open is refused with the config's other errors: one line, not echoed.
+    (tmp_path / "node.yaml").write_text(node.replace(f"url: sqlite:///{db}", f"url: mysql://u:{PASSWORD}@h/db"))
+    bad = backfill(tmp_path / "other", chain.url, "--config", str(tmp_path / "node.yaml"), end=99, datasets="blocks,logs")
+    assert bad.code == 2  # as every invalid config
+    assert bad.text.strip() == (
+        "error: invalid config: config.catalog.url: catalog must be sqlite:///PATH, postgresql://USER:PASSWORD@HOST/DB, "
+        "rest+https://HOST/PATH or glue"
+    )
+    assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("step", ["before-events", *catalog.CRASH_POINTS])
+def test_a_backfill_killed_at_each_step_leaves_the_table_behind_never_wrong(chain: Devnet, step: str, tmp_path: Path) -> None:
+    """The whole job killed (as a container is): the tables lag the archive; the next run brings them in step."""
+    root, url = tmp_path / "root", f"sqlite:///{tmp_path}/catalog.db"
+    killed = backfill(root, chain.url, "--catalog", url, env={CRASH_ENV: step, CRASH_SCOPE_ENV: "job"})
+    assert killed.code == -9, killed.text
+    for dataset in DATASETS:
+        try:
+            t = table(root, url, dataset)
+        except NoSuchTableError:
+            continue
+        assert set(live_counts(t).values()) <= {1}
+        assert set(live_counts(t)) <= paths(root, dataset)  # only what the manifest records
+    assert snapshots(root, url, "logs") is None  # a worker dies at its first sync, before the logs table's
+    rerun = backfill(root, chain.url, "--catalog", url)
+    assert rerun.code == 0, rerun.text
+    check_in_step(root, url)
+    for dataset in DATASETS:
+        assert set(live_counts(table(root, url, dataset)).values()) == {1}
+
+
+def test_backfill_refuses_a_catalog_it_cannot_use_before_touching_the_archive(
+    chain: Devnet, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    root, url = tmp_path / "root", f"sqlite:///{tmp_path}/catalog.db"
+    assert backfill(root, chain.url, "--catalog", url, end=99).code == 0
+    with table(root, url, "logs").update_schema() as update:
+        update.add_column("extra", StringType())
+    before = files_under(root)
+    wrong = postgres.url.replace(PASSWORD, f"not-{PASSWORD}")
+    unreachable = postgres.url.replace(f":{postgres.port}/", f":{devnet.free_port()}/")
+    for bad, why in (
+        (wrong, "error: catalog <redacted>: cannot open it: (psycopg2.OperationalError) connection to server at"),
+        (unreachable, "error: catalog <redacted>: cannot open it: (psycopg2.OperationalError) connection to server at"),
+        (url, "error: table cold_31337.logs: its schema disagrees with the archive (extra: table string, archive absent)"),
+    ):
+        run = backfill(root, chain.url, "--catalog", bad)  # blocks 100-249 left to do
+        assert run.code == 1, run.text
+        assert run.text.startswith(why) and len(run.text.strip().splitlines()) == 1, run.text
+        assert PASSWORD not in run.text
+        assert files_under(root) == before  # nothing published, the table's metadata unchanged
+
+
+def test_backfill_on_s3_with_a_catalog(chain: Devnet, s3: S3, tmp_path: Path) -> None:
+    """The archive and the tables' metadata on the local S3 server, made by the backfill's own syncs."""
+    root, url = f"s3://{s3.bucket(f'catalog-{uuid.uuid4().hex[:12]}')}/archive", f"sqlite:///{tmp_path}/catalog.db"
+    run = backfill(root, chain.url, "--catalog", url, datasets="blocks,logs", env=s3.env)
+    assert run.code == 0, run.text
+    remote = open_store(root)
+    assert any(key.startswith("iceberg/cold_31337/logs/metadata/") for key in remote.list("iceberg/"))
+    for dataset in ("blocks", "logs"):
+        t = table(root, url, dataset)
+        assert set(catalog.live_files(t)) == paths(root, dataset)
+        assert same_rows(scan_iceberg(t).collect(), by_glob(root, dataset))  # Polars reads the glob on S3 too

@@ -35,6 +35,8 @@ class Task:
     sinks: Sinks
     attempts: int = 3
     staging_dir: str | None = None  # where the worker makes its staging folder; the system's temp dir if None
+    catalog: str | None = field(default=None, repr=False)  # the Iceberg tables' catalog URL (may hold a password)
+    catalog_namespace: str | None = None  # cold_{chain_id} if None
 
 
 @dataclass
@@ -48,3 +50,4 @@ class PartitionResult:
     seconds: dict[str, float] = field(default_factory=dict)  # by stage: extract, validate, publish
     checked: dict[str, int] = field(default_factory=dict)  # blocks checked against their headers, by check (validate.py)
     unchecked: dict[str, int] = field(default_factory=dict)  # "check: why it cannot apply" -> the first such block
+    catalog_error: str | None = None  # published, but its tables could not follow (archive.follow): they lag

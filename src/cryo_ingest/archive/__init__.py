@@ -1,1 +1,73 @@
-"""What lives on the store beyond the Parquet files and their manifest: the Iceberg tables that follow it."""
+"""What lives on the store beyond the Parquet files and their manifest: the Iceberg tables that follow it.
+
+This module stays light (no pyiceberg): backfill, the workers and the operator call it, and a job
+without a catalog never imports the iceberg extra.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from ..errors import IngestError, redact, register_secret_url
+
+if TYPE_CHECKING:
+    from .. import manifest
+
+log = logging.getLogger("cryo_ingest")
+
+SCHEMES = ("sqlite", "postgresql", "postgres", "rest+https", "rest+http")  # and "glue", which is not a URL
+NEEDS_EXTRA = "catalog: needs the iceberg extra: pip install 'cryo-ingest[iceberg]'"
+LAGS = "the archive is published; its table follows on the next run or `cryo-ingest catalog sync`"
+
+
+def catalog_url(url: str) -> str:
+    """A catalog URL pyiceberg can open, its credentials registered for redaction like an RPC key's."""
+    url = url.strip()
+    scheme = urlsplit(url).scheme.lower() if "://" in url else url.lower()
+    if scheme != "glue" and (scheme not in SCHEMES or not url.partition("://")[2]):
+        # not echoed: it may hold a password
+        raise ValueError("catalog must be sqlite:///PATH, postgresql://USER:PASSWORD@HOST/DB, rest+https://HOST/PATH or glue")
+    parts = urlsplit(url)
+    if parts.username or parts.password or parts.query:
+        register_secret_url(url)
+    return url
+
+
+def check(url: str, root: str, chain_id: int, namespace: str | None, archived: dict[str, manifest.Manifest | None]) -> None:
+    """Before a job touches the archive: the catalog opens, and the tables that exist have the archive's columns."""
+    try:
+        from . import catalog
+    except ImportError:
+        raise IngestError(NEEDS_EXTRA) from None
+    catalog.check(url, root, namespace or f"cold_{chain_id}", archived)
+
+
+def follow(
+    root: str,
+    chain_id: int,
+    url: str,
+    datasets: tuple[str, ...],
+    namespace: str | None,
+    blocks: tuple[int, int] | None,
+    storage_options: dict[str, str] | None = None,
+) -> str | None:
+    """The tables brought in step with the manifest after the archive changed; the error line if they could not be.
+
+    A failure here never undoes what was published: the manifest stays the source of truth and the
+    next sync (a later partition, the end of the run, `catalog sync`) finds the same difference."""
+    catalog_url(url)  # registered in this process too (a worker's, a runner's)
+    try:
+        from . import catalog
+
+        catalog.sync(root, chain_id, url, datasets, namespace, blocks, storage_options)
+    except ImportError:
+        problem = NEEDS_EXTRA
+    except IngestError as err:
+        problem = str(err)
+    else:
+        return None
+    line = redact(f"{problem}; {LAGS}")
+    log.error("%s", line)
+    return line

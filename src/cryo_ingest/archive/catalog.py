@@ -54,9 +54,10 @@ from pyiceberg.types import (
 )
 
 from .. import manifest
-from ..errors import IngestError, redact, register_secret_url
+from ..errors import IngestError, redact
 from ..faults import crash_point
 from ..storage import open_store
+from . import catalog_url
 
 PARTITION_CHUNKS = manifest.SHARD_CHUNKS  # truncate width in chunks: one partition per manifest shard
 SHA_PROPERTY = "cryo-ingest.sha256."  # + shard name: "start:sha256[:16],..." of the entries the table holds
@@ -108,13 +109,6 @@ class Synced:
         }
 
 
-def register_catalog_url(url: str) -> None:
-    """Catalog credentials are secrets like RPC keys: a URL with a user, password or query is redacted everywhere."""
-    parts = urlsplit(url)
-    if parts.username or parts.password or parts.query:
-        register_secret_url(url)
-
-
 def archive_location(root: str) -> str:
     """The root as Iceberg paths name it: an absolute local path, or the bucket URL as given."""
     if "://" in root and not root.lower().startswith("file://"):
@@ -124,7 +118,10 @@ def archive_location(root: str) -> str:
 
 def open_catalog(url: str, root: str) -> Catalog:
     """`sqlite:///…`/`postgresql://…`: pyiceberg's SQL catalog; `rest+https://…`: REST; `glue`: AWS Glue."""
-    register_catalog_url(url)
+    try:
+        url = catalog_url(url)
+    except ValueError as err:
+        raise IngestError(f"invalid arguments: --catalog: {err}") from None
     scheme = urlsplit(url).scheme.lower() if "://" in url else url.lower()
     warehouse = f"{archive_location(root)}/iceberg"
     # pyiceberg's S3 reader takes its endpoint and region as properties; the archive's store reads them from
@@ -141,11 +138,9 @@ def open_catalog(url: str, root: str) -> Catalog:
                 return SqlCatalog(CATALOG_NAME, uri=uri, warehouse=warehouse, **io)
         if scheme in ("rest+https", "rest+http"):
             return load_catalog(CATALOG_NAME, type="rest", uri=url[len("rest+") :], **io)
-        if scheme == "glue":
-            return load_catalog(CATALOG_NAME, type="glue", **io)
+        return load_catalog(CATALOG_NAME, type="glue", **io)  # the one other catalog_url admits
     except Exception as err:
         raise IngestError(f"catalog {url}: cannot open it: {_first_line(err)}") from None
-    raise IngestError(f"catalog {url}: not a catalog URL (sqlite:///PATH, postgresql://…, rest+https://…, glue)")
 
 
 def _first_line(err: BaseException) -> str:
@@ -182,22 +177,44 @@ def _disagreement(table: Table, schema: Schema, spec: PartitionSpec) -> str | No
     return None
 
 
+def _refuse_disagreement(table: Table, identifier: str, m: manifest.Manifest) -> None:
+    schema = iceberg_schema(m.schema)
+    if problem := _disagreement(table, schema, partition_spec(schema, m.chunk_size)):
+        raise IngestError(f"table {identifier}: {problem}; nothing changed")
+
+
+def check(url: str, root: str, namespace: str, archived: dict[str, manifest.Manifest | None]) -> None:
+    """What a sync would refuse, found before a job publishes anything: a catalog that does not open (unreachable,
+    wrong credentials), a table whose columns are not the archive's. A table not made yet is made by the first sync."""
+    catalog = open_catalog(url, root)
+    for dataset, m in archived.items():
+        if m is None:
+            continue
+        identifier = f"{namespace}.{dataset}"
+        try:
+            table = catalog.load_table(identifier)
+        except NoSuchTableError:
+            continue
+        except Exception as err:
+            raise IngestError(f"catalog {url}: {dataset}: {_first_line(err)}") from None
+        _refuse_disagreement(table, identifier, m)
+
+
 def _table(catalog: Catalog, identifier: str, m: manifest.Manifest, location: str) -> Table:
     """The dataset's table, created on first sync in one commit; an existing one must have the archive's columns."""
-    schema = iceberg_schema(m.schema)
-    spec = partition_spec(schema, m.chunk_size)
     try:
         table = catalog.load_table(identifier)
     except NoSuchTableError:
         pass
     else:
-        if problem := _disagreement(table, schema, spec):
-            raise IngestError(f"table {identifier}: {problem}; nothing changed")
+        _refuse_disagreement(table, identifier, m)
         if table.properties.get(NO_REBASE) != "0":
             table = table.transaction().set_properties({NO_REBASE: "0"}).commit_transaction()
         return table
     with contextlib.suppress(NamespaceAlreadyExistsError):
         catalog.create_namespace(identifier.rsplit(".", 1)[0])
+    schema = iceberg_schema(m.schema)
+    spec = partition_spec(schema, m.chunk_size)
     # Cryo's files have no field ids: readers find columns by name.
     properties = {"schema.name-mapping.default": schema.name_mapping.model_dump_json(), NO_REBASE: "0"}
     try:
