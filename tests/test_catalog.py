@@ -22,6 +22,7 @@ from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.table import Table
 from pyiceberg.types import StringType
 from servers import PostgresServer
+from test_config import SPEC_YAML
 
 from cryo_ingest import devnet
 from cryo_ingest import manifest as manifest_module
@@ -468,3 +469,46 @@ def test_backfill_on_s3_with_a_catalog(chain: Devnet, s3: S3, tmp_path: Path) ->
         t = table(root, url, dataset)
         assert set(catalog.live_files(t)) == paths(root, dataset)
         assert same_rows(scan_iceberg(t).collect(), by_glob(root, dataset))  # Polars reads the glob on S3 too
+
+
+def test_the_operator_keeps_a_nodes_tables_in_step(chain: Devnet, postgres: PostgresServer, tmp_path: Path) -> None:
+    """`request` then `run` (the operator's runner): each partition syncs, and the request's completion."""
+    config, root = tmp_path / "dag.yaml", tmp_path / "archive"
+    extra = f"    chunk_size: 50\n    chunks_per_partition: 1\n    catalog: {postgres.url}\n"
+    config.write_text(
+        SPEC_YAML.replace("chain_id: 10143", "chain_id: 31337").replace("rpc_pool: monad\n", "rpc_pool: monad\n" + extra)
+    )
+    env = {"CRYO_INGEST_RPC_POOL_MONAD": json.dumps({"endpoints": [{"name": "local", "url": chain.url}]})}
+    req = cli("request", "--config", str(config), "--root", str(root), "--start", "0", "--end", "99", env=env)
+    assert req.code == 0, req.text
+    run = cli("run", "--config", str(config), "--root", str(root), env=env)
+    assert run.code == 0, run.text
+    assert PASSWORD not in run.text + req.text
+    assert all(PASSWORD.encode() not in data for data in files_under(root).values())
+    for dataset in ("blocks", "transactions", "logs"):
+        t = table(root, postgres.url, dataset)
+        assert set(live_counts(t)) == paths(root, dataset) and set(live_counts(t).values()) == {1}
+        assert 1 <= len(t.snapshots()) <= 2  # a commit per partition at most; the completion's sync found nothing new
+        assert same_rows(scan_iceberg(t).collect(), by_glob(root, dataset))
+
+
+def test_a_table_that_cannot_follow_fails_the_run_not_the_archive(chain: Devnet, tmp_path: Path) -> None:
+    """A logs table made elsewhere with other columns, before the archive had logs: the check before the run has no
+    manifest to compare it with, so the partitions publish, their syncs refuse the table, and the run exits 1 saying
+    so; the archive is whole, and once the table is dropped `catalog sync` brings every table in step."""
+    root, url = tmp_path / "root", f"sqlite:///{tmp_path}/catalog.db"
+    tables = catalog.open_catalog(url, str(root))
+    tables.create_namespace("cold_31337")
+    tables.create_table("cold_31337.logs", schema=catalog.Schema(catalog.NestedField(1, "other", StringType())))
+    run = backfill(root, chain.url, "--catalog", url, end=99)
+    assert run.code == 1, run.text
+    refused = "table cold_31337.logs: its schema disagrees with the archive"
+    lag = "the archive is published; its table follows on the next run or `cryo-ingest catalog sync`"
+    errors = [line for line in run.text.splitlines() if line.startswith("error:")]
+    assert errors and all(refused in line and line.endswith(lag) for line in errors), run.text
+    assert [len(manifest(root, 31337, d)["files"]) for d in DATASETS] == [2, 2, 2, 2]  # published, every dataset
+    assert set(catalog.live_files(table(root, url, "blocks"))) == paths(root, "blocks")  # synced before logs
+    tables.drop_table("cold_31337.logs")
+    changed = sync(root, url)
+    assert {d: len(c["added"]) for d, c in changed.items()} == {"blocks": 0, "transactions": 0, "logs": 2, "traces": 2}
+    check_in_step(root, url)
