@@ -540,3 +540,30 @@ def test_engines_read_what_the_glob_reads(archived: Path, tmp_path: Path) -> Non
     glob = f"read_parquet('{root}/cold/31337/transactions/*.parquet') WHERE block_number >= 100 AND block_number < 200"
     by_sender = "SELECT from_address, sum(gas_used), count(*) FROM {} GROUP BY 1 ORDER BY 1"
     assert db.sql(by_sender.format("scanned")).fetchall() == db.sql(by_sender.format(glob)).fetchall() != []
+
+
+def test_backfill_overwrite_conflicts_swaps_in_the_partitions_commit(chain: Devnet, tmp_path: Path) -> None:
+    """The partition that replaces chunks swaps them in its own commit: one snapshot, delete + add."""
+    root, url = tmp_path / "root", f"sqlite:///{tmp_path}/catalog.db"
+    assert backfill(root, chain.url, "--catalog", url, end=99, datasets="blocks,txs").code == 0
+    old = manifest(root, 31337, "transactions")["files"]
+    before = table(root, url, "transactions").current_snapshot()
+    assert before is not None
+    with devnet.anvil() as other:  # same chain id, other history: a reorg as the archive sees it
+        devnet.generate_sync(other.url, 120, 3)
+        args = ("--force", "--overwrite-conflicts", "--catalog", url)
+        replaced = backfill(root, other.url, *args, end=99, datasets="blocks,txs")
+        assert replaced.code == 0, replaced.text
+    for dataset in ("blocks", "transactions"):
+        t = table(root, url, dataset)
+        assert len(t.snapshots()) == 2
+        after = t.current_snapshot()
+        assert after is not None and after.summary is not None
+        assert after.summary.operation.value == "overwrite" and after.summary["cryo-ingest.replaced"] == "2"
+        assert set(live_counts(t)) == paths(root, dataset) and set(live_counts(t).values()) == {1}
+        assert same_rows(scan_iceberg(t).collect(), by_glob(root, dataset))
+    t = table(root, url, "transactions")
+    planned = t.scan(snapshot_id=before.snapshot_id).plan_files()
+    previous = {Path(task.file.file_path).name: task.file.record_count for task in planned}
+    assert previous == {e["path"]: e["rows"] for e in old}  # the old chunks as the previous snapshot lists them
+    assert previous != {e["path"]: e["rows"] for e in manifest(root, 31337, "transactions")["files"]}
