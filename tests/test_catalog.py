@@ -567,3 +567,30 @@ def test_backfill_overwrite_conflicts_swaps_in_the_partitions_commit(chain: Devn
     previous = {Path(task.file.file_path).name: task.file.record_count for task in planned}
     assert previous == {e["path"]: e["rows"] for e in old}  # the old chunks as the previous snapshot lists them
     assert previous != {e["path"]: e["rows"] for e in manifest(root, 31337, "transactions")["files"]}
+
+
+def test_a_year_of_commits_stays_small(tmp_path: Path) -> None:
+    """Expiry at each commit by the table's own policy (here: nothing is too young, keep 3), old metadata files
+    deleted past the table's limit (here 2), small manifests merged (here from 3): what a year of commits,
+    one per partition, would otherwise pile up."""
+    root, url = tmp_path / "root", f"sqlite:///{tmp_path}/catalog.db"
+    row = {"block_number": [0], "log_index": [0], "chain_id": [1]}
+    synthetic(root, {0: row})
+    catalog.sync(str(root), 31337, url, ("logs",))
+    t = table(root, url, "logs")
+    assert {k: t.properties[k] for k in catalog.POLICY} == catalog.POLICY
+    policy = {catalog.MAX_SNAPSHOT_AGE: "0", catalog.MIN_SNAPSHOTS: "3", "write.metadata.previous-versions-max": "2"}
+    t.transaction().set_properties(policy | {"commit.manifest.min-count-to-merge": "3"}).commit_transaction()
+    for start in range(50, 400, 50):
+        synthetic(root, {start: row | {"block_number": [start]}})
+        (synced,) = catalog.sync(str(root), 31337, url, ("logs",), blocks=(start, start + 49))
+        assert synced.added == [f"logs_{start:08}_{start + 49:08}.parquet"]
+    t = table(root, url, "logs")
+    assert len(t.snapshots()) == 3
+    assert len(list((root / "iceberg/cold_31337/logs/metadata").glob("*.metadata.json"))) == 3  # the current and 2 before
+    assert set(live_counts(t).values()) == {1} and len(live_counts(t)) == 8
+    snapshot = t.current_snapshot()
+    assert snapshot is not None and len(snapshot.manifests(t.io)) < 3
+    oldest = min(t.snapshots(), key=lambda s: s.timestamp_ms)  # time travel within the snapshots kept
+    assert t.scan(snapshot_id=oldest.snapshot_id).to_arrow().num_rows == 6
+    assert sorted(t.scan().to_arrow()["block_number"].to_pylist()) == list(range(0, 400, 50))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from pyiceberg.manifest import DataFile
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
+from pyiceberg.table.update.snapshot import ExpireSnapshots
 from pyiceberg.transforms import TruncateTransform
 from pyiceberg.types import (
     BinaryType,
@@ -67,6 +69,21 @@ S3_ENV = {"s3.endpoint": "AWS_ENDPOINT_URL", "s3.region": "AWS_REGION"}
 COMMIT_ATTEMPTS = 5  # another sync committed first: read the table again and redo the difference
 # pyiceberg would otherwise re-apply a failed commit's appends on the newer table: a file added twice.
 NO_REBASE = "commit.retry.num-retries"
+# A year of commits (one per partition): what every table is made with, and given on its next sync if made
+# before. Iceberg's own names, so that any engine's maintenance reads the same policy. Snapshots older
+# than a week are expired at each commit, but never the last 100 (time travel within them); the previous
+# metadata files beyond 100 are deleted as pyiceberg commits; merge_append folds small manifests together
+# (by Iceberg's defaults: from 100 manifests, up to 8 MB each).
+MAX_SNAPSHOT_AGE = "history.expire.max-snapshot-age-ms"
+MIN_SNAPSHOTS = "history.expire.min-snapshots-to-keep"
+POLICY = {
+    NO_REBASE: "0",
+    MAX_SNAPSHOT_AGE: str(7 * 24 * 3600 * 1000),
+    MIN_SNAPSHOTS: "100",
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "100",
+    "commit.manifest-merge.enabled": "true",  # pyiceberg's merge_append merges nothing without it
+}
 # Where the tests kill a sync (faults.CRASH_ENV): the files described, nothing committed; one dataset committed.
 CRASH_POINTS = ("catalog-before-commit", "catalog-between-datasets")
 # The Arrow types of Cryo's columns, as the manifest names them, and what the table holds them as (see the module).
@@ -208,15 +225,17 @@ def _table(catalog: Catalog, identifier: str, m: manifest.Manifest, location: st
         pass
     else:
         _refuse_disagreement(table, identifier, m)
-        if table.properties.get(NO_REBASE) != "0":
-            table = table.transaction().set_properties({NO_REBASE: "0"}).commit_transaction()
+        # the policy where the table has none of its own; never pyiceberg's retry
+        wanted = {k: v for k, v in POLICY.items() if k not in table.properties or k == NO_REBASE}
+        if any(table.properties.get(k) != v for k, v in wanted.items()):
+            table = table.transaction().set_properties(wanted).commit_transaction()
         return table
     with contextlib.suppress(NamespaceAlreadyExistsError):
         catalog.create_namespace(identifier.rsplit(".", 1)[0])
     schema = iceberg_schema(m.schema)
     spec = partition_spec(schema, m.chunk_size)
     # Cryo's files have no field ids: readers find columns by name.
-    properties = {"schema.name-mapping.default": schema.name_mapping.model_dump_json(), NO_REBASE: "0"}
+    properties = {"schema.name-mapping.default": schema.name_mapping.model_dump_json(), **POLICY}
     try:
         return catalog.create_table(identifier, schema=schema, location=location, partition_spec=spec, properties=properties)
     except TableAlreadyExistsError:  # another sync created it first
@@ -335,6 +354,8 @@ def _commit(table: Table, m: manifest.Manifest, folder: str, identifier: str) ->
     summary = {"cryo-ingest.added": str(len(add)), "cryo-ingest.replaced": str(len(swap))}
     crash_point("catalog-before-commit")
     with table.transaction() as tx:
+        if expired := _expired(table):
+            ExpireSnapshots(tx).by_ids(expired).commit()
         tx.set_properties(_sha_properties(m, [e.start_block for e in add + swap]))
         snapshot = tx.update_snapshot(snapshot_properties=summary)
         # merge_append folds small manifests together as commits accumulate (one per partition, all year)
@@ -348,6 +369,21 @@ def _commit(table: Table, m: manifest.Manifest, folder: str, identifier: str) ->
     result.replaced = [e.path for e in swap]
     result.snapshot_id = current.snapshot_id if current else None
     return result
+
+
+def _expired(table: Table) -> list[int]:
+    """The snapshots the table's policy (POLICY's, or an operator's own values) lets go as a commit adds one:
+    older than the age, and not among the newest to keep, the new one counted (the current one always kept)."""
+    props = table.properties
+    keep = max(1, int(props.get(MIN_SNAPSHOTS, POLICY[MIN_SNAPSHOTS])) - 1)
+    before = time.time() * 1000 - int(props.get(MAX_SNAPSHOT_AGE, POLICY[MAX_SNAPSHOT_AGE]))
+    newest_first = sorted(table.snapshots(), key=lambda s: s.timestamp_ms, reverse=True)
+    current = table.current_snapshot()
+    return [
+        s.snapshot_id
+        for s in newest_first[keep:]
+        if s.timestamp_ms < before and (current is None or s.snapshot_id != current.snapshot_id)
+    ]
 
 
 def sync(
