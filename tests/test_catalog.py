@@ -308,6 +308,9 @@ def test_sync_of_a_block_range_reads_only_its_shards(tmp_path: Path) -> None:
     assert (rest.added, rest.replaced) == (["logs_00000000_00000049.parquet"], [])
     partitions = {task.file.partition[0] for task in table(root, url, "logs").scan().plan_files()}
     assert partitions == {0, 50_000}
+    # Each commit's manifest has one partition's bounds: the other's is not read (its file is not listed).
+    late_file = f"{root}/cold/31337/logs/logs_00050000_00050049.parquet"
+    assert set(catalog.live_files(table(root, url, "logs"), {50_000})) == {late_file}
 
 
 def test_a_table_whose_schema_disagrees_is_refused(archived: Path, catalog_url: str, tmp_path: Path) -> None:

@@ -34,10 +34,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.catalog.sql import SqlCatalog
-from pyiceberg.conversions import to_bytes
+from pyiceberg.conversions import from_bytes, to_bytes
 from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
 from pyiceberg.io.pyarrow import parquet_file_to_data_file
-from pyiceberg.manifest import DataFile
+from pyiceberg.manifest import DataFile, ManifestFile
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
@@ -242,16 +242,28 @@ def _table(catalog: Catalog, identifier: str, m: manifest.Manifest, location: st
         return _table(catalog, identifier, m, location)
 
 
-def live_files(table: Table) -> dict[str, DataFile]:
-    """The current snapshot's data files by path, empty chunks too (a scan's planning leaves those out)."""
+def live_files(table: Table, partitions: set[int] | None = None) -> dict[str, DataFile]:
+    """The current snapshot's data files by path, empty chunks too (a scan's planning leaves those out); with
+    `partitions`, those of these partitions only, reading only the manifests whose bounds may hold them: a
+    partition's sync reads what its shards' files are listed in, not a year of entries."""
     snapshot = table.current_snapshot()
     if snapshot is None:
         return {}
     return {
         entry.data_file.file_path: entry.data_file
         for m in snapshot.manifests(table.io)
+        if partitions is None or _may_hold(m, partitions)
         for entry in m.fetch_manifest_entry(table.io, discard_deleted=True)
+        if partitions is None or entry.data_file.partition[0] in partitions
     }
+
+
+def _may_hold(m: ManifestFile, partitions: set[int]) -> bool:
+    summary = m.partitions[0] if m.partitions else None
+    if summary is None or summary.lower_bound is None or summary.upper_bound is None:
+        return True
+    low, high = (int(from_bytes(LongType(), bound)) for bound in (summary.lower_bound, summary.upper_bound))
+    return any(low <= p <= high for p in partitions)
 
 
 def _read_shas(table: Table) -> dict[int, str]:
@@ -336,7 +348,8 @@ def sync_table(
 
 def _commit(table: Table, m: manifest.Manifest, folder: str, identifier: str) -> Synced:
     """One snapshot: the entries the table lacks appended, the replaced ones deleted and appended again."""
-    live = live_files(table)
+    width = m.chunk_size * PARTITION_CHUNKS
+    live = live_files(table, {start // width * width for start in m.files})
     held = _read_shas(table)
     add: list[manifest.Entry] = []
     swap: list[manifest.Entry] = []
@@ -349,7 +362,6 @@ def _commit(table: Table, m: manifest.Manifest, folder: str, identifier: str) ->
     result = Synced(m.dataset, identifier)
     if not add and not swap:
         return result
-    width = m.chunk_size * PARTITION_CHUNKS
     files = [_data_file(table, f"{folder}/{e.path}", e, width) for e in add + swap]
     summary = {"cryo-ingest.added": str(len(add)), "cryo-ingest.replaced": str(len(swap))}
     crash_point("catalog-before-commit")
