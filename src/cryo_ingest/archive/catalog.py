@@ -72,7 +72,7 @@ NO_REBASE = "commit.retry.num-retries"
 # A year of commits (one per partition): what every table is made with, and given on its next sync if made
 # before. Iceberg's own names, so that any engine's maintenance reads the same policy. Snapshots older
 # than a week are expired at each commit, but never the last 100 (time travel within them); the previous
-# metadata files beyond 100 are deleted as pyiceberg commits; merge_append folds small manifests together
+# metadata files beyond 10 are deleted as pyiceberg commits; merge_append folds small manifests together
 # (by Iceberg's defaults: from 100 manifests, up to 8 MB each).
 MAX_SNAPSHOT_AGE = "history.expire.max-snapshot-age-ms"
 MIN_SNAPSHOTS = "history.expire.min-snapshots-to-keep"
@@ -81,7 +81,7 @@ POLICY = {
     MAX_SNAPSHOT_AGE: str(7 * 24 * 3600 * 1000),
     MIN_SNAPSHOTS: "100",
     "write.metadata.delete-after-commit.enabled": "true",
-    "write.metadata.previous-versions-max": "100",
+    "write.metadata.previous-versions-max": "10",  # each ~2 MB at 79,000 files (the sha256 properties)
     "commit.manifest-merge.enabled": "true",  # pyiceberg's merge_append merges nothing without it
 }
 # Where the tests kill a sync (faults.CRASH_ENV): the files described, nothing committed; one dataset committed.
