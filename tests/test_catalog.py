@@ -20,10 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import CANARY, S3, Devnet, backfill, cli, files_under, manifest, manifest_doc
+from pyiceberg.conversions import from_bytes
 from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
-from pyiceberg.types import NestedField, StringType
+from pyiceberg.types import LongType, NestedField, StringType
 from servers import PostgresServer
 from test_config import SPEC_YAML
 
@@ -311,6 +312,24 @@ def test_sync_of_a_block_range_reads_only_its_shards(tmp_path: Path) -> None:
     # Each commit's manifest has one partition's bounds: the other's is not read (its file is not listed).
     late_file = f"{root}/cold/31337/logs/logs_00050000_00050049.parquet"
     assert set(catalog.live_files(table(root, url, "logs"), {50_000})) == {late_file}
+
+
+def test_one_sync_over_several_partitions_writes_a_manifest_for_each(tmp_path: Path) -> None:
+    """One commit, a snapshot per partition: planning a block range reads its partition's manifest, not the archive's."""
+    root, url = tmp_path / "root", f"sqlite:///{tmp_path}/catalog.db"
+    row = {"block_number": [0], "log_index": [0], "chain_id": [1]}
+    synthetic(root, {s: row | {"block_number": [s]} for s in (0, 50, 50_000, 100_000)})
+    (synced,) = catalog.sync(str(root), 31337, url, ("logs",))
+    assert len(synced.added) == 4
+    t = table(root, url, "logs")
+    snapshot = t.current_snapshot()
+    assert snapshot is not None and len(t.snapshots()) == 3
+    bounds = sorted(
+        (int(from_bytes(LongType(), m.partitions[0].lower_bound)), int(from_bytes(LongType(), m.partitions[0].upper_bound)))
+        for m in snapshot.manifests(t.io)
+        if m.partitions and m.partitions[0].lower_bound and m.partitions[0].upper_bound
+    )
+    assert bounds == [(0, 0), (50_000, 50_000), (100_000, 100_000)]
 
 
 def test_a_table_whose_schema_disagrees_is_refused(archived: Path, catalog_url: str, tmp_path: Path) -> None:

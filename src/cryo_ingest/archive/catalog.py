@@ -73,7 +73,7 @@ NO_REBASE = "commit.retry.num-retries"
 # before. Iceberg's own names, so that any engine's maintenance reads the same policy. Snapshots older
 # than a week are expired at each commit, but never the last 100 (time travel within them); the previous
 # metadata files beyond 10 are deleted as pyiceberg commits; merge_append folds small manifests together
-# (by Iceberg's defaults: from 100 manifests, up to 8 MB each).
+# (from 100 manifests, into manifests of 256 KB).
 MAX_SNAPSHOT_AGE = "history.expire.max-snapshot-age-ms"
 MIN_SNAPSHOTS = "history.expire.min-snapshots-to-keep"
 POLICY = {
@@ -83,6 +83,9 @@ POLICY = {
     "write.metadata.delete-after-commit.enabled": "true",
     "write.metadata.previous-versions-max": "10",  # each ~2 MB at 79,000 files (the sha256 properties)
     "commit.manifest-merge.enabled": "true",  # pyiceberg's merge_append merges nothing without it
+    # Merged manifests of a few hundred files (Iceberg's default, 8 MB, is ~50,000 here): a block range's
+    # planning reads the few that cover it, not one that lists a year.
+    "commit.manifest.target-size-bytes": str(256 * 1024),
 }
 # Where the tests kill a sync (faults.CRASH_ENV): the files described, nothing committed; one dataset committed.
 CRASH_POINTS = ("catalog-before-commit", "catalog-between-datasets")
@@ -362,20 +365,27 @@ def _commit(table: Table, m: manifest.Manifest, folder: str, identifier: str) ->
     result = Synced(m.dataset, identifier)
     if not add and not swap:
         return result
-    files = [_data_file(table, f"{folder}/{e.path}", e, width) for e in add + swap]
-    summary = {"cryo-ingest.added": str(len(add)), "cryo-ingest.replaced": str(len(swap))}
+    files = {e.start_block: _data_file(table, f"{folder}/{e.path}", e, width) for e in add + swap}
+    # a snapshot per partition, all in this one commit: each writes its own manifest, which planning reads
+    # only for a range in that partition (one manifest for a first sync of 79,000 files is read whole)
+    by_partition: dict[int, tuple[list[manifest.Entry], list[manifest.Entry]]] = {}
+    for kind, entries in enumerate((add, swap)):
+        for e in entries:
+            by_partition.setdefault(e.start_block // width * width, ([], []))[kind].append(e)
     crash_point("catalog-before-commit")
     with table.transaction() as tx:
-        if expired := _expired(table):
+        if expired := _expired(table, len(by_partition)):
             ExpireSnapshots(tx).by_ids(expired).commit()
         tx.set_properties(_sha_properties(m, [e.start_block for e in add + swap]))
-        snapshot = tx.update_snapshot(snapshot_properties=summary)
-        # merge_append folds small manifests together as commits accumulate (one per partition, all year)
-        with snapshot.overwrite() if swap else snapshot.merge_append() as producer:
-            for e in swap:
-                producer.delete_data_file(live[f"{folder}/{e.path}"])
-            for data_file in files:
-                producer.append_data_file(data_file)
+        for adding, swapping in by_partition.values():
+            summary = {"cryo-ingest.added": str(len(adding)), "cryo-ingest.replaced": str(len(swapping))}
+            snapshot = tx.update_snapshot(snapshot_properties=summary)
+            # merge_append folds small manifests together as commits accumulate (one per partition, all year)
+            with snapshot.overwrite() if swapping else snapshot.merge_append() as producer:
+                for e in swapping:
+                    producer.delete_data_file(live[f"{folder}/{e.path}"])
+                for e in adding + swapping:
+                    producer.append_data_file(files[e.start_block])
     current = table.current_snapshot()
     result.added = [e.path for e in add]
     result.replaced = [e.path for e in swap]
@@ -383,11 +393,11 @@ def _commit(table: Table, m: manifest.Manifest, folder: str, identifier: str) ->
     return result
 
 
-def _expired(table: Table) -> list[int]:
-    """The snapshots the table's policy (POLICY's, or an operator's own values) lets go as a commit adds one:
-    older than the age, and not among the newest to keep, the new one counted (the current one always kept)."""
+def _expired(table: Table, adding: int) -> list[int]:
+    """The snapshots the table's policy (POLICY's, or an operator's own values) lets go as a commit adds
+    `adding`: older than the age, and not among the newest to keep, the new ones counted (the current kept)."""
     props = table.properties
-    keep = max(1, int(props.get(MIN_SNAPSHOTS, POLICY[MIN_SNAPSHOTS])) - 1)
+    keep = max(1, int(props.get(MIN_SNAPSHOTS, POLICY[MIN_SNAPSHOTS])) - adding)
     before = time.time() * 1000 - int(props.get(MAX_SNAPSHOT_AGE, POLICY[MAX_SNAPSHOT_AGE]))
     newest_first = sorted(table.snapshots(), key=lambda s: s.timestamp_ms, reverse=True)
     current = table.current_snapshot()
