@@ -616,3 +616,12 @@ def test_a_year_of_commits_stays_small(tmp_path: Path) -> None:
     oldest = min(t.snapshots(), key=lambda s: s.timestamp_ms)  # time travel within the snapshots kept
     assert t.scan(snapshot_id=oldest.snapshot_id).to_arrow().num_rows == 6
     assert sorted(t.scan().to_arrow()["block_number"].to_pylist()) == list(range(0, 400, 50))
+    # The shas by which a sync finds replaced chunks: a file per shard, named in the metadata (which stays small).
+    shas = {k: v for k, v in t.properties.items() if k.startswith(catalog.SHA_PROPERTY)}
+    assert list(shas) == [catalog.SHA_PROPERTY + "manifest/00000000_00049999.json"]
+    (path,) = shas.values()
+    held = Path(path).read_text()
+    assert held.count(":") == 8 and path.endswith(f"-{sha256(held.encode())[:16]}.sha256")
+    # A table made before those files holds the list itself: read as it is, nothing looks replaced.
+    t.transaction().set_properties({catalog.SHA_PROPERTY + "manifest/00000000_00049999.json": held}).commit_transaction()
+    assert catalog.sync(str(root), 31337, url, ("logs",))[0].replaced == []

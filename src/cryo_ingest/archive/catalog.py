@@ -58,11 +58,12 @@ from pyiceberg.types import (
 from .. import manifest
 from ..errors import IngestError, redact
 from ..faults import crash_point
-from ..storage import open_store
+from ..storage import open_store, sha256
 from . import catalog_url
 
 PARTITION_CHUNKS = manifest.SHARD_CHUNKS  # truncate width in chunks: one partition per manifest shard
-SHA_PROPERTY = "cryo-ingest.sha256."  # + shard name: "start:sha256[:16],..." of the entries the table holds
+SHA_PROPERTY = "cryo-ingest.sha256."  # + shard name: a file of "start:sha256[:16],..." of the entries the table holds
+SHA_SUFFIX = ".sha256"
 SHA_PREFIX = 16
 CATALOG_NAME = "cryo_ingest"
 S3_ENV = {"s3.endpoint": "AWS_ENDPOINT_URL", "s3.region": "AWS_REGION"}
@@ -81,7 +82,7 @@ POLICY = {
     MAX_SNAPSHOT_AGE: str(7 * 24 * 3600 * 1000),
     MIN_SNAPSHOTS: "100",
     "write.metadata.delete-after-commit.enabled": "true",
-    "write.metadata.previous-versions-max": "10",  # each ~2 MB at 79,000 files (the sha256 properties)
+    "write.metadata.previous-versions-max": "10",
     "commit.manifest-merge.enabled": "true",  # pyiceberg's merge_append merges nothing without it
     # Merged manifests of a few hundred files (Iceberg's default, 8 MB, is ~50,000 here): a block range's
     # planning reads the few that cover it, not one that lists a year.
@@ -269,26 +270,40 @@ def _may_hold(m: ManifestFile, partitions: set[int]) -> bool:
     return any(low <= p <= high for p in partitions)
 
 
-def _read_shas(table: Table) -> dict[int, str]:
-    """start_block -> sha256 prefix of every entry the table holds, from its properties."""
+def _read_shas(table: Table, shards: set[str]) -> dict[int, str]:
+    """start_block -> sha256 prefix of every entry of `shards` the table holds, from the files its properties name
+    (or the list itself, in a table made before those files)."""
     held: dict[int, str] = {}
-    for k, v in table.properties.items():
-        if k.startswith(SHA_PROPERTY) and v:
-            for item in v.split(","):
-                start, sha = item.split(":")
-                held[int(start)] = sha
+    for shard in shards:
+        value = table.properties.get(SHA_PROPERTY + shard)
+        if value and value.endswith(SHA_SUFFIX):
+            with table.io.new_input(value).open() as stream:
+                value = stream.read().decode()
+        for item in value.split(",") if value else []:
+            start, sha = item.split(":")
+            held[int(start)] = sha
     return held
 
 
-def _sha_properties(m: manifest.Manifest, starts: list[int]) -> dict[str, str]:
-    """The sha256 properties of the shards holding `starts`, as the manifest has them now."""
+def _sha_properties(table: Table, m: manifest.Manifest, starts: list[int]) -> dict[str, str]:
+    """The sha256 properties of the shards holding `starts`, as the manifest has them now: each the path of
+    a file written here, named by its content, so that the table's metadata (written again by every
+    commit) stays small however long the archive; the property changes in the commit, so a crash
+    before it leaves an unused file, never a table that names the wrong shas."""
     shards = {manifest.shard_path(s, m.chunk_size) for s in starts}
     by_shard: dict[str, list[str]] = {s: [] for s in shards}
     for start in sorted(m.files):
         shard = manifest.shard_path(start, m.chunk_size)
         if shard in by_shard:
             by_shard[shard].append(f"{start}:{m.files[start].sha256[:SHA_PREFIX]}")
-    return {SHA_PROPERTY + shard: ",".join(items) for shard, items in by_shard.items()}
+    properties = {}
+    for shard, items in by_shard.items():
+        data = ",".join(items).encode()
+        path = f"{table.location()}/metadata/cryo-ingest-{manifest.shard_start(shard):08}-{sha256(data)[:16]}{SHA_SUFFIX}"
+        with table.io.new_output(path).create(overwrite=True) as stream:
+            stream.write(data)
+        properties[SHA_PROPERTY + shard] = path
+    return properties
 
 
 def _data_file(table: Table, path: str, entry: manifest.Entry, width: int) -> DataFile:
@@ -353,7 +368,7 @@ def _commit(table: Table, m: manifest.Manifest, folder: str, identifier: str) ->
     """One snapshot: the entries the table lacks appended, the replaced ones deleted and appended again."""
     width = m.chunk_size * PARTITION_CHUNKS
     live = live_files(table, {start // width * width for start in m.files})
-    held = _read_shas(table)
+    held = _read_shas(table, {manifest.shard_path(start, m.chunk_size) for start in m.files})
     add: list[manifest.Entry] = []
     swap: list[manifest.Entry] = []
     for start in sorted(m.files):
@@ -372,11 +387,12 @@ def _commit(table: Table, m: manifest.Manifest, folder: str, identifier: str) ->
     for kind, entries in enumerate((add, swap)):
         for e in entries:
             by_partition.setdefault(e.start_block // width * width, ([], []))[kind].append(e)
+    shas = _sha_properties(table, m, [e.start_block for e in add + swap])
     crash_point("catalog-before-commit")
     with table.transaction() as tx:
         if expired := _expired(table, len(by_partition)):
             ExpireSnapshots(tx).by_ids(expired).commit()
-        tx.set_properties(_sha_properties(m, [e.start_block for e in add + swap]))
+        tx.set_properties(shas)
         for adding, swapping in by_partition.values():
             summary = {"cryo-ingest.added": str(len(adding)), "cryo-ingest.replaced": str(len(swapping))}
             snapshot = tx.update_snapshot(snapshot_properties=summary)
