@@ -31,7 +31,7 @@ from pydantic import (
     model_validator,
 )
 
-from .archive import catalog_url
+from .archive.urls import catalog_url
 from .costs import KNOWN_METHODS, PROFILES
 from .errors import ConfigError, register_secret_url
 

@@ -8,31 +8,17 @@ from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
-from ..errors import IngestError, redact, register_secret_url
+from ..errors import IngestError, redact
+from .urls import catalog_url
 
 if TYPE_CHECKING:
     from .. import manifest
 
 log = logging.getLogger("cryo_ingest")
 
-SCHEMES = ("sqlite", "postgresql", "postgres", "rest+https", "rest+http")  # and "glue", which is not a URL
 NEEDS_EXTRA = "catalog: needs the iceberg extra: pip install 'cryo-ingest[iceberg]'"
 LAGS = "the archive is published; its table follows on the next run or `cryo-ingest catalog sync`"
-
-
-def catalog_url(url: str) -> str:
-    """A catalog URL pyiceberg can open, its credentials registered for redaction like an RPC key's."""
-    url = url.strip()
-    scheme = urlsplit(url).scheme.lower() if "://" in url else url.lower()
-    if scheme != "glue" and (scheme not in SCHEMES or not url.partition("://")[2]):
-        # not echoed: it may hold a password
-        raise ValueError("catalog must be sqlite:///PATH, postgresql://USER:PASSWORD@HOST/DB, rest+https://HOST/PATH or glue")
-    parts = urlsplit(url)
-    if parts.username or parts.password or parts.query:
-        register_secret_url(url)
-    return url
 
 
 def check(url: str, root: str, chain_id: int, namespace: str | None, archived: dict[str, manifest.Manifest | None]) -> None:

@@ -59,7 +59,7 @@ from .. import manifest
 from ..errors import IngestError, redact
 from ..faults import crash_point
 from ..storage import open_store, sha256
-from . import catalog_url
+from .urls import catalog_url
 
 PARTITION_CHUNKS = manifest.SHARD_CHUNKS  # truncate width in chunks: one partition per manifest shard
 SHA_PROPERTY = "cryo-ingest.sha256."  # + shard name: a file of "start:sha256[:16],..." of the entries the table holds
