@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import archive, chains, events, manifest, workers
+from . import chains, events, manifest, workers
+from .archive import tables
 from .plan import Chunk, Partition, Plan, grid, make_plan
 from .storage import Store, open_store
 from .task import PartitionResult, Task
@@ -121,7 +122,7 @@ class Opened:
         result.emitted += len(events.reconcile(self.store, self.sinks, job.chain_id, job.datasets, first, job.end_block))
         if job.catalog:  # what a partition that died, failed or had nothing to do left out of the tables
             url, blocks = job.catalog.get_secret_value(), (first, job.end_block)
-            lag = archive.follow(job.root, job.chain_id, url, job.datasets, job.catalog_namespace, blocks, job.storage_options)
+            lag = tables.follow(job.root, job.chain_id, url, job.datasets, job.catalog_namespace, blocks, job.storage_options)
             if lag:
                 result.failed.append(lag)
         result.seconds = time.monotonic() - self.started
@@ -136,7 +137,7 @@ def open_job(job: Job, events_file: Path | None) -> Opened:
     for m in archived.values():
         manifest.check_grid(m, job.chunk_size)
     if job.catalog:
-        archive.check(job.catalog.get_secret_value(), job.root, job.chain_id, job.catalog_namespace, archived)
+        tables.check(job.catalog.get_secret_value(), job.root, job.chain_id, job.catalog_namespace, archived)
     sinks = events.Sinks(job.output_dataset or f"cold_{'_'.join(job.datasets)}", job.root, events_file)
     return Opened(job, store, archived, sinks, Result(job.chain_id, job.datasets, job.start_block, job.end_block))
 

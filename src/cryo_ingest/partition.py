@@ -7,7 +7,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import archive, events, manifest
+from . import events, manifest
+from .archive import tables
 from .errors import CheckFailed, ChunkError, ConflictError, IngestError, register_secret_url
 from .extract import blame, extract, receipt_counts, settle, trace_source
 from .plan import Chunk
@@ -113,7 +114,7 @@ def _run_once(task: Task, store: Store, staging: Path, result: PartitionResult) 
     emitted = events.reconcile(store, task.sinks, task.chain_id, part.datasets, part.start, part.end)
     if task.catalog:  # the tables follow the manifest the same way, one commit per dataset (archive/catalog.py)
         span, namespace, options = (part.start, part.end), task.catalog_namespace, task.storage_options
-        result.catalog_error = archive.follow(task.root, task.chain_id, task.catalog, part.datasets, namespace, span, options)
+        result.catalog_error = tables.follow(task.root, task.chain_id, task.catalog, part.datasets, namespace, span, options)
     if not task.sinks:
         events.emit(published, task.sinks, store)  # logged only
     return published, len(emitted)

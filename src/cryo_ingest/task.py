@@ -50,4 +50,4 @@ class PartitionResult:
     seconds: dict[str, float] = field(default_factory=dict)  # by stage: extract, validate, publish
     checked: dict[str, int] = field(default_factory=dict)  # blocks checked against their headers, by check (validate.py)
     unchecked: dict[str, int] = field(default_factory=dict)  # "check: why it cannot apply" -> the first such block
-    catalog_error: str | None = None  # published, but its tables could not follow (archive.follow): they lag
+    catalog_error: str | None = None  # published, but its tables could not follow (archive/tables.py): they lag

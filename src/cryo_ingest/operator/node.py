@@ -25,7 +25,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import archive, events, manifest
+from .. import events, manifest
+from ..archive import tables
 from ..config import DagNode, Job
 from ..errors import TRANSIENT, ConfigError, redact
 from ..plan import Partition, outlook
@@ -334,12 +335,12 @@ class Runner:
 
     def _complete(self, r: Request, datasets_: tuple[str, ...]) -> None:
         """Every chunk archived: make sure every entry in range has its event and its table row, then done.
-        A table that cannot follow is logged (archive.follow) and left for the next request or `catalog sync`."""
+        A table that cannot follow is logged (archive/tables.py) and left for the next request or `catalog sync`."""
         self._reconcile(r, datasets_)
         if (j := self.job).catalog:
             blocks = (r.start_block - r.start_block % j.chunk_size, r.end_block)
             url = j.catalog.get_secret_value()
-            archive.follow(j.root, j.chain_id, url, datasets_, j.catalog_namespace, blocks, j.storage_options)
+            tables.follow(j.root, j.chain_id, url, datasets_, j.catalog_namespace, blocks, j.storage_options)
         if requests.set_state(self.store, self.node.name, r.id, "done", "", self.id).state == "done":
             log.info("%s: request %s done (blocks %d-%d)", self.node.name, r.id, r.start_block, r.end_block)
         self.exhausted.pop(r.id, None)
