@@ -12,22 +12,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import daft
+import duckdb
 import polars as pl
 import psycopg2
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import CANARY, S3, Devnet, backfill, cli, files_under, manifest, manifest_doc
+from pyiceberg.conversions import from_bytes
 from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.schema import Schema
 from pyiceberg.table import Table
-from pyiceberg.types import StringType
+from pyiceberg.types import LongType, NestedField, StringType
 from servers import PostgresServer
+from test_config import SPEC_YAML
 
 from cryo_ingest import devnet
 from cryo_ingest.archive import catalog
 from cryo_ingest.archive import manifest as manifest_module
 from cryo_ingest.archive.storage import open_store, sha256
-from cryo_ingest.faults import CRASH_ENV
+from cryo_ingest.faults import CRASH_ENV, CRASH_SCOPE_ENV
 
 CRYO = str(Path(sys.executable).parent / "cryo-ingest")
 PASSWORD = f"pw-{CANARY}"  # must never be printed
@@ -87,7 +92,7 @@ def paths(root: Path | str, dataset: str) -> set[str]:
     return {f"{root}/cold/31337/{dataset}/{e['path']}" for e in manifest_doc(str(root), 31337, dataset)["files"]}
 
 
-def by_glob(root: Path, dataset: str) -> pl.DataFrame:
+def by_glob(root: Path | str, dataset: str) -> pl.DataFrame:
     """The archive as a glob reads it, unsigned columns as the table's longs."""
     frame = pl.read_parquet(f"{root}/cold/31337/{dataset}/*.parquet")
     unsigned = [n for n, t in frame.schema.items() if t in (pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)]
@@ -304,6 +309,27 @@ def test_sync_of_a_block_range_reads_only_its_shards(tmp_path: Path) -> None:
     assert (rest.added, rest.replaced) == (["logs_00000000_00000049.parquet"], [])
     partitions = {task.file.partition[0] for task in table(root, url, "logs").scan().plan_files()}
     assert partitions == {0, 50_000}
+    # Each commit's manifest has one partition's bounds: the other's is not read (its file is not listed).
+    late_file = f"{root}/cold/31337/logs/logs_00050000_00050049.parquet"
+    assert set(catalog.live_files(table(root, url, "logs"), {50_000})) == {late_file}
+
+
+def test_one_sync_over_several_partitions_writes_a_manifest_for_each(tmp_path: Path) -> None:
+    """One commit, a snapshot per partition: planning a block range reads its partition's manifest, not the archive's."""
+    root, url = tmp_path / "root", f"sqlite:///{tmp_path}/catalog.db"
+    row = {"block_number": [0], "log_index": [0], "chain_id": [1]}
+    synthetic(root, {s: row | {"block_number": [s]} for s in (0, 50, 50_000, 100_000)})
+    (synced,) = catalog.sync(str(root), 31337, url, ("logs",))
+    assert len(synced.added) == 4
+    t = table(root, url, "logs")
+    snapshot = t.current_snapshot()
+    assert snapshot is not None and len(t.snapshots()) == 3
+    bounds = sorted(
+        (int(from_bytes(LongType(), m.partitions[0].lower_bound)), int(from_bytes(LongType(), m.partitions[0].upper_bound)))
+        for m in snapshot.manifests(t.io)
+        if m.partitions and m.partitions[0].lower_bound and m.partitions[0].upper_bound
+    )
+    assert bounds == [(0, 0), (50_000, 50_000), (100_000, 100_000)]
 
 
 def test_a_table_whose_schema_disagrees_is_refused(archived: Path, catalog_url: str, tmp_path: Path) -> None:
@@ -357,3 +383,245 @@ def test_warehouse_on_s3(archived: Path, s3: S3, tmp_path: Path) -> None:
         t = table(root, url, dataset)
         assert set(catalog.live_files(t)) == paths(root, dataset)
         assert same_rows(scan_iceberg(t).collect(), by_glob(archived, dataset))
+
+
+# ---- the tables follow the archive as it is made: backfill --catalog, a node's `catalog:`, the operator ------------
+
+
+def live_counts(t: Table) -> dict[str, int]:
+    """How many times each path is live in the current snapshot: 1 each, or a file was registered twice."""
+    snapshot = t.current_snapshot()
+    found: dict[str, int] = {}
+    for m in snapshot.manifests(t.io) if snapshot else []:
+        for e in m.fetch_manifest_entry(t.io, discard_deleted=True):
+            found[e.data_file.file_path] = found.get(e.data_file.file_path, 0) + 1
+    return found
+
+
+def test_backfill_with_a_catalog_commits_once_per_partition(chain: Devnet, catalog_url: str, tmp_path: Path) -> None:
+    root, sink = tmp_path / "root", tmp_path / "events.jsonl"
+    # one partition at a time: two at once may both publish before either syncs, and one commit takes both
+    run = backfill(root, chain.url, "--catalog", catalog_url, "--events-file", str(sink), "--json", "--max-concurrency", "1")
+    assert run.code == 0, run.text
+    assert PASSWORD not in run.text
+    assert all(PASSWORD.encode() not in data for data in files_under(tmp_path).values())  # events, metadata, archive
+    check_in_step(root, catalog_url)
+    # 5 chunks, 4 to a partition: two partitions, one commit each per dataset; the run's last sync has nothing to add.
+    for dataset in DATASETS:
+        t = table(root, catalog_url, dataset)
+        added = [int(s.summary["cryo-ingest.added"] or 0) for s in t.snapshots() if s.summary is not None]
+        assert added == [4, 1], dataset
+        assert set(live_counts(t).values()) == {1}
+    again = backfill(root, chain.url, "--catalog", catalog_url)
+    assert again.code == 0, again.text
+    assert len(table(root, catalog_url, "logs").snapshots()) == 2
+
+
+def test_a_nodes_catalog_and_namespace(chain: Devnet, tmp_path: Path) -> None:
+    root, db = tmp_path / "root", tmp_path / "catalog.db"
+    node = (
+        "name: cold\noperator: cryo_ingest\nconfig:\n  chain_id: 31337\n  datasets: [blocks, logs]\n"
+        f"  catalog:\n    url: sqlite:///{db}\n    namespace: team\n"
+    )
+    (tmp_path / "node.yaml").write_text(node)
+    run = backfill(root, chain.url, "--config", str(tmp_path / "node.yaml"), end=99, datasets="blocks,logs")
+    assert run.code == 0, run.text
+    tables = catalog.open_catalog(f"sqlite:///{db}", str(root))
+    assert sorted(tables.list_tables("team")) == [("team", "blocks"), ("team", "logs")]
+    assert set(catalog.live_files(tables.load_table("team.logs"))) == paths(root, "logs")
+    # A catalog URL pyiceberg cannot open is refused with the config's other errors: one line, not echoed.
+    (tmp_path / "node.yaml").write_text(node.replace(f"url: sqlite:///{db}", f"url: mysql://u:{PASSWORD}@h/db"))
+    bad = backfill(tmp_path / "other", chain.url, "--config", str(tmp_path / "node.yaml"), end=99, datasets="blocks,logs")
+    assert bad.code == 2  # as every invalid config
+    assert bad.text.strip() == (
+        "error: invalid config: config.catalog.url: catalog must be sqlite:///PATH, postgresql://USER:PASSWORD@HOST/DB, "
+        "rest+https://HOST/PATH or glue"
+    )
+    assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("step", ["before-events", *catalog.CRASH_POINTS])
+def test_a_backfill_killed_at_each_step_leaves_the_table_behind_never_wrong(chain: Devnet, step: str, tmp_path: Path) -> None:
+    """The whole job killed (as a container is): the tables lag the archive; the next run brings them in step."""
+    root, url = tmp_path / "root", f"sqlite:///{tmp_path}/catalog.db"
+    killed = backfill(root, chain.url, "--catalog", url, env={CRASH_ENV: step, CRASH_SCOPE_ENV: "job"})
+    assert killed.code == -9, killed.text
+    for dataset in DATASETS:
+        try:
+            t = table(root, url, dataset)
+        except NoSuchTableError:
+            continue
+        assert set(live_counts(t).values()) <= {1}
+        assert set(live_counts(t)) <= paths(root, dataset)  # only what the manifest records
+    assert snapshots(root, url, "logs") is None  # a worker dies at its first sync, before the logs table's
+    rerun = backfill(root, chain.url, "--catalog", url)
+    assert rerun.code == 0, rerun.text
+    check_in_step(root, url)
+    for dataset in DATASETS:
+        assert set(live_counts(table(root, url, dataset)).values()) == {1}
+
+
+def test_backfill_refuses_a_catalog_it_cannot_use_before_touching_the_archive(
+    chain: Devnet, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    root, url = tmp_path / "root", f"sqlite:///{tmp_path}/catalog.db"
+    assert backfill(root, chain.url, "--catalog", url, end=99).code == 0
+    with table(root, url, "logs").update_schema() as update:
+        update.add_column("extra", StringType())
+    before = files_under(root)
+    wrong = postgres.url.replace(PASSWORD, f"not-{PASSWORD}")
+    unreachable = postgres.url.replace(f":{postgres.port}/", f":{devnet.free_port()}/")
+    for bad, why in (
+        (wrong, "error: catalog <redacted>: cannot open it: (psycopg2.OperationalError) connection to server at"),
+        (unreachable, "error: catalog <redacted>: cannot open it: (psycopg2.OperationalError) connection to server at"),
+        (url, "error: table cold_31337.logs: its schema disagrees with the archive (extra: table string, archive absent)"),
+    ):
+        run = backfill(root, chain.url, "--catalog", bad)  # blocks 100-249 left to do
+        assert run.code == 1, run.text
+        assert run.text.startswith(why) and len(run.text.strip().splitlines()) == 1, run.text
+        assert PASSWORD not in run.text
+        assert files_under(root) == before  # nothing published, the table's metadata unchanged
+
+
+def test_backfill_on_s3_with_a_catalog(chain: Devnet, s3: S3, tmp_path: Path) -> None:
+    """The archive and the tables' metadata on the local S3 server, made by the backfill's own syncs."""
+    root, url = f"s3://{s3.bucket(f'catalog-{uuid.uuid4().hex[:12]}')}/archive", f"sqlite:///{tmp_path}/catalog.db"
+    run = backfill(root, chain.url, "--catalog", url, datasets="blocks,logs", env=s3.env)
+    assert run.code == 0, run.text
+    remote = open_store(root)
+    assert any(key.startswith("iceberg/cold_31337/logs/metadata/") for key in remote.list("iceberg/"))
+    for dataset in ("blocks", "logs"):
+        t = table(root, url, dataset)
+        assert set(catalog.live_files(t)) == paths(root, dataset)
+        assert same_rows(scan_iceberg(t).collect(), by_glob(root, dataset))  # Polars reads the glob on S3 too
+
+
+def test_the_operator_keeps_a_nodes_tables_in_step(chain: Devnet, postgres: PostgresServer, tmp_path: Path) -> None:
+    """`request` then `run` (the operator's runner): each partition syncs, and the request's completion."""
+    config, root = tmp_path / "dag.yaml", tmp_path / "archive"
+    extra = f"    chunk_size: 50\n    chunks_per_partition: 1\n    catalog: {postgres.url}\n"
+    config.write_text(
+        SPEC_YAML.replace("chain_id: 10143", "chain_id: 31337").replace("rpc_pool: monad\n", "rpc_pool: monad\n" + extra)
+    )
+    env = {"CRYO_INGEST_RPC_POOL_MONAD": json.dumps({"endpoints": [{"name": "local", "url": chain.url}]})}
+    req = cli("request", "--config", str(config), "--root", str(root), "--start", "0", "--end", "99", env=env)
+    assert req.code == 0, req.text
+    run = cli("run", "--config", str(config), "--root", str(root), env=env)
+    assert run.code == 0, run.text
+    assert PASSWORD not in run.text + req.text
+    assert all(PASSWORD.encode() not in data for data in files_under(root).values())
+    for dataset in ("blocks", "transactions", "logs"):
+        t = table(root, postgres.url, dataset)
+        assert set(live_counts(t)) == paths(root, dataset) and set(live_counts(t).values()) == {1}
+        assert 1 <= len(t.snapshots()) <= 2  # a commit per partition at most; the completion's sync found nothing new
+        assert same_rows(scan_iceberg(t).collect(), by_glob(root, dataset))
+
+
+def test_a_table_that_cannot_follow_fails_the_run_not_the_archive(chain: Devnet, tmp_path: Path) -> None:
+    """A logs table made elsewhere with other columns, before the archive had logs: the check before the run has no
+    manifest to compare it with, so the partitions publish, their syncs refuse the table, and the run exits 1 saying
+    so; the archive is whole, and once the table is dropped `catalog sync` brings every table in step."""
+    root, url = tmp_path / "root", f"sqlite:///{tmp_path}/catalog.db"
+    tables = catalog.open_catalog(url, str(root))
+    tables.create_namespace("cold_31337")
+    tables.create_table("cold_31337.logs", schema=Schema(NestedField(1, "other", StringType())))
+    run = backfill(root, chain.url, "--catalog", url, end=99)
+    assert run.code == 1, run.text
+    refused = "table cold_31337.logs: its schema disagrees with the archive"
+    lag = "the archive is published; its table follows on the next run or `cryo-ingest catalog sync`"
+    errors = [line for line in run.text.splitlines() if line.startswith("error:")]
+    assert errors and all(refused in line and line.endswith(lag) for line in errors), run.text
+    assert [len(manifest(root, 31337, d)["files"]) for d in DATASETS] == [2, 2, 2, 2]  # published, every dataset
+    assert set(catalog.live_files(table(root, url, "blocks"))) == paths(root, "blocks")  # synced before logs
+    tables.drop_table("cold_31337.logs")
+    changed = sync(root, url)
+    assert {d: len(c["added"]) for d, c in changed.items()} == {"blocks": 0, "transactions": 0, "logs": 2, "traces": 2}
+    check_in_step(root, url)
+
+
+def test_engines_read_what_the_glob_reads(archived: Path, tmp_path: Path) -> None:
+    """pyiceberg and Polars (check_in_step), Daft's own Iceberg reader, DuckDB on the scan's Arrow: the glob's rows
+    and aggregates. (Spark, Trino and Athena do not run here: docs/reading.md gives their configuration.)"""
+    root, url = tmp_path / "root", f"sqlite:///{tmp_path}/catalog.db"
+    shutil.copytree(archived, root)
+    sync(root, url)
+    check_in_step(root, url)
+    for dataset in DATASETS:
+        t = table(root, url, dataset)
+        daft_rows = pl.from_arrow(daft.read_iceberg(t).to_arrow())
+        assert isinstance(daft_rows, pl.DataFrame)
+        assert same_rows(daft_rows, by_glob(root, dataset)), dataset
+        db = duckdb.connect()
+        db.register("scanned", t.scan().to_arrow())
+        query = "SELECT count(*), min(block_number), max(block_number), sum(block_number), count(DISTINCT block_number) FROM {}"
+        through_table = db.sql(query.format("scanned")).fetchall()
+        assert through_table == db.sql(query.format(f"read_parquet('{root}/cold/31337/{dataset}/*.parquet')")).fetchall()
+        assert through_table[0][0] == sum(e["rows"] for e in manifest(root, 31337, dataset)["files"]), dataset
+    in_range = table(root, url, "transactions").scan(row_filter="block_number >= 100 and block_number < 200")
+    db.register("scanned", in_range.to_arrow())
+    glob = f"read_parquet('{root}/cold/31337/transactions/*.parquet') WHERE block_number >= 100 AND block_number < 200"
+    by_sender = "SELECT from_address, sum(gas_used), count(*) FROM {} GROUP BY 1 ORDER BY 1"
+    assert db.sql(by_sender.format("scanned")).fetchall() == db.sql(by_sender.format(glob)).fetchall() != []
+
+
+def test_backfill_overwrite_conflicts_swaps_in_the_partitions_commit(chain: Devnet, tmp_path: Path) -> None:
+    """The partition that replaces chunks swaps them in its own commit: one snapshot, delete + add."""
+    root, url = tmp_path / "root", f"sqlite:///{tmp_path}/catalog.db"
+    assert backfill(root, chain.url, "--catalog", url, end=99, datasets="blocks,txs").code == 0
+    old = manifest(root, 31337, "transactions")["files"]
+    before = table(root, url, "transactions").current_snapshot()
+    assert before is not None
+    with devnet.anvil() as other:  # same chain id, other history: a reorg as the archive sees it
+        devnet.generate_sync(other.url, 120, 3)
+        args = ("--force", "--overwrite-conflicts", "--catalog", url)
+        replaced = backfill(root, other.url, *args, end=99, datasets="blocks,txs")
+        assert replaced.code == 0, replaced.text
+    for dataset in ("blocks", "transactions"):
+        t = table(root, url, dataset)
+        assert len(t.snapshots()) == 2
+        after = t.current_snapshot()
+        assert after is not None and after.summary is not None
+        assert after.summary.operation.value == "overwrite" and after.summary["cryo-ingest.replaced"] == "2"
+        assert set(live_counts(t)) == paths(root, dataset) and set(live_counts(t).values()) == {1}
+        assert same_rows(scan_iceberg(t).collect(), by_glob(root, dataset))
+    t = table(root, url, "transactions")
+    planned = t.scan(snapshot_id=before.snapshot_id).plan_files()
+    previous = {Path(task.file.file_path).name: task.file.record_count for task in planned}
+    assert previous == {e["path"]: e["rows"] for e in old}  # the old chunks as the previous snapshot lists them
+    assert previous != {e["path"]: e["rows"] for e in manifest(root, 31337, "transactions")["files"]}
+
+
+def test_a_year_of_commits_stays_small(tmp_path: Path) -> None:
+    """Expiry at each commit by the table's own policy (here: nothing is too young, keep 3), old metadata files
+    deleted past the table's limit (here 2), small manifests merged (here from 3): what a year of commits,
+    one per partition, would otherwise pile up."""
+    root, url = tmp_path / "root", f"sqlite:///{tmp_path}/catalog.db"
+    row = {"block_number": [0], "log_index": [0], "chain_id": [1]}
+    synthetic(root, {0: row})
+    catalog.sync(str(root), 31337, url, ("logs",))
+    t = table(root, url, "logs")
+    assert {k: t.properties[k] for k in catalog.POLICY} == catalog.POLICY
+    policy = {catalog.MAX_SNAPSHOT_AGE: "0", catalog.MIN_SNAPSHOTS: "3", "write.metadata.previous-versions-max": "2"}
+    t.transaction().set_properties(policy | {"commit.manifest.min-count-to-merge": "3"}).commit_transaction()
+    for start in range(50, 400, 50):
+        synthetic(root, {start: row | {"block_number": [start]}})
+        (synced,) = catalog.sync(str(root), 31337, url, ("logs",), blocks=(start, start + 49))
+        assert synced.added == [f"logs_{start:08}_{start + 49:08}.parquet"]
+    t = table(root, url, "logs")
+    assert len(t.snapshots()) == 3
+    assert len(list((root / "iceberg/cold_31337/logs/metadata").glob("*.metadata.json"))) == 3  # the current and 2 before
+    assert set(live_counts(t).values()) == {1} and len(live_counts(t)) == 8
+    snapshot = t.current_snapshot()
+    assert snapshot is not None and len(snapshot.manifests(t.io)) < 3
+    oldest = min(t.snapshots(), key=lambda s: s.timestamp_ms)  # time travel within the snapshots kept
+    assert t.scan(snapshot_id=oldest.snapshot_id).to_arrow().num_rows == 6
+    assert sorted(t.scan().to_arrow()["block_number"].to_pylist()) == list(range(0, 400, 50))
+    # The shas by which a sync finds replaced chunks: a file per shard, named in the metadata (which stays small).
+    shas = {k: v for k, v in t.properties.items() if k.startswith(catalog.SHA_PROPERTY)}
+    assert list(shas) == [catalog.SHA_PROPERTY + "manifest/00000000_00049999.json"]
+    (path,) = shas.values()
+    held = Path(path).read_text()
+    assert held.count(":") == 8 and path.endswith(f"-{sha256(held.encode())[:16]}.sha256")
+    # A table made before those files holds the list itself: read as it is, nothing looks replaced.
+    t.transaction().set_properties({catalog.SHA_PROPERTY + "manifest/00000000_00049999.json": held}).commit_transaction()
+    assert catalog.sync(str(root), 31337, url, ("logs",))[0].replaced == []

@@ -142,6 +142,20 @@ def test_archives_the_devnet_byte_for_byte_as_the_host_does(image: Image, chain:
     assert inside == outside
 
 
+def test_carries_the_iceberg_extra(image: Image, chain: Devnet, tmp_path: Path) -> None:
+    """`catalog sync` in the image, its SQLite catalog and the tables' metadata beside the mounted archive."""
+    archive = tmp_path / "archive"
+    assert backfill(archive, chain.url, end=99, datasets="blocks,logs").code == 0
+    archive.chmod(0o777)
+    args = ["catalog", "sync", "/archive", "--chain-id", "31337", "--catalog", "sqlite:////archive/catalog.db", "--json"]
+    volume = ["-v", f"{archive}:/archive"]
+    command = container_command(image, *args)
+    run = run_command([*BUILDAH, "run", "--isolation", "chroot", *volume, image.container, "--", *command])
+    assert run.code == 0, run.text
+    assert {t["dataset"]: len(t["added"]) for t in json.loads(run.out)["tables"]} == {"blocks": 2, "logs": 2}
+    assert (archive / "iceberg" / "cold_31337" / "logs" / "metadata").is_dir()
+
+
 @contextmanager
 def as_pid_1(image: Image, mounts: dict[str, Path], *args: str) -> Iterator[subprocess.Popen[str]]:
     """The image's entrypoint and command as PID 1 of a new PID namespace, as its user, in its working

@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from .archive.urls import catalog_url
 from .costs import KNOWN_METHODS, PROFILES
 from .errors import ConfigError, register_secret_url
 
@@ -190,6 +191,14 @@ class Job(BaseModel):
             data = {**data, "canonical_check": doc["canonical_check"], "rpc": doc.get("endpoints", doc)}
         return data
 
+    catalog: SecretStr | None = None  # the Iceberg catalog the archive's tables follow (docs/reading.md); may hold a password
+    catalog_namespace: str | None = None  # cold_{chain_id} if None
+
+    @field_validator("catalog")
+    @classmethod
+    def _catalog(cls, v: SecretStr | None) -> SecretStr | None:
+        return None if v is None else SecretStr(catalog_url(v.get_secret_value()))
+
     @field_validator("budget_store")
     @classmethod
     def _redis(cls, v: SecretStr | None) -> SecretStr | None:
@@ -249,6 +258,24 @@ def make_job(**fields: Any) -> Job:
 # ---- the spec's DAG node -----------------------------------------------------------------
 
 
+def _catalog_config(value: Any) -> Any:
+    return {"url": value} if isinstance(value, str) else value
+
+
+class CatalogConfig(BaseModel):
+    """`catalog:` of a node: a URL (`catalog: sqlite:///…`), or the URL and the tables' namespace."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: SecretStr
+    namespace: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: SecretStr) -> SecretStr:
+        return SecretStr(catalog_url(v.get_secret_value()))
+
+
 class NodeConfig(BaseModel):
     """`config:` of the spec's node, plus optional keys of ours."""
 
@@ -265,6 +292,7 @@ class NodeConfig(BaseModel):
     reorg_buffer: NonNegativeInt | None = None
     chunks_per_partition: PositiveInt | None = None
     header_checks: HeaderChecks | None = None
+    catalog: Annotated[CatalogConfig | None, BeforeValidator(_catalog_config)] = None  # Iceberg tables (docs/reading.md)
     # the operator's (docs/operator.md)
     attempts: PositiveInt = 3  # per partition, each in its own process, killed at timeout_seconds
     lease_seconds: float = Field(default=30.0, ge=1.0)  # a dead runner's partitions are taken over after this

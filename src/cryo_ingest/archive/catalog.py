@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,13 +34,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.catalog.sql import SqlCatalog
-from pyiceberg.conversions import to_bytes
+from pyiceberg.conversions import from_bytes, to_bytes
 from pyiceberg.exceptions import CommitFailedException, NamespaceAlreadyExistsError, NoSuchTableError, TableAlreadyExistsError
 from pyiceberg.io.pyarrow import parquet_file_to_data_file
-from pyiceberg.manifest import DataFile
+from pyiceberg.manifest import DataFile, ManifestFile
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
+from pyiceberg.table.update.snapshot import ExpireSnapshots
 from pyiceberg.transforms import TruncateTransform
 from pyiceberg.types import (
     BinaryType,
@@ -53,19 +55,39 @@ from pyiceberg.types import (
     StringType,
 )
 
-from ..errors import IngestError, redact, register_secret_url
+from ..errors import IngestError, redact
 from ..faults import crash_point
 from . import manifest
-from .storage import open_store
+from .storage import open_store, sha256
+from .urls import catalog_url
 
 PARTITION_CHUNKS = manifest.SHARD_CHUNKS  # truncate width in chunks: one partition per manifest shard
-SHA_PROPERTY = "cryo-ingest.sha256."  # + shard name: "start:sha256[:16],..." of the entries the table holds
+SHA_PROPERTY = "cryo-ingest.sha256."  # + shard name: a file of "start:sha256[:16],..." of the entries the table holds
+SHA_SUFFIX = ".sha256"
 SHA_PREFIX = 16
 CATALOG_NAME = "cryo_ingest"
 S3_ENV = {"s3.endpoint": "AWS_ENDPOINT_URL", "s3.region": "AWS_REGION"}
 COMMIT_ATTEMPTS = 5  # another sync committed first: read the table again and redo the difference
 # pyiceberg would otherwise re-apply a failed commit's appends on the newer table: a file added twice.
 NO_REBASE = "commit.retry.num-retries"
+# A year of commits (one per partition): what every table is made with, and given on its next sync if made
+# before. Iceberg's own names, so that any engine's maintenance reads the same policy. Snapshots older
+# than a week are expired at each commit, but never the last 100 (time travel within them); the previous
+# metadata files beyond 10 are deleted as pyiceberg commits; merge_append folds small manifests together
+# (from 100 manifests, into manifests of 256 KB).
+MAX_SNAPSHOT_AGE = "history.expire.max-snapshot-age-ms"
+MIN_SNAPSHOTS = "history.expire.min-snapshots-to-keep"
+POLICY = {
+    NO_REBASE: "0",
+    MAX_SNAPSHOT_AGE: str(7 * 24 * 3600 * 1000),
+    MIN_SNAPSHOTS: "100",
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "10",
+    "commit.manifest-merge.enabled": "true",  # pyiceberg's merge_append merges nothing without it
+    # Merged manifests of a few hundred files (Iceberg's default, 8 MB, is ~50,000 here): a block range's
+    # planning reads the few that cover it, not one that lists a year.
+    "commit.manifest.target-size-bytes": str(256 * 1024),
+}
 # Where the tests kill a sync (faults.CRASH_ENV): the files described, nothing committed; one dataset committed.
 CRASH_POINTS = ("catalog-before-commit", "catalog-between-datasets")
 # The Arrow types of Cryo's columns, as the manifest names them, and what the table holds them as (see the module).
@@ -108,13 +130,6 @@ class Synced:
         }
 
 
-def register_catalog_url(url: str) -> None:
-    """Catalog credentials are secrets like RPC keys: a URL with a user, password or query is redacted everywhere."""
-    parts = urlsplit(url)
-    if parts.username or parts.password or parts.query:
-        register_secret_url(url)
-
-
 def archive_location(root: str) -> str:
     """The root as Iceberg paths name it: an absolute local path, or the bucket URL as given."""
     if "://" in root and not root.lower().startswith("file://"):
@@ -124,7 +139,10 @@ def archive_location(root: str) -> str:
 
 def open_catalog(url: str, root: str) -> Catalog:
     """`sqlite:///…`/`postgresql://…`: pyiceberg's SQL catalog; `rest+https://…`: REST; `glue`: AWS Glue."""
-    register_catalog_url(url)
+    try:
+        url = catalog_url(url)
+    except ValueError as err:
+        raise IngestError(f"invalid arguments: --catalog: {err}") from None
     scheme = urlsplit(url).scheme.lower() if "://" in url else url.lower()
     warehouse = f"{archive_location(root)}/iceberg"
     # pyiceberg's S3 reader takes its endpoint and region as properties; the archive's store reads them from
@@ -141,11 +159,9 @@ def open_catalog(url: str, root: str) -> Catalog:
                 return SqlCatalog(CATALOG_NAME, uri=uri, warehouse=warehouse, **io)
         if scheme in ("rest+https", "rest+http"):
             return load_catalog(CATALOG_NAME, type="rest", uri=url[len("rest+") :], **io)
-        if scheme == "glue":
-            return load_catalog(CATALOG_NAME, type="glue", **io)
+        return load_catalog(CATALOG_NAME, type="glue", **io)  # the one other catalog_url admits
     except Exception as err:
         raise IngestError(f"catalog {url}: cannot open it: {_first_line(err)}") from None
-    raise IngestError(f"catalog {url}: not a catalog URL (sqlite:///PATH, postgresql://…, rest+https://…, glue)")
 
 
 def _first_line(err: BaseException) -> str:
@@ -182,62 +198,112 @@ def _disagreement(table: Table, schema: Schema, spec: PartitionSpec) -> str | No
     return None
 
 
+def _refuse_disagreement(table: Table, identifier: str, m: manifest.Manifest) -> None:
+    schema = iceberg_schema(m.schema)
+    if problem := _disagreement(table, schema, partition_spec(schema, m.chunk_size)):
+        raise IngestError(f"table {identifier}: {problem}; nothing changed")
+
+
+def check(url: str, root: str, namespace: str, archived: dict[str, manifest.Manifest | None]) -> None:
+    """What a sync would refuse, found before a job publishes anything: a catalog that does not open (unreachable,
+    wrong credentials), a table whose columns are not the archive's. A table not made yet is made by the first sync."""
+    catalog = open_catalog(url, root)
+    for dataset, m in archived.items():
+        if m is None:
+            continue
+        identifier = f"{namespace}.{dataset}"
+        try:
+            table = catalog.load_table(identifier)
+        except NoSuchTableError:
+            continue
+        except Exception as err:
+            raise IngestError(f"catalog {url}: {dataset}: {_first_line(err)}") from None
+        _refuse_disagreement(table, identifier, m)
+
+
 def _table(catalog: Catalog, identifier: str, m: manifest.Manifest, location: str) -> Table:
     """The dataset's table, created on first sync in one commit; an existing one must have the archive's columns."""
-    schema = iceberg_schema(m.schema)
-    spec = partition_spec(schema, m.chunk_size)
     try:
         table = catalog.load_table(identifier)
     except NoSuchTableError:
         pass
     else:
-        if problem := _disagreement(table, schema, spec):
-            raise IngestError(f"table {identifier}: {problem}; nothing changed")
-        if table.properties.get(NO_REBASE) != "0":
-            table = table.transaction().set_properties({NO_REBASE: "0"}).commit_transaction()
+        _refuse_disagreement(table, identifier, m)
+        # the policy where the table has none of its own; never pyiceberg's retry
+        wanted = {k: v for k, v in POLICY.items() if k not in table.properties or k == NO_REBASE}
+        if any(table.properties.get(k) != v for k, v in wanted.items()):
+            table = table.transaction().set_properties(wanted).commit_transaction()
         return table
     with contextlib.suppress(NamespaceAlreadyExistsError):
         catalog.create_namespace(identifier.rsplit(".", 1)[0])
+    schema = iceberg_schema(m.schema)
+    spec = partition_spec(schema, m.chunk_size)
     # Cryo's files have no field ids: readers find columns by name.
-    properties = {"schema.name-mapping.default": schema.name_mapping.model_dump_json(), NO_REBASE: "0"}
+    properties = {"schema.name-mapping.default": schema.name_mapping.model_dump_json(), **POLICY}
     try:
         return catalog.create_table(identifier, schema=schema, location=location, partition_spec=spec, properties=properties)
     except TableAlreadyExistsError:  # another sync created it first
         return _table(catalog, identifier, m, location)
 
 
-def live_files(table: Table) -> dict[str, DataFile]:
-    """The current snapshot's data files by path, empty chunks too (a scan's planning leaves those out)."""
+def live_files(table: Table, partitions: set[int] | None = None) -> dict[str, DataFile]:
+    """The current snapshot's data files by path, empty chunks too (a scan's planning leaves those out); with
+    `partitions`, those of these partitions only, reading only the manifests whose bounds may hold them: a
+    partition's sync reads what its shards' files are listed in, not a year of entries."""
     snapshot = table.current_snapshot()
     if snapshot is None:
         return {}
     return {
         entry.data_file.file_path: entry.data_file
         for m in snapshot.manifests(table.io)
+        if partitions is None or _may_hold(m, partitions)
         for entry in m.fetch_manifest_entry(table.io, discard_deleted=True)
+        if partitions is None or entry.data_file.partition[0] in partitions
     }
 
 
-def _read_shas(table: Table) -> dict[int, str]:
-    """start_block -> sha256 prefix of every entry the table holds, from its properties."""
+def _may_hold(m: ManifestFile, partitions: set[int]) -> bool:
+    summary = m.partitions[0] if m.partitions else None
+    if summary is None or summary.lower_bound is None or summary.upper_bound is None:
+        return True
+    low, high = (int(from_bytes(LongType(), bound)) for bound in (summary.lower_bound, summary.upper_bound))
+    return any(low <= p <= high for p in partitions)
+
+
+def _read_shas(table: Table, shards: set[str]) -> dict[int, str]:
+    """start_block -> sha256 prefix of every entry of `shards` the table holds, from the files its properties name
+    (or the list itself, in a table made before those files)."""
     held: dict[int, str] = {}
-    for k, v in table.properties.items():
-        if k.startswith(SHA_PROPERTY) and v:
-            for item in v.split(","):
-                start, sha = item.split(":")
-                held[int(start)] = sha
+    for shard in shards:
+        value = table.properties.get(SHA_PROPERTY + shard)
+        if value and value.endswith(SHA_SUFFIX):
+            with table.io.new_input(value).open() as stream:
+                value = stream.read().decode()
+        for item in value.split(",") if value else []:
+            start, sha = item.split(":")
+            held[int(start)] = sha
     return held
 
 
-def _sha_properties(m: manifest.Manifest, starts: list[int]) -> dict[str, str]:
-    """The sha256 properties of the shards holding `starts`, as the manifest has them now."""
+def _sha_properties(table: Table, m: manifest.Manifest, starts: list[int]) -> dict[str, str]:
+    """The sha256 properties of the shards holding `starts`, as the manifest has them now: each the path of
+    a file written here, named by its content, so that the table's metadata (written again by every
+    commit) stays small however long the archive; the property changes in the commit, so a crash
+    before it leaves an unused file, never a table that names the wrong shas."""
     shards = {manifest.shard_path(s, m.chunk_size) for s in starts}
     by_shard: dict[str, list[str]] = {s: [] for s in shards}
     for start in sorted(m.files):
         shard = manifest.shard_path(start, m.chunk_size)
         if shard in by_shard:
             by_shard[shard].append(f"{start}:{m.files[start].sha256[:SHA_PREFIX]}")
-    return {SHA_PROPERTY + shard: ",".join(items) for shard, items in by_shard.items()}
+    properties = {}
+    for shard, items in by_shard.items():
+        data = ",".join(items).encode()
+        path = f"{table.location()}/metadata/cryo-ingest-{manifest.shard_start(shard):08}-{sha256(data)[:16]}{SHA_SUFFIX}"
+        with table.io.new_output(path).create(overwrite=True) as stream:
+            stream.write(data)
+        properties[SHA_PROPERTY + shard] = path
+    return properties
 
 
 def _data_file(table: Table, path: str, entry: manifest.Entry, width: int) -> DataFile:
@@ -300,8 +366,9 @@ def sync_table(
 
 def _commit(table: Table, m: manifest.Manifest, folder: str, identifier: str) -> Synced:
     """One snapshot: the entries the table lacks appended, the replaced ones deleted and appended again."""
-    live = live_files(table)
-    held = _read_shas(table)
+    width = m.chunk_size * PARTITION_CHUNKS
+    live = live_files(table, {start // width * width for start in m.files})
+    held = _read_shas(table, {manifest.shard_path(start, m.chunk_size) for start in m.files})
     add: list[manifest.Entry] = []
     swap: list[manifest.Entry] = []
     for start in sorted(m.files):
@@ -313,24 +380,48 @@ def _commit(table: Table, m: manifest.Manifest, folder: str, identifier: str) ->
     result = Synced(m.dataset, identifier)
     if not add and not swap:
         return result
-    width = m.chunk_size * PARTITION_CHUNKS
-    files = [_data_file(table, f"{folder}/{e.path}", e, width) for e in add + swap]
-    summary = {"cryo-ingest.added": str(len(add)), "cryo-ingest.replaced": str(len(swap))}
+    files = {e.start_block: _data_file(table, f"{folder}/{e.path}", e, width) for e in add + swap}
+    # a snapshot per partition, all in this one commit: each writes its own manifest, which planning reads
+    # only for a range in that partition (one manifest for a first sync of 79,000 files is read whole)
+    by_partition: dict[int, tuple[list[manifest.Entry], list[manifest.Entry]]] = {}
+    for kind, entries in enumerate((add, swap)):
+        for e in entries:
+            by_partition.setdefault(e.start_block // width * width, ([], []))[kind].append(e)
+    shas = _sha_properties(table, m, [e.start_block for e in add + swap])
     crash_point("catalog-before-commit")
     with table.transaction() as tx:
-        tx.set_properties(_sha_properties(m, [e.start_block for e in add + swap]))
-        snapshot = tx.update_snapshot(snapshot_properties=summary)
-        # merge_append folds small manifests together as commits accumulate (one per partition, all year)
-        with snapshot.overwrite() if swap else snapshot.merge_append() as producer:
-            for e in swap:
-                producer.delete_data_file(live[f"{folder}/{e.path}"])
-            for data_file in files:
-                producer.append_data_file(data_file)
+        if expired := _expired(table, len(by_partition)):
+            ExpireSnapshots(tx).by_ids(expired).commit()
+        tx.set_properties(shas)
+        for adding, swapping in by_partition.values():
+            summary = {"cryo-ingest.added": str(len(adding)), "cryo-ingest.replaced": str(len(swapping))}
+            snapshot = tx.update_snapshot(snapshot_properties=summary)
+            # merge_append folds small manifests together as commits accumulate (one per partition, all year)
+            with snapshot.overwrite() if swapping else snapshot.merge_append() as producer:
+                for e in swapping:
+                    producer.delete_data_file(live[f"{folder}/{e.path}"])
+                for e in adding + swapping:
+                    producer.append_data_file(files[e.start_block])
     current = table.current_snapshot()
     result.added = [e.path for e in add]
     result.replaced = [e.path for e in swap]
     result.snapshot_id = current.snapshot_id if current else None
     return result
+
+
+def _expired(table: Table, adding: int) -> list[int]:
+    """The snapshots the table's policy (POLICY's, or an operator's own values) lets go as a commit adds
+    `adding`: older than the age, and not among the newest to keep, the new ones counted (the current kept)."""
+    props = table.properties
+    keep = max(1, int(props.get(MIN_SNAPSHOTS, POLICY[MIN_SNAPSHOTS])) - adding)
+    before = time.time() * 1000 - int(props.get(MAX_SNAPSHOT_AGE, POLICY[MAX_SNAPSHOT_AGE]))
+    newest_first = sorted(table.snapshots(), key=lambda s: s.timestamp_ms, reverse=True)
+    current = table.current_snapshot()
+    return [
+        s.snapshot_id
+        for s in newest_first[keep:]
+        if s.timestamp_ms < before and (current is None or s.snapshot_id != current.snapshot_id)
+    ]
 
 
 def sync(

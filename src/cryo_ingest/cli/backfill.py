@@ -40,6 +40,8 @@ def job_from_args(a: argparse.Namespace) -> Job:
             if getattr(cfg, name) is not None:
                 fields[name] = getattr(cfg, name)
         pool_name = pool_name or cfg.rpc_pool
+        if cfg.catalog is not None:
+            fields.update(catalog=cfg.catalog.url, catalog_namespace=cfg.catalog.namespace)
     elif a.node is not None:
         raise ConfigError("invalid config: --node: needs --config")
     cli = {
@@ -51,6 +53,8 @@ def job_from_args(a: argparse.Namespace) -> Job:
         "chunk_size": a.chunk_size,
         "max_concurrency": a.max_concurrency,
         "header_checks": a.header_checks,
+        "catalog": a.catalog,
+        "catalog_namespace": a.catalog_namespace,
     }
     fields.update({k: v for k, v in cli.items() if v is not None})
     if a.rpc:

@@ -62,6 +62,8 @@ def parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
     b.add_argument("--events-file", type=Path, help="append one JSON line per published chunk")
+    b.add_argument("--catalog", help="Iceberg tables follow the archive: sqlite:///PATH, postgresql://…, rest+https://…, glue")
+    b.add_argument("--catalog-namespace", help="the tables' namespace (default cold_{chain_id})")
     b.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
     d = sub.add_parser("demo", help="archive a generated local devnet chain (anvil)", parents=[common])

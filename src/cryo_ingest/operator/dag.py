@@ -107,6 +107,8 @@ class Dag:
             "root": self.root(node),
             "max_concurrency": 1 if node.scaling.mode == "steady" else node.scaling.max_concurrency,
             "output_dataset": node.output_dataset or f"cold_{'_'.join(cfg.datasets)}",
+            "catalog": cfg.catalog.url if cfg.catalog else None,
+            "catalog_namespace": cfg.catalog.namespace if cfg.catalog else None,
             **settings,
             **fields,
         }

@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..archive import events, manifest
+from ..archive import events, manifest, tables
 from ..archive.storage import Store, open_store
 from ..config import DagNode, Job
 from ..errors import TRANSIENT, ConfigError, redact
@@ -281,6 +281,8 @@ class Runner:
             sinks,
             attempts=1,  # retries are the lease's: each in a fresh process, with backoff
             fetch_headers=self.job.header_checks == "fetch",
+            catalog=self.job.catalog.get_secret_value() if self.job.catalog else None,
+            catalog_namespace=self.job.catalog_namespace,
         )
         self.executor.start(task, self.timeout, Claim(r, cell, part, expires, time.monotonic() + self.timeout))
         log.info("%s: request %s: partition %s started", self.node.name, r.id, part)
@@ -332,8 +334,13 @@ class Runner:
         self.exhausted.pop(r.id, None)
 
     def _complete(self, r: Request, datasets_: tuple[str, ...]) -> None:
-        """Every chunk archived: make sure every entry in range has its event, then done."""
+        """Every chunk archived: make sure every entry in range has its event and its table row, then done.
+        A table that cannot follow is logged (archive/tables.py) and left for the next request or `catalog sync`."""
         self._reconcile(r, datasets_)
+        if (j := self.job).catalog:
+            blocks = (r.start_block - r.start_block % j.chunk_size, r.end_block)
+            url = j.catalog.get_secret_value()
+            tables.follow(j.root, j.chain_id, url, datasets_, j.catalog_namespace, blocks, j.storage_options)
         if requests.set_state(self.store, self.node.name, r.id, "done", "", self.id).state == "done":
             log.info("%s: request %s done (blocks %d-%d)", self.node.name, r.id, r.start_block, r.end_block)
         self.exhausted.pop(r.id, None)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import chains
-from ..archive import events, manifest
+from ..archive import events, manifest, tables
 from ..archive.storage import Store, open_store
 from . import workers
 from .plan import Chunk, Partition, Plan, grid, make_plan
@@ -84,6 +84,7 @@ class Opened:
 
     def task(self, partition: Partition, gateway_url: str) -> Task:
         j = self.job
+        catalog = j.catalog.get_secret_value() if j.catalog else None
         return Task(
             partition,
             gateway_url,
@@ -94,6 +95,8 @@ class Opened:
             j.overwrite_conflicts,
             self.sinks,
             fetch_headers=j.header_checks == "fetch",
+            catalog=catalog,
+            catalog_namespace=j.catalog_namespace,
         )
 
     def record(self, pr: PartitionResult, on_partition: Callable[[PartitionResult], None] | None) -> None:
@@ -108,6 +111,8 @@ class Opened:
             self.result.unchecked[why] = min(block, self.result.unchecked.get(why, block))
         if pr.error:
             (self.result.conflicts if pr.conflict else self.result.failed).append(pr.error)
+        if pr.catalog_error:
+            self.result.failed.append(f"partition {pr.partition}: {pr.catalog_error}")
         if on_partition:
             on_partition(pr)
 
@@ -117,6 +122,11 @@ class Opened:
         result.published.sort(key=lambda e: (e.dataset, e.start_block))
         first = job.start_block - job.start_block % job.chunk_size
         result.emitted += len(events.reconcile(self.store, self.sinks, job.chain_id, job.datasets, first, job.end_block))
+        if job.catalog:  # what a partition that died, failed or had nothing to do left out of the tables
+            url, blocks = job.catalog.get_secret_value(), (first, job.end_block)
+            lag = tables.follow(job.root, job.chain_id, url, job.datasets, job.catalog_namespace, blocks, job.storage_options)
+            if lag:
+                result.failed.append(lag)
         result.seconds = time.monotonic() - self.started
         return result
 
@@ -128,6 +138,8 @@ def open_job(job: Job, events_file: Path | None) -> Opened:
     archived: dict[str, manifest.Manifest | None] = {d: manifest.load(store, job.chain_id, d) for d in job.datasets}
     for m in archived.values():
         manifest.check_grid(m, job.chunk_size)
+    if job.catalog:
+        tables.check(job.catalog.get_secret_value(), job.root, job.chain_id, job.catalog_namespace, archived)
     sinks = events.Sinks(job.output_dataset or f"cold_{'_'.join(job.datasets)}", job.root, events_file)
     return Opened(job, store, archived, sinks, Result(job.chain_id, job.datasets, job.start_block, job.end_block))
 

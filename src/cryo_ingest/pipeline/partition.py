@@ -7,7 +7,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..archive import events, manifest
+from ..archive import events, manifest, tables
 from ..archive.storage import Store, open_store, sha256
 from ..errors import CheckFailed, ChunkError, ConflictError, IngestError, register_secret_url
 from .extract import blame, extract, receipt_counts, second_opinion, served, settle, trace_source
@@ -123,6 +123,9 @@ def _run_once(task: Task, store: Store, staging: Path, result: PartitionResult) 
     crash_point("before-events")
     # Every entry of these chunks, changed now or by an earlier run that died before its events.
     emitted = events.reconcile(store, task.sinks, task.chain_id, part.datasets, part.start, part.end)
+    if task.catalog:  # the tables follow the manifest the same way, one commit per dataset (archive/catalog.py)
+        span, namespace, options = (part.start, part.end), task.catalog_namespace, task.storage_options
+        result.catalog_error = tables.follow(task.root, task.chain_id, task.catalog, part.datasets, namespace, span, options)
     if not task.sinks:
         events.emit(published, task.sinks, store)  # logged only
     return published, len(emitted)

@@ -39,6 +39,8 @@ class Task:
     staging_dir: str | None = None  # where the worker makes its staging folder; the system's temp dir if None
     # A job without blocks, where the archive lacks a chunk's headers: fetch them for the checks (Job.header_checks)
     fetch_headers: bool = True
+    catalog: str | None = field(default=None, repr=False)  # the Iceberg tables' catalog URL (may hold a password)
+    catalog_namespace: str | None = None  # cold_{chain_id} if None
 
 
 @dataclass
@@ -52,3 +54,4 @@ class PartitionResult:
     seconds: dict[str, float] = field(default_factory=dict)  # by stage: extract, validate, publish
     checked: dict[str, int] = field(default_factory=dict)  # blocks checked against their headers, by check (validate.py)
     unchecked: dict[str, int] = field(default_factory=dict)  # "check: why it cannot apply" -> the first such block
+    catalog_error: str | None = None  # published, but its tables could not follow (archive/tables.py): they lag
