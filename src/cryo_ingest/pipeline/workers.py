@@ -10,6 +10,9 @@ worker starts up while this process imports the CLI, checks the config and start
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -53,4 +56,17 @@ def warm_up() -> None:
 
 
 def _new() -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=MOST, mp_context=multiprocessing.get_context("spawn"))
+    spawn = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(max_workers=MOST, mp_context=spawn, initializer=_follow_parent, initargs=(os.getpid(),))
+
+
+def _follow_parent(parent: int) -> None:
+    """No worker outlives its job: once the job's process is gone (SIGKILL, the OOM killer), an idle worker
+    would wait on its call queue forever, holding the job's stdout open; a thread of its own ends it."""
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="parent-watch").start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
