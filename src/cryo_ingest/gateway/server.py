@@ -19,6 +19,7 @@ from ..config import Endpoint
 from ..errors import RpcError, register_secret_url
 from ..task import BLAME_PATH, RECEIPTS_PATH, REFUSALS_PATH, SETTLE_PATH, TRACE_SOURCE_PATH, UNKNOWN_PATH
 from . import history, traces
+from .cheapest import Cheapest
 from .inflight import InFlight
 from .listener import Listener, Request, Response
 from .logs import RangedLogs
@@ -62,6 +63,8 @@ class Gateway:
         self.receipts = history.ReceiptCounts()
         self.trust = Trust(self.pool)
         self.pool.answered, self.pool.avoid = self.trust.answered, self.trust.avoid
+        self.cheapest = Cheapest(self.pool.specs)
+        self.pool.exchange = self.cheapest.exchange
         self.refusals = Refusals()
         self.trace_source = "trace_block"
         self.url = ""
@@ -76,7 +79,7 @@ class Gateway:
             self._base + REFUSALS_PATH: lambda q: self.refusals.between(int(q["from"]), int(q["to"])),
             self._base + RECEIPTS_PATH: lambda q: self.receipts.take(int(q["from"]), int(q["to"])),
             self._base + BLAME_PATH: lambda q: self.trust.blame(int(q["block"]), q["check"], int(q["from"]), int(q["to"])),
-            self._base + SETTLE_PATH: lambda q: self.trust.settle(int(q["from"]), int(q["to"])),
+            self._base + SETTLE_PATH: lambda q: self._settle(int(q["from"]), int(q["to"])),
         }
 
     # ---- lifecycle (called from the main thread) -------------------------------------------
@@ -123,6 +126,11 @@ class Gateway:
 
     def metrics(self) -> dict[str, Any]:
         return self.pool.metrics()
+
+    def _settle(self, lo: int, hi: int) -> None:
+        """A partition is done: what was kept for its blocks goes."""
+        self.trust.settle(lo, hi)
+        self.cheapest.settle(lo, hi)
 
     # ---- server ------------------------------------------------------------------------------
 
