@@ -1,4 +1,5 @@
-"""Receipts by the calls an endpoint charges least for (docs/rpc-pool.md, "The cheapest calls").
+"""Receipts by the calls an endpoint charges least for (docs/rpc-pool.md, "The cheapest calls for the same
+answer").
 
 Cryo asks every block's receipts with one `eth_getBlockReceipts`; providers that meter compute
 units price it far above one `eth_getTransactionReceipt` (Alchemy: 500 against 20). Where the
