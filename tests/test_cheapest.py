@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 from conftest import Devnet
 from modern_replay import MODERN, ModernReplay, served
 from servers import FaultProxy
@@ -167,3 +168,59 @@ def test_mainnet_block_above_break_even_keeps_the_block_call(tmp_path: Path, cos
         n = block.number
         archive([{"url": node.url, "name": "node", "costs": costs, **METERED}], block.chain_id, n, n, 1, tmp_path)
     assert node.methods["eth_getTransactionReceipt"] == 0 and node.methods["eth_getBlockReceipts"] == 1
+
+
+class NoBatches(ModernReplay):
+    """A node that answers any batch with one error, as servers without batch support do."""
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if isinstance(json.loads(await request.read()), list):
+            return web.json_response(
+                {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "batches not supported"}}
+            )
+        return await super().handle(request)
+
+
+class Reorged(ModernReplay):
+    """A node whose receipts now say another block: the chain reorganised since the block was read."""
+
+    def answer(self, method: str, params: list[Any]) -> Any:
+        receipt = super().answer(method, params)
+        return {**receipt, "blockHash": "0x" + "ab" * 32} if method == "eth_getTransactionReceipt" else receipt
+
+
+class Throttling(ModernReplay):
+    """A node that answers the first batch with a rate-limit error for each call (HTTP 200), as Alchemy does."""
+
+    throttled = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = json.loads(await request.read())
+        if isinstance(body, list) and not self.throttled:
+            self.throttled += 1
+            over = {"code": 429, "message": "Your app has exceeded its compute units per second capacity"}
+            return web.json_response([{"jsonrpc": "2.0", "id": c["id"], "error": over} for c in body])
+        return await super().handle(request)
+
+
+@pytest.mark.parametrize(("node", "fallback"), [(NoBatches, "batch_refused"), (Reorged, "receipts_mismatch"), (Throttling, "")])
+def test_a_batch_that_fails_falls_back_or_is_retried(tmp_path: Path, node: type[ModernReplay], fallback: str) -> None:
+    """No batches at the endpoint: block calls from then on. Receipts of another block: the block call for
+    this one. A rate limit answered in the batch: retried as a batch. The archive is the block call's each time."""
+    block = served("ethereum-18000000")
+    n = block.number
+    with ModernReplay(block) as plain:
+        expected = archive([{"url": plain.url, "name": "node"}], block.chain_id, n, n, 1, tmp_path / "block").files
+    with node(block) as replay:
+        got = archive(
+            [{"url": replay.url, "name": "metered", "costs": CHEAP_RECEIPTS, **METERED}], block.chain_id, n, n, 1, tmp_path / "x"
+        )
+    assert got.files == expected
+    errors = got.gateway.metrics()["metered"]["errors"]
+    if fallback:
+        assert replay.methods["eth_getBlockReceipts"] == 1 and got.gateway.cheapest.batches == 0
+        assert fallback == "batch_refused" or replay.methods["eth_getTransactionReceipt"] == 94
+    else:
+        assert replay.methods["eth_getBlockReceipts"] == 0 and got.gateway.cheapest.batches == 1
+        assert errors.get("rpc_rate_limit") == 1 and replay.methods["eth_getTransactionReceipt"] == 94
+    assert got.gateway.cheapest.refused == ({"metered"} if fallback == "batch_refused" else set())
