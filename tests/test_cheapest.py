@@ -61,6 +61,7 @@ def test_break_even_per_table() -> None:
     assert largest_cheaper(Endpoint.model_validate({**table, "costs": "quicknode"})) == 0
     free = {"eth_getTransactionReceipt": 0, "default": 20}
     assert largest_cheaper(Endpoint.model_validate({**table, "costs": free})) == MAX_BATCH
+    assert largest_cheaper(Endpoint.model_validate({**table, "costs": {**free, "eth_getBlockReceipts": 0}})) == -1
     assert largest_cheaper(Endpoint.model_validate({"url": "http://127.0.0.1:1"})) == -1
 
 

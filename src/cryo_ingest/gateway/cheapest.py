@@ -41,9 +41,9 @@ MAX_BLOCKS = 20_000
 def largest_cheaper(spec: Endpoint) -> int:
     """The most transactions a block may have for its receipts one by one to cost this endpoint less
     than the block call: n x eth_getTransactionReceipt < eth_getBlockReceipts. -1: never (no table)."""
-    if spec.costs is None:
-        return -1
     one, block = spec.cost(RECEIPT), spec.cost(BLOCK_RECEIPTS)
+    if spec.costs is None or block <= 0:
+        return -1
     most = MAX_BATCH if one == 0 else math.ceil(block / one) - 1
     return min(MAX_BATCH, most)
 
@@ -169,7 +169,11 @@ class Receipts(Exchange):
             receipt = reply.get("result")
             if receipt is None:
                 return Answer(200, self._reply(b"null"), None)  # a lagging node: the pool retries elsewhere
-            if receipt.get("transactionHash") != tx or receipt.get("blockHash") != self.known.hash:
+            if (
+                not isinstance(receipt, dict)
+                or receipt.get("transactionHash") != tx
+                or receipt.get("blockHash") != self.known.hash
+            ):
                 self.cheapest.blocks.pop(_number(self.req["params"][0]), None)  # reorged since: the block call next
                 raise Retry("receipts_mismatch", detail=f"the receipt of {tx} is not of block {self.known.hash}")
             results.append(orjson.dumps(receipt))
