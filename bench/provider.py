@@ -6,7 +6,8 @@ URL path (`/<key>`) selects a budget of 25 requests per fixed one-second window 
 error body answers what is over it. It counts per key and method the calls (a batch's elements one
 by one), the 429s and the calls served per window. On one chain, in one run, for each set of
 datasets: raw Cryo on one key (its own limiter set to the key's limit), cryo-ingest with `--rpc`
-(nothing configured), with a pool of one key and of three keys (`requests_per_second` set), and
+(nothing configured), with a pool of one key and of three keys (told each key's limit:
+`requests_per_second`, or with --cu-per-second `compute_units_per_second` and the stand-in's prices), and
 ethereum-etl on one key (as bench/run.py runs it, on the first --etl-blocks blocks: its requests
 grow with the transactions).
 
@@ -225,8 +226,13 @@ def run_one(url: str, run: Run, budget: Budget) -> dict[str, Any]:
     return result
 
 
-def pool_file(urls: list[str], rps: int | None, directory: Path) -> Path:
-    endpoints = [{"name": f"key-{i}", "url": u} | ({"requests_per_second": rps} if rps else {}) for i, u in enumerate(urls)]
+def pool_file(urls: list[str], budget: Budget, directory: Path) -> Path:
+    """The pool told each key's budget: in CU mode its compute units per second and the stand-in's prices
+    (so the gateway can pick the calls it charges least for, gateway/cheapest.py), else its requests per second."""
+    told: dict[str, Any] = {"requests_per_second": budget.rps}
+    if budget.cost is not None:
+        told = {"compute_units_per_second": budget.per_key, "costs": THROUGHPUT_CU | {"default": UNLISTED_CU}}
+    endpoints = [{"name": f"key-{i}", "url": u} | told for i, u in enumerate(urls)]
     path = directory / "pools.yaml"
     path.write_text(json.dumps({"pools": {"bench": {"endpoints": endpoints}}}))  # JSON is YAML
     return path
@@ -238,7 +244,7 @@ def compare(url: str, datasets: Sequence[str], args: argparse.Namespace) -> dict
     blocks, chunk = args.blocks, args.chunk_size
 
     def pooled(urls: list[str], tmp: Path) -> list[str]:
-        pool = ["--rpc-pool", "bench", "--rpc-pool-file", str(pool_file(urls, budget.rps, tmp))]
+        pool = ["--rpc-pool", "bench", "--rpc-pool-file", str(pool_file(urls, budget, tmp))]
         return ingest(None, tmp / "out", blocks, chunk, *pool, datasets=datasets)
 
     def plain(url: str, tmp: Path) -> list[str]:
@@ -339,7 +345,9 @@ def main() -> None:
     print(text)
     if not args.no_save:
         command = "python bench/provider.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        print(save("provider", command.strip(), {"results": results, "load_average": load}, text), file=sys.stderr)
+        # CU metering has its own sections (docs/benchmarks.md), one per block size: the per-request runs stay as they are
+        name = f"provider-cu-{args.txs_per_block}tx" if args.cu_per_second else "provider"
+        print(save(name, command.strip(), {"results": results, "load_average": load}, text), file=sys.stderr)
 
 
 if __name__ == "__main__":

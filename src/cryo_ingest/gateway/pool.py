@@ -13,7 +13,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..budget import SharedBudget
 from ..config import Endpoint
@@ -22,6 +22,9 @@ from . import logs
 from .budgets import Bucket
 from .replies import GAVE_UP, Reply, body_text, describe_error, encode, error, scrubbed, shorten
 from .upstream import Client, ConnectFailed
+
+if TYPE_CHECKING:
+    from .cheapest import Exchange
 
 log = logging.getLogger("cryo_ingest.gateway")
 
@@ -176,6 +179,8 @@ class Pool:
         # endpoints a request should avoid (they answered data of its blocks that failed a check).
         self.answered: Callable[[dict[str, Any], str], None] | None = None
         self.avoid: Callable[[dict[str, Any]], frozenset[str]] | None = None
+        # Set by the gateway (gateway/cheapest.py): the calls an endpoint charges least for the same answer.
+        self.exchange: Callable[[Upstream, dict[str, Any]], Exchange | None] | None = None
 
     async def start(self) -> None:
         self.upstreams = [
@@ -375,12 +380,13 @@ class Pool:
         self, up: Upstream, req: dict[str, Any], first_try: bool = False, passthrough: bool = False
     ) -> dict[str, Any]:
         """One request to one endpoint; raises Retry for anything another attempt may fix."""
+        swap = self.exchange(up, req) if self.exchange is not None else None
         async with up.semaphore:
-            started, units = await up.bucket.acquire(req["method"])
+            started, units = await (swap.acquire(up.bucket) if swap else up.bucket.acquire(req["method"]))
             up.requests += 1
             try:
                 async with asyncio.timeout(self.timeout):
-                    answer = await up.client.post(encode(req))
+                    answer = await (swap.post(up) if swap else up.client.post(encode(req)))
             except TimeoutError:
                 raise self._failed(up, req, "timeout", f"no answer in {self.timeout:g} s") from None
             except OSError as exc:

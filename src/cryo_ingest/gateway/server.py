@@ -29,6 +29,7 @@ from ..pipeline.task import (
     UNKNOWN_PATH,
 )
 from . import history, traces
+from .cheapest import Cheapest
 from .inflight import InFlight
 from .listener import Listener, Request, Response
 from .logs import RangedLogs
@@ -73,6 +74,8 @@ class Gateway:
         self.receipts = history.ReceiptCounts()
         self.trust = Trust(self.pool, canonical_check)
         self.pool.answered, self.pool.avoid = self.trust.answered, self.trust.avoid
+        self.cheapest = Cheapest(self.pool.specs)
+        self.pool.exchange = self.cheapest.exchange
         self.refusals = Refusals()
         self.trace_source = "trace_block"
         self.url = ""
@@ -87,7 +90,7 @@ class Gateway:
             self._base + REFUSALS_PATH: lambda q: self.refusals.between(int(q["from"]), int(q["to"])),
             self._base + RECEIPTS_PATH: lambda q: self.receipts.take(int(q["from"]), int(q["to"])),
             self._base + BLAME_PATH: lambda q: self.trust.blame(int(q["block"]), q["check"], int(q["from"]), int(q["to"])),
-            self._base + SETTLE_PATH: lambda q: self.trust.settle(int(q["from"]), int(q["to"])),
+            self._base + SETTLE_PATH: lambda q: self._settle(int(q["from"]), int(q["to"])),
             self._base + CANONICAL_PATH: lambda q: self.trust.canonical(int(q["block"]), q["hash"]),
             self._base + SERVED_PATH: lambda q: self.trust.served(int(q["from"]), int(q["to"])),
         }
@@ -136,6 +139,11 @@ class Gateway:
 
     def metrics(self) -> dict[str, Any]:
         return self.pool.metrics()
+
+    def _settle(self, lo: int, hi: int) -> None:
+        """A partition is done: what was kept for its blocks goes."""
+        self.trust.settle(lo, hi)
+        self.cheapest.settle(lo, hi)
 
     # ---- server ------------------------------------------------------------------------------
 
