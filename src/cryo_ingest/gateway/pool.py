@@ -13,7 +13,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..budget import SharedBudget
 from ..config import Endpoint
@@ -21,12 +21,19 @@ from ..errors import RpcError, redact
 from . import logs
 from .budgets import Bucket
 from .replies import GAVE_UP, Reply, body_text, describe_error, encode, error, scrubbed, shorten
-from .upstream import Client, ConnectFailed
-
-if TYPE_CHECKING:
-    from .cheapest import Exchange
+from .upstream import Answer, Client, ConnectFailed
 
 log = logging.getLogger("cryo_ingest.gateway")
+
+
+class Exchange(Protocol):
+    """What an attempt sends instead of the request as asked (gateway/cheapest.py): defined here, where it is
+    used, so that the pool does not import what imports it."""
+
+    async def acquire(self, bucket: Bucket) -> tuple[float, float]: ...
+
+    async def post(self, up: Upstream) -> Answer: ...
+
 
 # Methods whose null result for a block at or below the known head means a lagging node.
 BLOCK_METHODS = {"eth_getBlockByNumber", "eth_getBlockReceipts", "trace_block", "debug_traceBlockByNumber"}
