@@ -157,7 +157,7 @@ class Upstream:
     client: Client
     probe: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(PROBE_CONCURRENCY))  # budgets.py
     disabled: str | None = None
-    breaker: Breaker = field(default_factory=lambda: Breaker())
+    breaker: Breaker = field(default_factory=Breaker)
     cooldown_until: float = 0.0  # the provider's Retry-After, or down at start-up
     last_failure: str = ""
     latency: float = 0.05
