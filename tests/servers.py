@@ -110,6 +110,8 @@ class Faults:
     dead: bool = False  # close every connection
     die_after: int | None = None  # dead from this many requests on
     rate_limit: int | None = None  # a provider's limit: requests per 1-second window, HTTP 429 beyond it
+    # and said in every answer's headers (RATE_LIMIT_HEADERS): "ietf" or "x"
+    rate_limit_headers: str | None = None
     block_methods: set[str] = field(default_factory=set)  # answer these with -32601
     # Answer these calls ("method", or "method:first param" such as "eth_getBlockByNumber:0x7") with
     # a JSON-RPC error quoting the request's full URL, user info and key included, as some providers do.
@@ -155,6 +157,20 @@ LOGS_REFUSALS: dict[str, tuple[int, dict[str, Any]]] = {
 }
 
 
+def rate_limit_headers(style: str, limit: int, used: int) -> dict[str, str]:
+    """What a provider says of its limit of `limit` requests per one-second window, `used` of this one
+    taken: IETF draft-ietf-httpapi-ratelimit-headers (from draft 08), or the X-RateLimit-* of TheRPC
+    and nodewell (the window's end as a Unix time)."""
+    left = 1.0 - time.monotonic() % 1.0  # the proxy's windows are the monotonic clock's seconds
+    if style == "ietf":
+        return {"RateLimit-Policy": f'"default";q={limit};w=1', "RateLimit": f'"default";r={max(0, limit - used)};t=1'}
+    return {
+        "X-RateLimit-Limit": str(limit),
+        "X-RateLimit-Remaining": str(max(0, limit - used)),
+        "X-RateLimit-Reset": str(math.ceil(time.time() + left)),
+    }
+
+
 class FaultProxy(Proxy):
     """Forwards JSON-RPC to `upstream`, injecting faults; counts requests per method and second."""
 
@@ -182,6 +198,13 @@ class FaultProxy(Proxy):
         return self.server.url + path
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        response = await self._handle(request)
+        f = self.faults
+        if f.rate_limit is not None and f.rate_limit_headers is not None:
+            response.headers.update(rate_limit_headers(f.rate_limit_headers, f.rate_limit, self.window[1]))
+        return response
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         f = self.faults
         raw = await request.read()
         body = json.loads(raw)

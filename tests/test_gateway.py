@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import random
 import re
 import socket
 import sys
@@ -11,6 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from pathlib import Path
 
 import boto3
@@ -40,7 +43,7 @@ from cryo_ingest.gateway import Gateway
 from cryo_ingest.gateway.budgets import Bucket
 from cryo_ingest.gateway.pool import Upstream
 from cryo_ingest.gateway.replies import MAX_ANSWERS, MAX_BLOCKS, Refusals
-from cryo_ingest.gateway.upstream import Client
+from cryo_ingest.gateway.upstream import Client, advertised
 from cryo_ingest.pipeline import plan
 from cryo_ingest.pipeline.backfill import Result
 from cryo_ingest.pipeline.extract import _refusals
@@ -423,13 +426,22 @@ def test_a_short_path_is_redacted_in_its_url_only() -> None:
     assert redact("refused: /v2/Key0123456789") == "refused: <redacted>"
 
 
+def upstream(name: str = "flaky") -> Upstream:
+    spec = Endpoint.model_validate({"url": "http://127.0.0.1:9", "name": name})
+    return Upstream(spec, Bucket(spec, None), asyncio.Semaphore(1), Client(spec.url.get_secret_value()))
+
+
 def test_the_endpoints_table_shows_an_open_breaker(monkeypatch: pytest.MonkeyPatch) -> None:
-    """60 failures in a row: the breaker has tripped 6 times and opened for 30 s; `backfill`'s table says so."""
-    spec = Endpoint.model_validate({"url": "http://127.0.0.1:9", "name": "flaky"})
-    up = Upstream(spec, Bucket(spec, None), asyncio.Semaphore(1), Client(spec.url.get_secret_value()))
+    """Every call failing: the breaker opens after 10, then each probe fails; the sixth opening holds it
+    30 s (1, 2, 4, 8, 16, then the 30 s cap); `backfill`'s table says so."""
+    up = upstream()
     assert up.metrics()["state"] == "ok"
-    for _ in range(60):
-        up.fail("http_5xx", time.monotonic())
+    now = time.monotonic() - (1 + 2 + 4 + 8 + 16)  # the sixth opening comes now
+    assert [up.fail("http_5xx", now, up.breaker.sent()) for _ in range(10)] == [False] * 9 + [True]
+    for seconds in (2, 4, 8, 16, 30):
+        now = up.breaker.open_until
+        assert up.fail("http_5xx", now, up.breaker.sent())  # the probe after the cool-down
+        assert up.breaker.open_until - now == seconds
     state = up.metrics()["state"]
     assert re.fullmatch(r"breaker open, (29|30)\.\d s left", state), state
     monkeypatch.setattr(console, "width", 200)
@@ -437,6 +449,107 @@ def test_the_endpoints_table_shows_an_open_breaker(monkeypatch: pytest.MonkeyPat
         report(Result(31337, ("blocks",), 0, 49, gateway={"flaky": up.metrics()}))
     [row] = [line for line in out.get().splitlines() if "flaky" in line]
     assert "breaker open, " in row and " ok " not in row, row
+
+
+def test_the_breaker_reads_the_failure_rate() -> None:
+    """It opens on an endpoint failing nearly everything, not on one failing 30 % of its calls; it reads
+    answers in the order their calls were sent (fast failures do not overtake the slow successes sent
+    with them, as they did "10 failures in a row" on a burst); an answer to a
+    call sent before it opened does not move it; a success after the cool-down closes it; answers
+    older than 30 s are forgotten."""
+    flaky, rng = upstream(), random.Random(5)
+    for i in range(100_000):
+        now, call = i * 0.001, flaky.breaker.sent()
+        if rng.random() < 0.3:
+            assert not flaky.fail("http_5xx", now, call), i
+        else:
+            flaky.succeed(0.0, now, call)
+    assert flaky.breaker.trips == 0
+    burst = upstream("burst")
+    calls = [burst.breaker.sent() for _ in range(10)]
+    assert not any(burst.fail("http_5xx", 0.0, c) for c in calls[3:])  # 7 fast failures: none read yet
+    assert burst.breaker.answers == deque()
+    for c in calls[:3]:
+        burst.succeed(0.5, 0.5, c)
+    assert burst.breaker.failure_rate == 0.7 and burst.usable(0.5)
+    up = upstream("dying")
+    calls = [up.breaker.sent() for _ in range(11)]
+    assert [up.fail("connection", 0.0, c) for c in calls[:10]] == [False] * 9 + [True]
+    assert not up.usable(0.5) and up.state(0.5) == "breaker open, 0.5 s left"
+    up.succeed(0.0, 0.9, calls[10])  # sent before it opened: says nothing
+    assert not up.usable(0.9)
+    up.succeed(0.0, 1.2, up.breaker.sent())  # the probe
+    assert up.usable(1.2) and up.breaker.trips == 0 and len(up.breaker.answers) == 0
+    assert not any(up.fail("connection", 2.0, up.breaker.sent()) for _ in range(9))
+    assert not up.fail("connection", 40.0, up.breaker.sent())  # 10 failures, 9 of them 38 s ago: 1 in the window
+    assert [up.fail("connection", 41.0, up.breaker.sent()) for _ in range(9)] == [False] * 8 + [True]
+
+
+def never_down(caplog: pytest.LogCaptureFixture) -> None:
+    assert "rpc pool down" not in caplog.text, caplog.text
+
+
+def test_a_third_of_fast_5xx_never_takes_the_pool_down(chain: Devnet, caplog: pytest.LogCaptureFixture) -> None:
+    """The only endpoint answers 30 % of its calls with a 5xx at once (its successes take the node's
+    time): 20 gateways, each asked for 250 blocks by 16 callers, never declare the pool down and
+    answer every block as the node does (the whole job, 20 times over: see the archive tests above)."""
+    caplog.set_level(logging.WARNING, logger="cryo_ingest.gateway")
+    expected = {n: rpc(chain.url, "eth_getBlockByNumber", hex(n), False) for n in range(250)}
+    for run in range(20):
+        with (
+            FaultProxy(chain.url, Faults(http_500=0.3), seed=run) as proxy,
+            Gateway([Endpoint.model_validate({"url": proxy.url(), "name": "only"})], 31337) as gw,
+        ):
+            got: list[tuple[int, object]] = []
+
+            def caller(i: int, url: str = gw.url, got: list[tuple[int, object]] = got) -> None:
+                got.extend((n, rpc(url, "eth_getBlockByNumber", hex(n), False)) for n in range(i, 250, 16))
+
+            callers = [threading.Thread(target=caller, args=(i,)) for i in range(16)]
+            for c in callers:
+                c.start()
+            for c in callers:
+                c.join()
+            opened = gw.metrics()["only"]
+        assert proxy.injected["http_500"] > 50, run
+        assert len(got) == 250 and all(block == expected[n] for n, block in got), run
+        assert opened["state"] == "ok", (run, opened)
+        never_down(caplog)
+
+
+def test_an_endpoint_failing_everything_is_down_in_seconds(chain: Devnet, caplog: pytest.LogCaptureFixture) -> None:
+    """Every call answered 5xx: the pool is down in about the first cool-down (1 s) and a request fails
+    at once from then on. With "10 in a row" and three trips: 3.65-3.69 s here (8 callers, 3 runs)."""
+    caplog.set_level(logging.WARNING, logger="cryo_ingest.gateway")
+    with (
+        FaultProxy(chain.url) as proxy,
+        Gateway([Endpoint.model_validate({"url": proxy.url(), "name": "only"})], 31337) as gw,
+    ):
+        proxy.faults.http_500 = 1.0
+        started = time.monotonic()
+        callers = [threading.Thread(target=rpc_error, args=(gw.url, i)) for i in range(2, 10)]
+        for c in callers:
+            c.start()
+        while "rpc pool down" not in caplog.text and time.monotonic() - started < 60:
+            time.sleep(0.01)
+        down = time.monotonic() - started
+        asked = time.monotonic()
+        error = rpc_error(gw.url)
+        answered = time.monotonic() - asked
+        for c in callers:
+            c.join()
+    print(f"down after {down:.2f} s; a request then failed in {answered:.3f} s")
+    assert down < 3, down
+    assert "circuit open" in error and answered < 0.5, (error, answered)
+    assert caplog.text.count("rpc pool down") == 1
+
+
+def rpc_error(url: str, block: int = 1) -> str:
+    """The error message the gateway answers a block request with (one block asked by several callers
+    at once is one request: gateway/inflight.py)."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "eth_getBlockByNumber", "params": [hex(block), False]}).encode()
+    with urllib.request.urlopen(urllib.request.Request(url, body, {"content-type": "application/json"}), timeout=200) as r:
+        return str(json.loads(r.read())["error"]["message"])
 
 
 def test_gateway_secret_is_never_written(chain: Devnet, tmp_path: Path) -> None:
@@ -469,6 +582,31 @@ def test_an_only_endpoint_that_rate_limits_is_slowed_down_not_dropped(
     assert doc["rate_cuts"] > 0 and doc["rate_limit"] is not None and doc["rate_unit"] == "requests/s"
     assert files_under(root) == clean_archive
     assert_no_canary(run, root)
+
+
+def test_a_rate_limit_nobody_configured_is_learnt_in_seconds(chain: Devnet, tmp_path: Path) -> None:
+    """`--rpc` on loopback (no limit) in front of a key allowing 20 requests a second, a short job
+    (200 blocks, blocks and logs: about 200 requests): the probe's ramp meets the limit a request or
+    two past it, the first 429 teaches the rate, and the job runs at it. bench/rate_learning.py holds
+    the target, measured from the command's start (0.85 of the limit); here, where this host's load
+    moves the command's own start-up (Python, Cryo's workers), the ratio from the first request to
+    the last, and a looser one from the start."""
+    limit = 20
+    with FaultProxy(chain.url, Faults(rate_limit=limit)) as proxy:
+        started = time.monotonic()
+        run = backfill(tmp_path / "r", proxy.url(), "--json", end=199, datasets="blocks,logs", chunk=100)
+        ended = time.monotonic()
+    assert run.code == 0, run.text
+    answered, sent, refused = len(proxy.answered), len(proxy.calls), proxy.injected["http_429"]
+    busy = answered / (proxy.answered[-1] - proxy.calls[0][0]) / limit
+    whole = answered / (ended - started) / limit
+    print(
+        f"{answered} answered, {refused} of {sent} got a 429; of the limit: {busy:.2f} from the first request, {whole:.2f} in all"
+    )
+    assert answered >= 200
+    assert refused <= 0.05 * sent, (refused, sent)
+    assert busy >= 0.85, busy
+    assert whole >= 0.75, whole
 
 
 def drive(url: str, seconds: float, threads: int = 12, pause: float = 0.0) -> None:
@@ -512,6 +650,38 @@ def test_auto_tune_converges_near_the_real_limit(configured: int | None, chain: 
     assert 0.75 * real <= rate <= 1.1 * real, rate  # each 429 holds the endpoint a second (Retry-After: 1)
     assert metrics["rate_cuts"] >= 1
     assert refused <= 0.1, refused
+
+
+def test_rate_limit_headers_are_read() -> None:
+    """IETF RateLimit-Policy (both drafts' forms, the strictest policy) and X-RateLimit-Limit with a
+    Reset at most 2 s away give a per-second rate; a longer window (Fiews: credits over 300 s) none."""
+    now = time.time()
+    assert advertised({b"ratelimit-policy": b'"default";q=100;w=10, "burst";q=30;w=1'}) == 10.0
+    assert advertised({b"ratelimit-policy": b"20;w=1"}) == 20.0
+    assert advertised({b"ratelimit-policy": b'"default";q=100'}) is None  # no window: no rate
+    assert advertised({b"x-ratelimit-limit": b"10", b"x-ratelimit-reset": str(int(now) + 1).encode()}) == 10.0
+    assert advertised({b"ratelimit-limit": b"25", b"ratelimit-reset": b"1"}) == 25.0
+    assert advertised({b"x-ratelimit-limit": b"10000", b"x-ratelimit-reset": str(int(now) + 300).encode()}) is None
+    assert advertised({b"x-ratelimit-limit": b"10"}) is None
+
+
+@pytest.mark.parametrize("style", ["ietf", "x"])
+def test_an_endpoint_that_says_its_limit_is_paced_at_it_from_the_start(style: str, chain: Devnet) -> None:
+    """No limit configured; the endpoint's headers say 20 a second from its first answer (eth_chainId
+    at start-up): the demand of 12 callers is sent at 19 a second, and no request draws a 429."""
+    with (
+        FaultProxy(chain.url, Faults(rate_limit=20, rate_limit_headers=style)) as proxy,
+        Gateway([Endpoint.model_validate({"url": proxy.url(), "name": "told"})], 31337) as gw,
+    ):
+        start = time.monotonic()
+        drive(gw.url, 3.0)
+        metrics = gw.metrics()["told"]
+    sent = [t for t in proxy.times if t >= start]
+    rate = (len(sent) - 1) / (sent[-1] - sent[0])
+    print(f"{style}: {rate:.1f} a second, {proxy.injected['http_429']} 429s; {metrics}")
+    assert metrics["rate_limit"] == 19.0 and metrics["rate_cuts"] == 0
+    assert proxy.injected["http_429"] == 0
+    assert 17 <= rate <= 20, rate
 
 
 def timed_calls(url: str, n: int, threads: int = 8) -> list[float]:

@@ -34,6 +34,25 @@ FLOOR, PROVEN = 0.1, 0.5
 # A rate-limit answer while fewer requests than this were answered in the last second says nothing
 # about our rate (the run is starting, or the endpoint refuses at random): it cuts nothing.
 MIN_ANSWERED = 5
+# An endpoint with no limit configured (a node on loopback, or a provider's key behind one, as a
+# local eRPC) has at most PROBE_CONCURRENCY requests in flight until PROBE_CALLS were answered with
+# no rate-limit answer (pool.py): unbounded, of the first second's burst (58 requests on loopback),
+# 38 drew a 429 from a key allowing 20, and a probe on the rate (from 50 a second, doubling) still
+# overshot by 10-20 on a busy host, where the 429 takes tens of ms to come back. In flight, the
+# overshoot is at most 4 whatever the round trip; an own node pays with its first 300 requests
+# going 4 at a time (at a millisecond or two each on loopback, a fraction of a second).
+PROBE_CONCURRENCY, PROBE_CALLS = 4, 300
+# Its first rate-limit answer sets its rate to LEARNT x what the endpoint accepted of the requests
+# sent in the second before the refused one (those sent earlier reached it first, and were within its
+# count): its limit, where its first second fell in one of its windows. Not what it answered in
+# that second (requests still in flight are not answered yet, and the first 429 comes back before
+# them: the first cut waited for a second 429, a second of them later). 0.95: paced at the limit
+# exactly, a provider counting per fixed second sees the limit plus one in half its windows.
+LEARNT = 0.95
+# Nor does the slow rise (RAISE) take a learnt rate above LEARNT x the rate that drew the last cut
+# within PROBE_AGAIN seconds of it: each 429 holds the endpoint a second (Retry-After), a tenth of
+# a short job's time.
+PROBE_AGAIN = 30.0
 # The in-process bucket holds a tenth of a second's units: a one-second burst would let a provider
 # that counts per second see twice the rate.
 LOCAL_BURST_SECONDS = 0.1
@@ -60,9 +79,26 @@ class Tuner:
         self._accepted: deque[tuple[float, float]] = deque()  # (when, units) answered here in the last second
         self._answered = 0.0  # their units
         self._since, self._used = time.monotonic(), 0.0  # units sent here since `_since`
+        self._sends: deque[tuple[float, float]] = deque()  # (when, units) sent here in the last two seconds
+        self._refused: deque[float] = deque()  # when the requests refused with a rate-limit answer were sent
+        self._count = 0  # requests answered here while learning
+
+    @property
+    def learning(self) -> bool:
+        """No limit configured, none learnt yet: the first rate-limit answer teaches it."""
+        return self.ceiling is None and self.peak is None
+
+    @property
+    def probing(self) -> bool:
+        """Learning, and few requests answered so far: few may be in flight (PROBE_CONCURRENCY)."""
+        return self.learning and self._count < PROBE_CALLS
 
     def sent(self, now: float, units: float) -> None:
         self._used += units
+        if self.learning:  # what the first rate-limit answer learns from
+            self._sends.append((now, units))
+            while self._sends[0][0] < now - 2.0:
+                self._sends.popleft()
         elapsed = now - self._since
         if elapsed < 1.0:
             return
@@ -73,7 +109,10 @@ class Tuner:
             proven = min(RECOVER * self.best, CUT_NEAR * self.refused)
             calm = now - self.changed >= CALM_SECONDS
             step = self.rate * (CLIMB - 1) if self.rate < proven and calm else RAISE * self.peak
-            self.rate = min(self.ceiling or math.inf, max(self.rate + RAISE * self.peak, min(proven, self.rate + step)))
+            rise = self.rate + RAISE * self.peak
+            if self.ceiling is None and now - self.changed < PROBE_AGAIN:  # a learnt limit: no probing above it yet
+                rise = min(rise, max(self.rate, LEARNT * self.peak))
+            self.rate = min(self.ceiling or math.inf, max(rise, min(proven, self.rate + step)))
         self._since, self._used = now, 0.0
 
     @property
@@ -82,6 +121,7 @@ class Tuner:
         return min(self.ceiling or math.inf, max(configured, PROVEN * self.best))
 
     def accepted(self, now: float, units: float) -> None:
+        self._count += 1
         self._accepted.append((now, units))
         self._answered += units
         while self._accepted[0][0] < now - 1.0:
@@ -95,6 +135,8 @@ class Tuner:
 
     def throttled(self, sent_at: float, now: float) -> bool:
         """A rate-limit answer to a request sent at `sent_at`; True if it cut the rate."""
+        if self.learning:
+            return self._learn(sent_at, now)
         if sent_at < self.changed or now - self.changed < CUT_SECONDS:
             return False
         if sum(1 for t, _ in self._accepted if t >= now - 1.0) < MIN_ANSWERED:
@@ -112,6 +154,35 @@ class Tuner:
             self.rate = max(self.floor, min(self.rate * (CUT_NEAR if near else CUT_FAR), self.answered * CUT_NEAR))
         self.changed = now
         self._since, self._used = now, 0.0
+        return True
+
+    def advertised(self, rate: float, now: float) -> None:
+        """The endpoint's headers say it allows `rate`: a limit learnt without a 429, below any configured."""
+        if self.peak is not None or (self.rate is not None and self.rate <= LEARNT * rate):
+            return
+        self.refused = math.inf
+        self.peak, self.rate, self.best = rate, LEARNT * rate, rate
+        self.changed = now
+        self._since, self._used = now, 0.0
+
+    def _learn(self, sent_at: float, now: float) -> bool:
+        """The first rate-limit answers of an endpoint with no limit configured: its rate from what it
+        accepted of the requests sent in the second before the refused one (see LEARNT)."""
+        earlier = sum(1 for t in self._refused if sent_at - 1.0 < t < sent_at)
+        self._refused.append(sent_at)
+        accepted = sum(u for t, u in self._sends if sent_at - 1.0 < t < sent_at) - earlier
+        # A limit refuses the requests past it, after it accepted those before: a refusal among others
+        # (a provider refusing at random) or of the run's very first requests says no rate.
+        if earlier or accepted < MIN_ANSWERED:
+            return False
+        self.refused = math.inf  # sent unpaced
+        # and the most answered in a second is this: the start's burst may have spanned two of the
+        # provider's windows, and the calm climb (RECOVER x best) would go past the limit
+        self.peak, self.rate, self.best = accepted, LEARNT * accepted, accepted
+        self.changed = now
+        self._since, self._used = now, 0.0
+        self._sends.clear()
+        self._refused.clear()
         return True
 
 
@@ -166,8 +237,9 @@ class Bucket:
                 if b is self.tuned:
                     self.tuner.peers, self.tuner.cluster = self.shared.peers(b.name), self.shared.flow(b.name)
                 continue
-            if b.slots is None:  # no limit configured, one found: this gateway's own
-                b.slots = LocalSlots(rate, LOCAL_BURST_SECONDS)
+            if b.slots is None:  # no limit configured, one found: this gateway's own, one request at a time
+                # (a tenth of a second's burst on 0.95 x a learnt limit let 1.045 x it into some second: a 429)
+                b.slots = LocalSlots(rate, 0.0)
             async with b.queue:
                 b.slots.rps = self.tuner.rate if b is self.tuned and self.tuner.rate is not None else rate
                 await asyncio.sleep(await b.slots.take(units))
@@ -177,6 +249,11 @@ class Bucket:
         units = cost if self.tuned.compute_units else 1.0
         self.tuner.sent(now, units)
         return now, units
+
+    def advertised(self, requests: float, now: float) -> None:
+        """The endpoint's headers say it allows `requests` a second (read while the tuned unit is requests)."""
+        if not self.tuned.compute_units:
+            self.tuner.advertised(requests, now)
 
     def answered(self, now: float, units: float) -> None:
         """A request sent at the tuned unit's cost `units` was answered (not rate-limited)."""

@@ -4,6 +4,7 @@ what a reply means (success, a fault another attempt may fix, or a definite answ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -19,7 +20,7 @@ from ..budget import SharedBudget
 from ..config import Endpoint
 from ..errors import RpcError, redact
 from . import logs
-from .budgets import Bucket
+from .budgets import PROBE_CONCURRENCY, Bucket
 from .replies import GAVE_UP, Reply, body_text, describe_error, encode, error, scrubbed, shorten
 from .upstream import Answer, Client, ConnectFailed
 
@@ -58,8 +59,22 @@ HEDGE_MIN_SECONDS, HEDGE_SHARE = 0.05, 0.05
 # The opening of a JSON-RPC success as nodes write it. A reply that opens so and ends with "}"
 # is a success whatever its size: passing it on unparsed saves the gateway most of its CPU.
 SUCCESS_OPENING = re.compile(rb'\s*\{\s*"jsonrpc"\s*:\s*"2\.0"\s*,\s*"id"\s*:\s*(?:-?\d+|"[^"\\]*"|null)\s*,\s*"result"\s*:\s*')
-# An endpoint trips its breaker after 10 failures in a row; three trips with no success between: down.
-POOL_DOWN_TRIPS = 3
+# The circuit breaker reads an endpoint's failure rate over its last BREAKER_CALLS answers within
+# BREAKER_SECONDS, as resilience4j's count- and time-based sliding windows and eRPC's failsafe
+# circuitBreaker (failureThresholdCount of failureThresholdCapacity) do, rather than failures in a
+# row: with 30 % fast 5xx, fast failures overtake slow successes and "10 in a row" tripped it again
+# and again. It opens at BREAKER_RATE of at least BREAKER_MIN_CALLS answers: an endpoint failing
+# nearly everything. 30 % random failures reach 9 of 10 once in 7,000 windows, 18 of 20 almost never
+# (binomial tails); a node that went away fails them all and opens it after 10 calls, in well under
+# a second. 30 s: older answers say little about the endpoint now.
+BREAKER_CALLS, BREAKER_SECONDS, BREAKER_MIN_CALLS, BREAKER_RATE = 20, 30.0, 10, 0.9
+# Open for 1 s, doubling on each trip whose probe failed too, to at most 30 s. After it, half-open:
+# the first answer to a call sent since decides, as Helidon's success-threshold 1 and Hystrix's single
+# test call (a success closes it, a failure opens it again for twice as long).
+BREAKER_OPEN_SECONDS, BREAKER_OPEN_MAX = 1.0, 30.0
+# Every live endpoint open, each tripped twice with no success between (it failed nearly every call,
+# then its probe after the cool-down failed too): the pool is down, requests fail at once.
+POOL_DOWN_TRIPS = 2
 
 
 class Retry(Exception):
@@ -71,6 +86,77 @@ class Retry(Exception):
         self.kind, self.delay, self.detail, self.throttled = kind, delay, detail, throttled
 
 
+# A call's state in Breaker.pending: sent and not answered yet, or answered in a way that says
+# nothing about the endpoint's health (a rate-limit answer, a hedge cancelled).
+IN_FLIGHT, NO_WORD = -1, 2
+
+
+@dataclass
+class Breaker:
+    """An endpoint's circuit breaker on its failure rate (see BREAKER_CALLS): closed, open until
+    `open_until`, then half-open until an answer decides.
+
+    Answers are read in the order their calls were sent, each once every call sent before it is
+    answered: a fast 5xx does not count before the slow successes sent with it, so a burst of 64
+    calls whose failures come back first does not read as 100 % failed."""
+
+    answers: deque[tuple[float, bool]] = field(default_factory=lambda: deque(maxlen=BREAKER_CALLS))  # (when, failed)
+    pending: dict[int, int] = field(default_factory=dict)  # call -> IN_FLIGHT, 0 or 1 (failed), NO_WORD; in sending order
+    calls: int = 0  # calls sent so far (the next call's number)
+    trips: int = 0  # opened this many times with no success between
+    opened: int = 0  # the first call sent after it last opened
+    open_until: float = 0.0
+
+    @property
+    def failure_rate(self) -> float:
+        return sum(failed for _, failed in self.answers) / len(self.answers) if self.answers else 0.0
+
+    def sent(self) -> int:
+        """A call goes out: its number, for `answered`."""
+        self.calls += 1
+        self.pending[self.calls] = IN_FLIGHT
+        return self.calls
+
+    def answered(self, call: int, failed: bool | None, now: float) -> bool:
+        """The answer to `call` (None: it says nothing of the endpoint's health); True if it opened
+        the breaker. Once per call: a later word on the same call is ignored."""
+        if self.pending.get(call) != IN_FLIGHT:
+            return False
+        if failed is not None and self.trips and call >= self.opened:  # sent since it opened: a probe
+            del self.pending[call]
+            if not failed:
+                self.trips, self.open_until = 0, 0.0
+                self.answers.clear()
+            elif now >= self.open_until:
+                return self._open(now)
+            return False
+        self.pending[call] = NO_WORD if failed is None or call < self.opened else int(failed)
+        opened = False
+        while self.pending:
+            first = next(iter(self.pending))
+            outcome = self.pending[first]
+            if outcome == IN_FLIGHT:
+                break
+            del self.pending[first]
+            if outcome != NO_WORD:
+                opened |= self._record(bool(outcome), now)
+        return opened
+
+    def _record(self, failed: bool, now: float) -> bool:
+        self.answers.append((now, failed))
+        while self.answers[0][0] < now - BREAKER_SECONDS:
+            self.answers.popleft()
+        if not self.trips and len(self.answers) >= BREAKER_MIN_CALLS and self.failure_rate >= BREAKER_RATE:
+            return self._open(now)
+        return False
+
+    def _open(self, now: float) -> bool:
+        self.trips += 1
+        self.opened = self.calls + 1
+        self.open_until = now + min(BREAKER_OPEN_MAX, BREAKER_OPEN_SECONDS * 2 ** (self.trips - 1))
+        return True
+
+
 @dataclass
 class Upstream:
     """An endpoint's live state. Its URL stays inside `spec` and is only used to send."""
@@ -79,10 +165,10 @@ class Upstream:
     bucket: Bucket
     semaphore: asyncio.Semaphore
     client: Client
+    probe: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(PROBE_CONCURRENCY))  # budgets.py
     disabled: str | None = None
-    consecutive_failures: int = 0
-    trips: int = 0
-    cooldown_until: float = 0.0
+    breaker: Breaker = field(default_factory=Breaker)
+    cooldown_until: float = 0.0  # the provider's Retry-After, or down at start-up
     last_failure: str = ""
     latency: float = 0.05
     requests: int = 0
@@ -103,28 +189,39 @@ class Upstream:
         return self.spec.name
 
     def usable(self, now: float) -> bool:
-        return self.disabled is None and self.cooldown_until <= now
+        return self.disabled is None and self.held_until <= now
+
+    @property
+    def held_until(self) -> float:
+        """When the breaker or the provider's Retry-After lets requests through again."""
+        return max(self.cooldown_until, self.breaker.open_until)
 
     def state(self, now: float) -> str:
         """For the endpoints table: out of the pool (why), its breaker open, held back, or ok."""
         if self.disabled is not None:
             return self.disabled
-        if self.cooldown_until > now:  # a breaker's trip, or the provider's Retry-After
-            return f"{'breaker open' if self.trips else 'cooling down'}, {self.cooldown_until - now:.1f} s left"
+        if self.breaker.open_until > now:
+            return f"breaker open, {self.breaker.open_until - now:.1f} s left"
+        if self.cooldown_until > now:  # the provider's Retry-After
+            return f"cooling down, {self.cooldown_until - now:.1f} s left"
         return "ok"
 
-    def fail(self, kind: str, now: float) -> None:
+    def fail(self, kind: str, now: float, call: int) -> bool:
+        """Count a failed call (its number from `breaker.sent`); True if it opened the breaker."""
         self.errors[kind] += 1
-        self.consecutive_failures += 1
-        if self.consecutive_failures >= 10:
-            self.trips += 1
-            self.cooldown_until = max(self.cooldown_until, now + min(30.0, 0.5 * 2**self.trips))
-            self.consecutive_failures = 0
-            log.warning("endpoint %s: %d failures in a row, cooling down", self.name, 10)
+        if not self.breaker.answered(call, True, now):
+            return False
+        failed = self.breaker.failure_rate
+        log.warning(
+            "endpoint %s: %.0f %% of its last calls failed, breaker open for %g s",
+            self.name,
+            100 * failed,
+            self.breaker.open_until - now,
+        )
+        return True
 
-    def succeed(self, elapsed: float) -> None:
-        self.consecutive_failures = 0
-        self.trips = max(0, self.trips - 1)
+    def succeed(self, elapsed: float, now: float, call: int) -> None:
+        self.breaker.answered(call, False, now)
         self.latency = 0.8 * self.latency + 0.2 * elapsed
         self.latencies.append(elapsed)
         self._fresh += 1
@@ -362,18 +459,13 @@ class Pool:
             if not live:
                 return None
             usable = [u for u in live if u.usable(now)]
-            if not usable and all(u.trips >= POOL_DOWN_TRIPS for u in live):
-                if not self._down:
-                    self._down = True
-                    failing = "; ".join(f"{u.name}: {u.last_failure}" for u in live)
-                    log.error(
-                        "rpc pool down: every endpoint keeps failing (%s); requests fail at once until one answers", failing
-                    )
+            if not usable and self._is_down(live):
                 return None  # every endpoint keeps failing: fail now, not after each request's whole budget
             if not usable:
-                wait = min(u.cooldown_until for u in live) - now
-                if now + wait > deadline:
-                    return min(live, key=lambda u: u.cooldown_until)  # probe it anyway
+                until = min(live, key=lambda u: u.held_until)
+                if until.held_until > deadline:
+                    return until  # probe it anyway
+                wait = until.held_until - now
                 await asyncio.sleep(max(0.0, wait))
                 continue
             fresh = [u for u in usable if u.name not in tried] or usable
@@ -388,23 +480,58 @@ class Pool:
     ) -> dict[str, Any]:
         """One request to one endpoint; raises Retry for anything another attempt may fix."""
         swap = self.exchange(up, req) if self.exchange is not None else None
-        async with up.semaphore:
-            started, units = await (swap.acquire(up.bucket) if swap else up.bucket.acquire(req["method"]))
-            up.requests += 1
-            try:
-                async with asyncio.timeout(self.timeout):
-                    answer = await (swap.post(up) if swap else up.client.post(encode(req)))
-            except TimeoutError:
-                raise self._failed(up, req, "timeout", f"no answer in {self.timeout:g} s") from None
-            except OSError as exc:
-                kind = "connect" if isinstance(exc, ConnectFailed) else "connection"
-                raise self._failed(up, req, kind, str(exc)) from None
+        call = None
+        try:
+            async with up.semaphore, up.probe if up.bucket.tuner.probing else contextlib.nullcontext():
+                started, units = await self._slot(up, req["method"], swap)
+                up.requests += 1
+                call = up.breaker.sent()
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        answer = await (swap.post(up) if swap else up.client.post(encode(req)))
+                except TimeoutError:
+                    raise self._failed(up, req, "timeout", call, f"no answer in {self.timeout:g} s") from None
+                except OSError as exc:
+                    kind = "connect" if isinstance(exc, ConnectFailed) else "connection"
+                    raise self._failed(up, req, kind, call, str(exc)) from None
+            return self._read(up, req, answer, started, units, call, first_try, passthrough)
+        finally:
+            if call is not None:  # no word from the reply on the endpoint's health (a rate-limit answer, a hedge lost)
+                up.breaker.answered(call, None, time.monotonic())
+
+    @staticmethod
+    async def _slot(up: Upstream, method: str, swap: Exchange | None) -> tuple[float, float]:
+        """A slot in `up`'s budget outside any Retry-After hold. A request that waited for its slot
+        while a 429 came goes after the hold, its slot taken anew: those queued behind the refused
+        one (for the probe's few in flight, or the rate just learnt) went out into the very window
+        that refused it, a 429 each (15 of them, in one run)."""
+        while True:
+            if (held := up.cooldown_until - time.monotonic()) > 0:
+                await asyncio.sleep(held)
+            started, units = await (swap.acquire(up.bucket) if swap else up.bucket.acquire(method))
+            if up.cooldown_until <= started:
+                return started, units
+
+    def _read(
+        self,
+        up: Upstream,
+        req: dict[str, Any],
+        answer: Answer,
+        started: float,
+        units: float,
+        call: int,
+        first_try: bool,
+        passthrough: bool,
+    ) -> dict[str, Any]:
+        """What `answer` to `req`, sent to `up` at `started`, means: a reply, or Retry."""
         raw, status, retry_after = answer.body, answer.status, answer.retry_after
         now = time.monotonic()
         up.bytes += len(raw)
+        if answer.limit is not None:
+            up.bucket.advertised(answer.limit, now)
         if req["method"] == "eth_getLogs" and (refused := logs.refusal(status, raw)) is not None:
             up.errors["range_refused"] += 1  # a definite answer, split by the caller (gateway/logs.py)
-            self._succeeded(up, now - started, units)
+            self._succeeded(up, now - started, units, call)
             return refused
         if status in (401, 403):
             body = body_text(status, raw)
@@ -417,14 +544,14 @@ class Pool:
             if status == 429:
                 raise self._throttled(up, req, "http_429", body_text(status, raw), started, now, delay)
             kind = f"http_{status}" if status < 500 else "http_5xx"
-            raise self._failed(up, req, kind, body_text(status, raw), now, delay)
+            raise self._failed(up, req, kind, call, body_text(status, raw), now, delay)
         if status != 200:
-            raise self._failed(up, req, f"http_{status}", body_text(status, raw), now)
+            raise self._failed(up, req, f"http_{status}", call, body_text(status, raw), now)
         opening = SUCCESS_OPENING.match(raw) if passthrough else None
         if opening is not None and raw.rstrip().endswith(b"}"):
             if raw[opening.end() : opening.end() + 4] == b"null" and _lagging(req, self.head):
-                raise self._failed(up, req, "null_result", "null for a block at or below the head", now)
-            self._succeeded(up, now - started, units)
+                raise self._failed(up, req, "null_result", call, "null for a block at or below the head", now)
+            self._succeeded(up, now - started, units, call)
             reply = Reply(jsonrpc="2.0", id=req.get("id"))
             reply.raw = raw
             return reply
@@ -433,7 +560,7 @@ class Pool:
             if not isinstance(parsed, dict):
                 raise ValueError
         except ValueError:
-            raise self._failed(up, req, "bad_body", f"not a JSON-RPC reply ({len(raw)} bytes)", now) from None
+            raise self._failed(up, req, "bad_body", call, f"not a JSON-RPC reply ({len(raw)} bytes)", now) from None
         reply = Reply(parsed)
         reply.raw = raw
         err = reply.get("error")
@@ -448,22 +575,42 @@ class Pool:
             if (code in TRANSIENT_CODES and (code != -32603 or TRANSIENT_MESSAGE.search(message))) or (
                 TRANSIENT_MESSAGE.search(message)
             ):
-                raise self._failed(up, req, "rpc_transient", describe_error(err), now)
-            self._succeeded(up, now - started, units)  # a definite answer (e.g. method not found): pass it on
+                raise self._failed(up, req, "rpc_transient", call, describe_error(err), now)
+            self._succeeded(up, now - started, units, call)  # a definite answer (e.g. method not found): pass it on
             log.debug("%s on %s: answered %s", req.get("method"), up.name, describe_error(err))
             return scrubbed(reply)
         if reply.get("result") is None and not first_try and _lagging(req, self.head):
-            raise self._failed(up, req, "null_result", "null for a block at or below the head", now)
-        self._succeeded(up, now - started, units)
+            raise self._failed(up, req, "null_result", call, "null for a block at or below the head", now)
+        self._succeeded(up, now - started, units, call)
         return reply
 
+    def _is_down(self, live: list[Upstream]) -> bool:
+        """Whether every live endpoint's breaker is open after a failed probe; logged once per outage."""
+        now = time.monotonic()
+        if not all(u.breaker.trips >= POOL_DOWN_TRIPS and not u.usable(now) for u in live):
+            return False
+        if not self._down:
+            self._down = True
+            failing = "; ".join(f"{u.name}: {u.last_failure}" for u in live)
+            log.error("rpc pool down: every endpoint keeps failing (%s); requests fail at once until one answers", failing)
+        return True
+
     def _failed(
-        self, up: Upstream, req: dict[str, Any], kind: str, detail: str, now: float | None = None, delay: float = 0.0
+        self,
+        up: Upstream,
+        req: dict[str, Any],
+        kind: str,
+        call: int,
+        detail: str,
+        now: float | None = None,
+        delay: float = 0.0,
     ) -> Retry:
-        """Count a failed attempt; what happened is shown with -v and in errors, never with the URL."""
+        """Count a failed attempt (`call`: its number in the breaker); what happened is shown with -v
+        and in errors, never with the URL."""
         detail = shorten(redact(detail))
-        up.fail(kind, time.monotonic() if now is None else now)
         up.last_failure = f"{kind} ({detail})" if detail else kind
+        if up.fail(kind, time.monotonic() if now is None else now, call):
+            self._is_down([u for u in self.upstreams if u.disabled is None])  # said as soon as it is so
         log.debug("%s on %s failed: %s", req.get("method"), up.name, up.last_failure)
         return Retry(kind, delay, detail)
 
@@ -479,9 +626,10 @@ class Pool:
         log.debug("%s on %s: rate-limited (%s)", req.get("method"), up.name, shorten(redact(detail)))
         return Retry(kind, delay, shorten(redact(detail)), throttled=True)
 
-    def _succeeded(self, up: Upstream, elapsed: float, units: float) -> None:
-        up.succeed(elapsed)
-        up.bucket.answered(time.monotonic(), units)
+    def _succeeded(self, up: Upstream, elapsed: float, units: float, call: int) -> None:
+        now = time.monotonic()
+        up.succeed(elapsed, now, call)
+        up.bucket.answered(now, units)
         self._down = False
 
     def _disable(self, up: Upstream, reason: str, detail: str = "") -> None:

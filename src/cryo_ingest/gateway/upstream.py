@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 import socket
 import ssl
 import time
@@ -46,6 +47,35 @@ class Answer:
     status: int
     body: bytes
     retry_after: str | None
+    limit: float | None = None  # requests a second the endpoint's headers say it allows (advertised)
+
+
+def advertised(headers: dict[bytes, bytes]) -> float | None:
+    """Requests a second an endpoint's rate-limit headers allow, where they say over what window:
+    IETF RateLimit-Policy (draft-ietf-httpapi-ratelimit-headers: `"name";q=20;w=1` from draft 08,
+    `20;w=1` before; the strictest policy), or X-RateLimit-Limit (TheRPC, nodewell) / RateLimit-Limit
+    with its Reset (a Unix time, or seconds from now) at most 2 s away: a window of a second told in
+    whole seconds. A Reset further away is a longer window (Fiews: credits over 300 s), not read."""
+    policy = headers.get(b"ratelimit-policy")
+    if policy is not None:
+        rates = []
+        for item in policy.decode("latin-1").split(","):
+            quota = re.search(r";\s*q=(\d+(?:\.\d+)?)", item) or re.match(r"\s*(\d+(?:\.\d+)?)", item)
+            window = re.search(r";\s*w=(\d+(?:\.\d+)?)", item)
+            if quota and window and float(window[1]) > 0:
+                rates.append(float(quota[1]) / float(window[1]))
+        if rates:
+            return min(rates)
+    limit = headers.get(b"x-ratelimit-limit") or headers.get(b"ratelimit-limit")
+    reset = headers.get(b"x-ratelimit-reset") or headers.get(b"ratelimit-reset")
+    if limit is None or reset is None:
+        return None
+    try:
+        allowed, at = float(limit), float(reset)
+    except ValueError:
+        return None
+    seconds = at - time.time() if at > 1e9 else at
+    return allowed if allowed > 0 and seconds <= 2.0 else None
 
 
 @cache
@@ -235,7 +265,12 @@ class _Connection(asyncio.Protocol):
                     self._fail(ConnectionFailed(f"a {encoding.decode()} reply that does not decompress"))
                     return
         retry_after = self._headers.get(b"retry-after")
-        answer = Answer(self._parser.get_status_code(), body, retry_after.decode("latin-1") if retry_after else None)
+        answer = Answer(
+            self._parser.get_status_code(),
+            body,
+            retry_after.decode("latin-1") if retry_after else None,
+            advertised(self._headers),
+        )
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(answer)
 
