@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from cryo_ingest.archive import catalog
 from cryo_ingest.archive import manifest as manifest_module
 from cryo_ingest.archive.storage import open_store, sha256
 from cryo_ingest.faults import CRASH_ENV, CRASH_SCOPE_ENV
+from cryo_ingest.verify.gc import gc
 
 CRYO = str(Path(sys.executable).parent / "cryo-ingest")
 PASSWORD = f"pw-{CANARY}"  # must never be printed
@@ -610,6 +612,14 @@ def test_backfill_overwrite_conflicts_swaps_in_the_partitions_commit(chain: Devn
     previous = {Path(task.file.file_path).name: task.file.record_count for task in planned}
     assert previous == {e["path"]: e["rows"] for e in old}  # the old chunks as the previous snapshot lists them
     assert previous != {e["path"]: e["rows"] for e in manifest(root, 31337, "transactions")["files"]}
+    # gc keeps the old files for its grace period from the replacement; past it, that snapshot cannot be read
+    store = open_store(str(root))
+    assert gc(store, 31337, timedelta(hours=24), ("blocks", "transactions")).deleted == []
+    later = datetime.now(UTC) + timedelta(hours=25)
+    assert len(gc(store, 31337, timedelta(hours=24), ("blocks", "transactions"), now=later).deleted) == len(old_bytes)
+    with pytest.raises(FileNotFoundError):
+        t.scan(snapshot_id=previous_id["transactions"]).to_arrow()
+    assert same_rows(scan_iceberg(t).collect(), by_glob(root, "transactions"))  # the glob reads one version again
 
 
 def test_a_year_of_commits_stays_small(tmp_path: Path) -> None:
