@@ -25,7 +25,7 @@ from .plan import Chunk
 from .validate import Facts
 
 # The crash hook lives in .faults (manifest.py marks a step too); its names stay importable from here.
-__all__ = ["CRASH_ENV", "CRASH_POINTS", "Staged", "crash_point", "object_key", "publish", "replacement_name"]
+__all__ = ["CRASH_ENV", "CRASH_POINTS", "Staged", "crash_point", "object_key", "publish"]
 REPLACEMENT_HASH = 12  # hex digits of the new bytes' sha256 in a replacement's name
 
 
