@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from cryo_ingest.archive import catalog
 from cryo_ingest.archive import manifest as manifest_module
 from cryo_ingest.archive.storage import open_store, sha256
 from cryo_ingest.faults import CRASH_ENV, CRASH_SCOPE_ENV
+from cryo_ingest.verify.gc import gc
 
 CRYO = str(Path(sys.executable).parent / "cryo-ingest")
 PASSWORD = f"pw-{CANARY}"  # must never be printed
@@ -92,11 +94,20 @@ def paths(root: Path | str, dataset: str) -> set[str]:
     return {f"{root}/cold/31337/{dataset}/{e['path']}" for e in manifest_doc(str(root), 31337, dataset)["files"]}
 
 
-def by_glob(root: Path | str, dataset: str) -> pl.DataFrame:
-    """The archive as a glob reads it, unsigned columns as the table's longs."""
-    frame = pl.read_parquet(f"{root}/cold/31337/{dataset}/*.parquet")
+def as_longs(frame: pl.DataFrame) -> pl.DataFrame:
+    """Unsigned columns as the table's longs."""
     unsigned = [n for n, t in frame.schema.items() if t in (pl.UInt8, pl.UInt16, pl.UInt32, pl.UInt64)]
     return frame.with_columns(pl.col(unsigned).cast(pl.Int64))
+
+
+def by_glob(root: Path | str, dataset: str) -> pl.DataFrame:
+    """The archive as a glob reads it (an archive without replaced chunks: a glob reads those twice until gc)."""
+    return as_longs(pl.read_parquet(f"{root}/cold/31337/{dataset}/*.parquet"))
+
+
+def by_manifest(root: Path | str, dataset: str) -> pl.DataFrame:
+    """The archive as its manifest's file list reads it (docs/reading.md): exact after a replacement too."""
+    return as_longs(pl.read_parquet(sorted(paths(root, dataset))))
 
 
 def same_rows(a: pl.DataFrame, b: pl.DataFrame) -> bool:
@@ -194,7 +205,10 @@ def test_overwrite_conflicts_swaps_chunks_in_one_snapshot(chain: Devnet, catalog
     changed = sync(root, catalog_url, "--datasets", "blocks,txs")
     for dataset in ("blocks", "transactions"):
         assert changed[dataset]["added"] == []
-        assert changed[dataset]["replaced"] == [f"{dataset}_00000000_00000049.parquet", f"{dataset}_00000050_00000099.parquet"]
+        now = [e["path"] for e in manifest(root, 31337, dataset)["files"]]
+        assert changed[dataset]["replaced"] == now
+        assert [p.split(".")[0] for p in now] == [e["path"].removesuffix(".parquet") for e in old[dataset]]
+        assert set(now).isdisjoint(e["path"] for e in old[dataset])  # each replacement a new file, the old one left
     t = table(root, catalog_url, "transactions")
     after = t.current_snapshot()
     assert after is not None and after.parent_snapshot_id == before.snapshot_id  # one snapshot: delete + add
@@ -211,7 +225,7 @@ def test_overwrite_conflicts_swaps_chunks_in_one_snapshot(chain: Devnet, catalog
     for dataset in ("blocks", "transactions"):
         t = table(root, catalog_url, dataset)
         assert set(catalog.live_files(t)) == paths(root, dataset)
-        assert same_rows(scan_iceberg(t).collect(), by_glob(root, dataset))
+        assert same_rows(scan_iceberg(t).collect(), by_manifest(root, dataset))
 
 
 def test_concurrent_syncs_register_each_file_once(postgres: PostgresServer, archived: Path, tmp_path: Path) -> None:
@@ -569,8 +583,10 @@ def test_backfill_overwrite_conflicts_swaps_in_the_partitions_commit(chain: Devn
     root, url = tmp_path / "root", f"sqlite:///{tmp_path}/catalog.db"
     assert backfill(root, chain.url, "--catalog", url, end=99, datasets="blocks,txs").code == 0
     old = manifest(root, 31337, "transactions")["files"]
-    before = table(root, url, "transactions").current_snapshot()
-    assert before is not None
+    old_bytes = {p: Path(p).read_bytes() for d in ("blocks", "transactions") for p in paths(root, d)}
+    old_rows = {d: by_manifest(root, d) for d in ("blocks", "transactions")}
+    before = {d: table(root, url, d).current_snapshot() for d in ("blocks", "transactions")}
+    previous_id = {d: s.snapshot_id for d, s in before.items() if s is not None}
     with devnet.anvil() as other:  # same chain id, other history: a reorg as the archive sees it
         devnet.generate_sync(other.url, 120, 3)
         args = ("--force", "--overwrite-conflicts", "--catalog", url)
@@ -583,12 +599,27 @@ def test_backfill_overwrite_conflicts_swaps_in_the_partitions_commit(chain: Devn
         assert after is not None and after.summary is not None
         assert after.summary.operation.value == "overwrite" and after.summary["cryo-ingest.replaced"] == "2"
         assert set(live_counts(t)) == paths(root, dataset) and set(live_counts(t).values()) == {1}
-        assert same_rows(scan_iceberg(t).collect(), by_glob(root, dataset))
+        assert same_rows(scan_iceberg(t).collect(), by_manifest(root, dataset))
+        # Time travel: the previous snapshot reads the old rows, from the old files, left byte for byte.
+        assert after.parent_snapshot_id == previous_id[dataset]
+        back = pl.from_arrow(t.scan(snapshot_id=previous_id[dataset]).to_arrow())
+        assert isinstance(back, pl.DataFrame) and same_rows(back, old_rows[dataset])
+        assert not same_rows(old_rows[dataset], by_manifest(root, dataset))  # the reorg changed the rows
+    assert {p: Path(p).read_bytes() for p in old_bytes} == old_bytes
+    assert not old_bytes.keys() & (paths(root, "blocks") | paths(root, "transactions"))
     t = table(root, url, "transactions")
-    planned = t.scan(snapshot_id=before.snapshot_id).plan_files()
+    planned = t.scan(snapshot_id=previous_id["transactions"]).plan_files()
     previous = {Path(task.file.file_path).name: task.file.record_count for task in planned}
     assert previous == {e["path"]: e["rows"] for e in old}  # the old chunks as the previous snapshot lists them
     assert previous != {e["path"]: e["rows"] for e in manifest(root, 31337, "transactions")["files"]}
+    # gc keeps the old files for its grace period from the replacement; past it, that snapshot cannot be read
+    store = open_store(str(root))
+    assert gc(store, 31337, timedelta(hours=24), ("blocks", "transactions")).deleted == []
+    later = datetime.now(UTC) + timedelta(hours=25)
+    assert len(gc(store, 31337, timedelta(hours=24), ("blocks", "transactions"), now=later).deleted) == len(old_bytes)
+    with pytest.raises(FileNotFoundError):
+        t.scan(snapshot_id=previous_id["transactions"]).to_arrow()
+    assert same_rows(scan_iceberg(t).collect(), by_glob(root, "transactions"))  # the glob reads one version again
 
 
 def test_a_year_of_commits_stays_small(tmp_path: Path) -> None:

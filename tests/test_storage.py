@@ -8,7 +8,10 @@ import os
 import re
 import subprocess
 import threading
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +30,8 @@ from cryo_ingest.errors import ConfigError, ConflictError, StorageError
 from cryo_ingest.pipeline.plan import Chunk
 from cryo_ingest.pipeline.publish import CRASH_ENV, CRASH_POINTS, Staged, publish
 from cryo_ingest.pipeline.validate import Facts
+from cryo_ingest.verify.gc import gc
+from cryo_ingest.verify.orphans import list_orphans
 
 if TYPE_CHECKING:
     from obstore import UpdateVersion
@@ -101,6 +106,61 @@ def test_killed_at_each_publishing_step(point: str, backend: Backend, chain: Dev
     resumed = backfill(backend, chain.url)
     assert resumed.code == 0, resumed.text
     assert backend.snapshot() == clean
+
+
+@pytest.fixture(scope="module")
+def reorged() -> Iterator[str]:
+    """The URL of a node with the same chain id and another history: a reorg as the archive sees it."""
+    with devnet.anvil() as other:
+        devnet.generate_sync(other.url, 120, 3)
+        yield other.url
+
+
+@pytest.mark.parametrize("point", [p for p in CRASH_POINTS if p != "mid-index"])  # a replacement makes no new shard
+def test_killed_at_each_step_of_a_replacement(point: str, chain: Devnet, reorged: str, tmp_path: Path) -> None:
+    """`--overwrite-conflicts` stores the new bytes under a new name: killed anywhere, each entry names the old
+    file or the new one, both whole; the old files are never touched (time travel reads them)."""
+    b = Backend("local", str(tmp_path / "archive"), {})
+    assert backfill(b, chain.url, end=99, datasets="blocks,txs").code == 0
+    old = b.snapshot()
+    entries = {d: b.manifest(31337, d)["files"] for d in ("blocks", "transactions")}
+    killed = backfill(b, reorged, "--force", "--overwrite-conflicts", end=99, datasets="blocks,txs", env={CRASH_ENV: point})
+    assert killed.code == 1 and "worker process died" in killed.text
+    check_consistent(b)
+    listed = {d: b.manifest(31337, d)["files"] for d in entries}
+    assert all(len(listed[d]) == len(entries[d]) for d in entries)  # none missing
+    assert {k: v for k, v in b.snapshot().items() if k in old and "/manifest" not in k} == {
+        k: v for k, v in old.items() if "/manifest" not in k
+    }
+    resumed = backfill(b, reorged, "--force", "--overwrite-conflicts", end=99, datasets="blocks,txs")
+    assert resumed.code == 0, resumed.text
+    check_consistent(b)
+    for dataset, was in entries.items():
+        now = b.manifest(31337, dataset)["files"]
+        renamed = [f"{w['path'].removesuffix('.parquet')}.r{n['sha256'][:12]}.parquet" for w, n in zip(was, now, strict=True)]
+        assert [n["path"] for n in now] == renamed
+
+
+def test_gc_counts_a_replaced_files_grace_from_its_replacement(chain: Devnet, reorged: str, tmp_path: Path) -> None:
+    """A chunk first stored ten days ago and replaced now: its old file is an orphan the table's earlier
+    snapshots may read, kept for the grace period from the replacement, then deleted; the new file stays."""
+    b = Backend("local", str(tmp_path / "archive"), {})
+    assert backfill(b, chain.url, end=49, datasets="blocks").code == 0
+    (first,) = b.manifest(31337, "blocks")["files"]
+    old_file = Path(b.root) / "cold/31337/blocks" / first["path"]
+    long_ago = time.time() - 10 * 86400
+    os.utime(old_file, (long_ago, long_ago))
+    assert backfill(b, reorged, "--force", "--overwrite-conflicts", end=49, datasets="blocks").code == 0
+    (entry,) = b.manifest(31337, "blocks")["files"]
+    (orphan,) = list_orphans(open_store(b.root), 31337, "blocks").orphans
+    assert orphan.key == f"cold/31337/blocks/{first['path']}" and orphan.blocks == (0, 49) and orphan.replaced_at
+    assert orphan.since == orphan.replaced_at > orphan.last_modified
+    kept = gc(open_store(b.root), 31337, timedelta(hours=1), ("blocks",))
+    assert kept.kept_young == [orphan] and kept.deleted == [] and old_file.exists()
+    later = gc(open_store(b.root), 31337, timedelta(hours=1), ("blocks",), now=datetime.now(UTC) + timedelta(hours=2))
+    assert later.deleted == [orphan] and not old_file.exists()
+    assert (Path(b.root) / "cold/31337/blocks" / entry["path"]).exists()
+    assert list_orphans(open_store(b.root), 31337, "blocks").orphans == []
 
 
 def test_stored_object_with_other_bytes_is_a_conflict(backend: Backend, chain: Devnet) -> None:

@@ -365,17 +365,23 @@ def sync_table(
 
 
 def _commit(table: Table, m: manifest.Manifest, folder: str, identifier: str) -> Synced:
-    """One snapshot: the entries the table lacks appended, the replaced ones deleted and appended again."""
+    """One snapshot: the entries the table lacks appended, the replaced ones deleted and appended again.
+
+    A replaced chunk's entry names a new file (publish.py), or, in an archive replaced in place by an
+    older version, the same file with another sha256: either way the chunk's registered file (found by
+    its first block, the lower bound every registered file carries) is swapped."""
     width = m.chunk_size * PARTITION_CHUNKS
     live = live_files(table, {start // width * width for start in m.files})
+    bn = table.schema().find_field("block_number").field_id
+    registered = {int(from_bytes(LongType(), f.lower_bounds[bn])): f for f in live.values() if bn in f.lower_bounds}
     held = _read_shas(table, {manifest.shard_path(start, m.chunk_size) for start in m.files})
     add: list[manifest.Entry] = []
     swap: list[manifest.Entry] = []
     for start in sorted(m.files):
         entry = m.files[start]
-        if f"{folder}/{entry.path}" not in live:
+        if start not in registered:
             add.append(entry)
-        elif held.get(start) != entry.sha256[:SHA_PREFIX]:
+        elif registered[start].file_path != f"{folder}/{entry.path}" or held.get(start) != entry.sha256[:SHA_PREFIX]:
             swap.append(entry)
     result = Synced(m.dataset, identifier)
     if not add and not swap:
@@ -399,7 +405,7 @@ def _commit(table: Table, m: manifest.Manifest, folder: str, identifier: str) ->
             # merge_append folds small manifests together as commits accumulate (one per partition, all year)
             with snapshot.overwrite() if swapping else snapshot.merge_append() as producer:
                 for e in swapping:
-                    producer.delete_data_file(live[f"{folder}/{e.path}"])
+                    producer.delete_data_file(registered[e.start_block])
                 for e in adding + swapping:
                     producer.append_data_file(files[e.start_block])
     current = table.current_snapshot()

@@ -4,11 +4,16 @@ Order is what makes a crash harmless: every object of a partition is stored whol
 manifest entry names it, so a crash leaves at worst an unrecorded object that the next run
 finds byte-identical and records. A key holding other bytes is a conflict, never overwritten
 silently (unless the user asks).
+
+A chunk replaced by `--overwrite-conflicts` goes to a new key, its usual name with the new bytes'
+hash (`replacement_name`), and the entry is pointed at it; the old file stays whole where it was, for
+the Iceberg table's earlier snapshots (time travel), until `gc` removes it after its grace period. A
+crash mid-replacement leaves the entry naming the old file or the new one, both stored.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..archive import manifest
@@ -21,6 +26,7 @@ from .validate import Facts
 
 # The crash hook lives in .faults (manifest.py marks a step too); its names stay importable from here.
 __all__ = ["CRASH_ENV", "CRASH_POINTS", "Staged", "crash_point", "object_key", "publish"]
+REPLACEMENT_HASH = 12  # hex digits of the new bytes' sha256 in a replacement's name
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,12 @@ class Staged:
 
 def object_key(chain_id: int, dataset: str, name: str) -> str:
     return f"cold/{chain_id}/{dataset}/{name}"
+
+
+def replacement_name(dataset: str, chunk: Chunk, sha: str) -> str:
+    """`{dataset}_{start}_{end}.r{sha256[:12]}.parquet`: named by its bytes, so that a re-run of the same
+    replacement finds it stored, and a first publish keeps the plain name."""
+    return chunk.filename(dataset).removesuffix(".parquet") + f".r{sha[:REPLACEMENT_HASH]}.parquet"
 
 
 def _refuse_too_large(store: Store, chunk_size: int, entries: list[tuple[Staged, Entry, Entry | None]]) -> None:
@@ -98,11 +110,16 @@ def publish(
         entry = item.entry(item.path.read_bytes())
         known = archived.get(item.dataset)
         old = known.files.get(entry.start_block) if known else None
-        if old is not None and old.sha256 != entry.sha256 and not overwrite_conflicts:
-            raise ConflictError(
-                f"conflict: {item.dataset} chunk {item.chunk}: archived sha256 {old.sha256[:12]}… differs from "
-                f"new {entry.sha256[:12]}… (a reorg or another node?); nothing changed (use --overwrite-conflicts to replace it)"
-            )
+        if old is not None and old.sha256 != entry.sha256:
+            if not overwrite_conflicts:
+                raise ConflictError(
+                    f"conflict: {item.dataset} chunk {item.chunk}: archived sha256 {old.sha256[:12]}… differs from "
+                    f"new {entry.sha256[:12]}… (a reorg or another node?); nothing changed "
+                    "(use --overwrite-conflicts to replace it)"
+                )
+            entry = replace(entry, path=replacement_name(item.dataset, item.chunk, entry.sha256))
+        elif old is not None:
+            entry = replace(entry, path=old.path)  # the same bytes, under the name they were recorded by
         entries.append((item, entry, old))
     _refuse_too_large(store, chunk_size, entries)
     crash_point("after-staging")

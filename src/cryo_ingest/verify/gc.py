@@ -1,9 +1,12 @@
 """`cryo-ingest gc`: delete orphaned data files, never one a manifest names or a running job may record.
 
 What it may delete: an object under `cold/{chain}/{dataset}/` named like a data file
-(`{dataset}_{start}_{end}.parquet`) that no shard names (listed by the index or not), last
-modified longer ago than the grace period. Any other object (a manifest, a shard, a file of
-someone else's) is listed by `verify` and left alone.
+(`{dataset}_{start}_{end}.parquet`, or a replacement's `….r{sha256[:12]}.parquet`) that no shard
+names (listed by the index or not), last modified longer ago than the grace period. A replaced
+chunk's old file counts from its replacement (when the file that replaced it was stored), not from
+when it was first written: the Iceberg table's snapshots of before the replacement read it until
+then. Any other object (a manifest, a shard, a file of someone else's) is listed by `verify` and
+left alone.
 
 A job records a file soon after storing it, so an orphan younger than the grace period may still
 be recorded. One older may be too: a re-run finds the object already there (same bytes, so not
@@ -85,7 +88,7 @@ def gc(
         for orphan in list_orphans(store, chain_id, dataset).orphans:
             if not orphan.data_file or orphan.unlisted_shard:
                 result.kept_other.append(orphan)
-            elif orphan.last_modified > cutoff:
+            elif orphan.since > cutoff:
                 result.kept_young.append(orphan)
             elif dry_run:
                 result.deleted.append(orphan)

@@ -2,9 +2,11 @@
 
 A crash between storing a file and recording it leaves an orphan (publish.py stores every file of
 a partition before any entry names it); a crash between a shard and the index leaves an unlisted
-shard (manifest.py). Both are invisible to readers. The names a shard holds count as named even
-when the index does not list the shard yet: the next run that records a chunk there lists it, and
-its files must still be there then.
+shard (manifest.py). Both are invisible to readers. A chunk replaced by `--overwrite-conflicts`
+leaves its old file too (publish.py stores the new bytes under a new name): an orphan since the
+replacement, which the Iceberg table's earlier snapshots may still read. The names a shard holds
+count as named even when the index does not list the shard yet: the next run that records a chunk
+there lists it, and its files must still be there then.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -23,7 +25,8 @@ from ..archive import manifest
 from ..archive.storage import Store
 from ..errors import StorageError
 
-DATA_FILE = re.compile(r"^(?P<dataset>[a-z]+)_(?P<start>\d{8,})_(?P<end>\d{8,})\.parquet$")
+# A first publish's name, or a replacement's (publish.replacement_name).
+DATA_FILE = re.compile(r"^(?P<dataset>[a-z]+)_(?P<start>\d{8,})_(?P<end>\d{8,})(?P<replacement>\.r[0-9a-f]+)?\.parquet$")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,13 @@ class Orphan:
     last_modified: datetime
     blocks: tuple[int, int] | None  # from a data file's name; None for any other object
     unlisted_shard: str | None = None  # set when only a shard the index does not list names the file
+    # A replaced chunk's old file: when the file that replaced it (the one its chunk's entry names) was stored.
+    replaced_at: datetime | None = None
+
+    @property
+    def since(self) -> datetime:
+        """When it became an orphan, as far as the listing tells: a replaced file's grace starts at its replacement."""
+        return max(self.last_modified, self.replaced_at or self.last_modified)
 
     @property
     def data_file(self) -> bool:
@@ -86,11 +96,17 @@ def list_orphans(store: Store, chain_id: int, dataset: str) -> Listing:
             else:
                 owner.setdefault(folder + name, shard)
     orphans, shard_keys = [], set(shards)
+    stored: dict[int, datetime] = {}  # start block -> when the replacement a listed shard names for it was stored
     for meta in _objects(store, folder):
         key = meta["path"]
-        if key == index_key or key in shard_keys or owner.get(key) == "":
+        if key == index_key or key in shard_keys:
             continue
         m = DATA_FILE.match(key[len(folder) :]) if "/" not in key[len(folder) :] else None
         blocks = (int(m["start"]), int(m["end"])) if m and m["dataset"] == dataset else None
+        if owner.get(key) == "":
+            if blocks is not None and m and m["replacement"]:  # only a replacement has a replaced file
+                stored[blocks[0]] = meta["last_modified"]
+            continue
         orphans.append(Orphan(key, int(meta["size"]), meta["last_modified"], blocks, owner.get(key) or None))
+    orphans = [replace(o, replaced_at=stored.get(o.blocks[0])) if o.blocks else o for o in orphans]
     return Listing(orphans, [s for s in shards if s not in listed])
