@@ -30,11 +30,13 @@ node_modules/.installed: package.json package-lock.json
 demo: setup
 	$(BIN)/cryo-ingest demo --root ./archive
 
-# Everything but the image's tests (pyproject's addopts leave out the `image` marker), on 3 processes:
-# most tests wait (on a devnet, a server, a lease, a rate limit) more than they compute, so 3 fill 2
-# cores; worksteal evens out the files of 30-second tests. `pytest -n0` runs in one process.
+# Everything but the image's tests (pyproject's addopts leave out the `image` marker): on 3 processes
+# first, since most tests wait (on a devnet, a server, a lease) more than they compute, so 3 fill 2
+# cores, and worksteal evens out the files of 30-second tests; then, alone, the tests that measure a
+# rate against the clock (marker `timing`), which other tests' load would make flaky.
 test: setup
-	$(BIN)/pytest -q -n 3 --dist worksteal
+	$(BIN)/pytest -q -n 3 --dist worksteal -m 'not image and not timing'
+	$(BIN)/pytest -q -m 'timing and not image'
 
 lint: setup
 	$(BIN)/ruff check src tests bench

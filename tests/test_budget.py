@@ -96,6 +96,7 @@ def useful_rate(answered: list[float], start: float, end: float) -> float:
     return sum(1 for t in answered if start <= t < end) / (end - start)
 
 
+@pytest.mark.timing
 def test_three_gateways_share_one_budget(chain: Devnet, redis_server: RedisServer, tmp_path: Path) -> None:
     with FaultProxy(chain.url, Faults(rate_limit=LIMIT)) as proxy:
         finish(start_backfills(proxy, redis_server.url, tmp_path))
@@ -113,6 +114,7 @@ def test_three_gateways_share_one_budget(chain: Devnet, redis_server: RedisServe
     assert rate >= 0.85 * LIMIT, rate
 
 
+@pytest.mark.timing
 def test_store_stopped_mid_run_falls_back_to_a_share(chain: Devnet, redis_server: RedisServer, tmp_path: Path) -> None:
     """docs/cluster.md: with the store gone, each gateway keeps 1/3 of the limit (3 gateways seen); the jobs finish."""
     with FaultProxy(chain.url, Faults(rate_limit=LIMIT)) as proxy:
@@ -217,6 +219,7 @@ def assert_keys(server: RedisServer, base: str) -> None:
 DEMANDS = {"even": [(6, 0.0), (6, 0.0)], "uneven": [(8, 0.0), (1, 0.2)]}
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("demand", DEMANDS)
 def test_gateways_sharing_a_budget_tune_it_together(demand: str, chain: Devnet, redis_server: RedisServer) -> None:
     """docs/rpc-pool.md: each gateway tunes the rate it charges its slots at. Two gateways, one shared
