@@ -40,7 +40,7 @@ from cryo_ingest.cli.output import console
 from cryo_ingest.config import Endpoint
 from cryo_ingest.errors import redact, register_secret_url
 from cryo_ingest.gateway import Gateway
-from cryo_ingest.gateway.budgets import Bucket
+from cryo_ingest.gateway.budgets import Bucket, Tuner
 from cryo_ingest.gateway.pool import Upstream
 from cryo_ingest.gateway.replies import MAX_ANSWERS, MAX_BLOCKS, Refusals
 from cryo_ingest.gateway.upstream import Client, advertised
@@ -806,3 +806,15 @@ def test_rate_limit_answers_leave_a_compute_unit_budget_whole(chain: Devnet) -> 
     answered = [t for t, m in proxy.calls if m == "eth_getBlockByNumber" and start <= t and t > proxy.throttled[-1]]
     print(f"refusals over after {proxy.throttled[-1] - start:.2f} s, {len(answered)} blocks answered then")
     assert len(answered) >= 14, len(answered)
+
+
+def test_a_rate_limit_answer_at_the_configured_budget_cuts_nothing() -> None:
+    """Configured 100 a second: a 429 while 95 a second are answered is a call that did not fit in what
+    was left of the provider's window, not a lower limit; while 50 are answered, the limit is lower: cut."""
+    from test_tuner import answer
+
+    at_budget, below = Tuner(100.0), Tuner(100.0)
+    t = answer(at_budget, time.monotonic(), 1.0, 95)
+    assert not at_budget.throttled(t, t) and at_budget.rate == 100.0
+    t = answer(below, time.monotonic(), 1.0, 50)
+    assert below.throttled(t, t) and below.rate == pytest.approx(45.0)
