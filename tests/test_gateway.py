@@ -40,7 +40,7 @@ from cryo_ingest.cli.output import console
 from cryo_ingest.config import Endpoint
 from cryo_ingest.errors import redact, register_secret_url
 from cryo_ingest.gateway import Gateway
-from cryo_ingest.gateway.budgets import Bucket
+from cryo_ingest.gateway.budgets import Bucket, Tuner
 from cryo_ingest.gateway.pool import Upstream
 from cryo_ingest.gateway.replies import MAX_ANSWERS, MAX_BLOCKS, Refusals
 from cryo_ingest.gateway.upstream import Client, advertised
@@ -776,3 +776,51 @@ def test_a_gateway_gone_leaves_the_chunk_error_as_it_is() -> None:
         s.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{s.getsockname()[1]}/secret"
     assert _refusals(closed, plan.Partition((plan.Chunk(0, 49),), ("blocks",))) == ""
+
+
+def test_refused_calls_give_their_compute_units_back() -> None:
+    """A call the provider refused with a rate-limit answer spent none of its budget: given back to the
+    bucket, five refused 100-CU calls on a 1,000 CU/s budget leave the next call to go at once (charged,
+    they would hold it half a second)."""
+    spec = {"url": "https://a.example/k", "compute_units_per_second": 1000, "costs": {"default": 100}}
+    bucket = Bucket(Endpoint.model_validate(spec), None)
+
+    async def refused_then_one() -> float:
+        for _ in range(5):
+            _, units = await bucket.acquire("eth_getBlockByNumber")
+            bucket.refused(units)
+        started = time.monotonic()
+        await bucket.acquire("eth_getBlockByNumber")
+        return time.monotonic() - started
+
+    assert asyncio.run(refused_then_one()) < 0.05
+
+
+def test_rate_limit_answers_leave_a_compute_unit_budget_whole(chain: Devnet) -> None:
+    """200 compute units a second at 20 a block, sent at 0.97 x that; the provider refuses the first 20
+    blocks (429, Retry-After: 0). Each refused call's units go back to the bucket, so the refusals take
+    about a second (two calls a slot: the refused one's and its retry's) and some 15 blocks are answered
+    in the 1.5 s left; charged to the bucket, the 400 CU refused would hold the first answer two seconds."""
+    with FaultProxy(chain.url, Faults(throttle=("eth_getBlockByNumber", 20, 0))) as proxy:
+        costs = {"eth_getBlockByNumber": 20, "default": 1}
+        spec = {"name": "cu", "url": proxy.url(), "compute_units_per_second": 200, "costs": costs}
+        with Gateway([Endpoint.model_validate(spec)], 31337) as gw:
+            start = time.monotonic()
+            drive(gw.url, 2.5, threads=4)
+            metrics = gw.metrics()["cu"]
+    assert len(proxy.throttled) == 20 and metrics["http_429"] == 20
+    answered = [t for t, m in proxy.calls if m == "eth_getBlockByNumber" and start <= t and t > proxy.throttled[-1]]
+    print(f"refusals over after {proxy.throttled[-1] - start:.2f} s, {len(answered)} blocks answered then")
+    assert len(answered) >= 14, len(answered)
+
+
+def test_a_rate_limit_answer_at_the_configured_budget_cuts_nothing() -> None:
+    """Configured 100 a second: a 429 while 95 a second are answered is a call that did not fit in what
+    was left of the provider's window, not a lower limit; while 50 are answered, the limit is lower: cut."""
+    from test_tuner import answer
+
+    at_budget, below = Tuner(100.0), Tuner(100.0)
+    t = answer(at_budget, time.monotonic(), 1.0, 95)
+    assert not at_budget.throttled(t, t) and at_budget.rate == 100.0
+    t = answer(below, time.monotonic(), 1.0, 50)
+    assert below.throttled(t, t) and below.rate == pytest.approx(45.0)

@@ -116,6 +116,10 @@ class LocalSlots:
         self._tat = tat + interval * cost
         return max(0.0, self._tat - max(burst(self.rps, self.burst_seconds), cost) * interval - now)
 
+    def refund(self, cost: float) -> None:
+        """Give back a call's units: the provider refused it (a rate-limit answer) and counted none of them."""
+        self._tat -= cost / self.rps
+
 
 class SharedBudget:
     """The slots of a pool's endpoints, shared by every gateway using the same store and pool name.

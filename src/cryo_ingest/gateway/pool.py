@@ -542,7 +542,7 @@ class Pool:
             if delay > 0:  # the provider's word holds for the endpoint, not only for this request
                 up.cooldown_until = max(up.cooldown_until, now + delay)
             if status == 429:
-                raise self._throttled(up, req, "http_429", body_text(status, raw), started, now, delay)
+                raise self._throttled(up, req, "http_429", body_text(status, raw), started, units, now, delay)
             kind = f"http_{status}" if status < 500 else "http_5xx"
             raise self._failed(up, req, kind, call, body_text(status, raw), now, delay)
         if status != 200:
@@ -567,7 +567,7 @@ class Pool:
         if err is not None:
             code, message = (err.get("code"), str(err.get("message", ""))) if isinstance(err, dict) else (None, str(err))
             if code in RATE_LIMIT_CODES or RATE_LIMIT_MESSAGE.search(message):  # before auth: "API key rate limit"
-                raise self._throttled(up, req, "rpc_rate_limit", describe_error(err), started, now)
+                raise self._throttled(up, req, "rpc_rate_limit", describe_error(err), started, units, now)
             if AUTH_MESSAGE.search(message):
                 detail = describe_error(err)
                 self._disable(up, "auth error", detail)
@@ -615,10 +615,20 @@ class Pool:
         return Retry(kind, delay, detail)
 
     def _throttled(
-        self, up: Upstream, req: dict[str, Any], kind: str, detail: str, sent: float, now: float, delay: float = 0.0
+        self,
+        up: Upstream,
+        req: dict[str, Any],
+        kind: str,
+        detail: str,
+        sent: float,
+        units: float,
+        now: float,
+        delay: float = 0.0,
     ) -> Retry:
-        """A rate-limit answer: not a failure (no circuit breaker, no pool down), a cue to send slower."""
+        """A rate-limit answer: not a failure (no circuit breaker, no pool down), a cue to send slower;
+        the refused call's `units` go back to the bucket (before a cut changes its rate)."""
         up.errors[kind] += 1
+        up.bucket.refused(units)
         if up.bucket.tuner.throttled(sent, now):
             up.rate_cuts += 1
             rate = up.bucket.tuner.rate
