@@ -707,6 +707,25 @@ def timed_calls(url: str, n: int, threads: int = 8) -> list[float]:
     return took
 
 
+def test_requests_an_endpoint_stalls_on_do_not_hold_up_the_others_while_its_limit_is_learnt(chain: Devnet) -> None:
+    """The only endpoint, no limit configured (4 in flight while it is learnt): 4 requests it never answers in
+    time hold their places a second at most, so a fifth is answered, not queued behind them for their timeout."""
+    with FaultProxy(chain.url) as proxy, Gateway([Endpoint.model_validate({"url": proxy.url(), "name": "n"})], 31337) as gw:
+        proxy.faults.stall = (1.0, 8.0)
+        stalled = [threading.Thread(target=rpc, args=(gw.url, "eth_getBlockByNumber", hex(n), False)) for n in range(4)]
+        for t in stalled:
+            t.start()
+        while proxy.injected["stall"] < 4:
+            time.sleep(0.01)
+        proxy.faults.stall = None
+        started = time.monotonic()
+        assert rpc(gw.url, "eth_getBlockByNumber", hex(10), False)["number"] == hex(10)
+        took = time.monotonic() - started
+        for t in stalled:
+            t.join()
+    assert took < 4, took  # about PROBE_HOLD (1 s); the stalled ones take 8
+
+
 @pytest.mark.parametrize("stalls", [True, False])
 def test_a_stalled_request_is_raced_on_the_other_endpoint(stalls: bool, chain: Devnet) -> None:
     """One endpoint holds 3% of its requests for 5 s: those are answered by the other well before. On a

@@ -42,6 +42,10 @@ MIN_ANSWERED = 5
 # overshoot is at most 4 whatever the round trip; an own node pays with its first 300 requests
 # going 4 at a time (at a millisecond or two each on loopback, a fraction of a second).
 PROBE_CONCURRENCY, PROBE_CALLS = 4, 300
+# A request holds its place among those few PROBE_HOLD seconds at most: one the endpoint stalls on is
+# no part of a burst, and four of them (a block a node hangs on) held up every other request for their
+# whole timeout (an operator's other partitions timed out behind one stalled partition).
+PROBE_HOLD = 1.0
 # Its first rate-limit answer sets its rate to LEARNT x what the endpoint accepted of the requests
 # sent in the second before the refused one (those sent earlier reached it first, and were within its
 # count): its limit, where its first second fell in one of its windows. Not what it answered in

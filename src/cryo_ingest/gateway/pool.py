@@ -11,7 +11,7 @@ import random
 import re
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
@@ -20,7 +20,7 @@ from ..budget import SharedBudget
 from ..config import Endpoint
 from ..errors import RpcError, redact
 from . import logs
-from .budgets import PROBE_CONCURRENCY, Bucket
+from .budgets import PROBE_CONCURRENCY, PROBE_HOLD, Bucket
 from .replies import GAVE_UP, Reply, body_text, describe_error, encode, error, scrubbed, shorten
 from .upstream import Answer, Client, ConnectFailed
 
@@ -155,6 +155,30 @@ class Breaker:
         self.opened = self.calls + 1
         self.open_until = now + min(BREAKER_OPEN_MAX, BREAKER_OPEN_SECONDS * 2 ** (self.trips - 1))
         return True
+
+
+@contextlib.asynccontextmanager
+async def _probe_place(up: Upstream) -> AsyncIterator[None]:
+    """While an endpoint's limit is learnt, a place among its few requests in flight, held PROBE_HOLD
+    seconds at most (budgets.py)."""
+    if not up.bucket.tuner.probing:
+        yield
+        return
+    await up.probe.acquire()
+    held = True
+
+    def release() -> None:
+        nonlocal held
+        if held:
+            held = False
+            up.probe.release()
+
+    timer = asyncio.get_running_loop().call_later(PROBE_HOLD, release)
+    try:
+        yield
+    finally:
+        timer.cancel()
+        release()
 
 
 @dataclass
@@ -482,7 +506,7 @@ class Pool:
         swap = self.exchange(up, req) if self.exchange is not None else None
         call = None
         try:
-            async with up.semaphore, up.probe if up.bucket.tuner.probing else contextlib.nullcontext():
+            async with up.semaphore, _probe_place(up):
                 started, units = await self._slot(up, req["method"], swap)
                 up.requests += 1
                 call = up.breaker.sent()
