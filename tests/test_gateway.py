@@ -834,12 +834,15 @@ def test_rate_limit_answers_leave_a_compute_unit_budget_whole(chain: Devnet) -> 
 
 
 def test_a_rate_limit_answer_at_the_configured_budget_cuts_nothing() -> None:
-    """Configured 100 a second: a 429 while 95 a second are answered is a call that did not fit in what
-    was left of the provider's window, not a lower limit; while 50 are answered, the limit is lower: cut."""
+    """Configured 100 compute units a second: a 429 while 95 a second are answered is a call that did not fit
+    in what was left of the provider's window, not a lower limit; while 50 are answered, the limit is lower: cut.
+    A limit in requests is cut at 95 too: every request fits, so the 429 says the rate went past it."""
     from test_tuner import answer
 
-    at_budget, below = Tuner(100.0), Tuner(100.0)
+    at_budget, below, in_requests = Tuner(100.0, whole_calls=True), Tuner(100.0, whole_calls=True), Tuner(100.0)
     t = answer(at_budget, time.monotonic(), 1.0, 95)
     assert not at_budget.throttled(t, t) and at_budget.rate == 100.0
     t = answer(below, time.monotonic(), 1.0, 50)
     assert below.throttled(t, t) and below.rate == pytest.approx(45.0)
+    t = answer(in_requests, time.monotonic(), 1.0, 95)
+    assert in_requests.throttled(t, t) and in_requests.rate < 100.0

@@ -57,10 +57,12 @@ LEARNT = 0.95
 # within PROBE_AGAIN seconds of it: each 429 holds the endpoint a second (Retry-After), a tenth of
 # a short job's time.
 PROBE_AGAIN = 30.0
-# A rate-limit answer while the endpoint answered at least AS_CONFIGURED x its configured limit in the
-# last second says the limit is as configured: a call that did not fit in what was left of a fixed
-# window (a 200-CU batch), not a lower limit. It cuts nothing: each cut, 10 % for some 5 s, cost a
-# key of 2,500 CU/s a second of a 20-second run.
+# A rate-limit answer while the endpoint answered at least AS_CONFIGURED x its configured compute units
+# in the last second says the limit is as configured: a call that did not fit in what was left of a
+# fixed window (a 200-CU batch), not a lower limit. It cuts nothing: each cut, 10 % for some 5 s, cost
+# a key of 2,500 CU/s a second of a 20-second run. Not for a limit in requests, where every request
+# fits and a 429 at the limit says the gateways together went past it (three sharing 50/s, uncut,
+# lost a second's hold to each of their 429s).
 AS_CONFIGURED = 0.9
 # The in-process bucket holds a tenth of a second's units: a one-second burst would let a provider
 # that counts per second see twice the rate.
@@ -82,8 +84,10 @@ class Tuner:
     With a budget store, what the endpoint took and answered is the cluster's (`cluster`), counted in
     the store; while the store is down, this gateway's view times the gateways last counted (`peers`)."""
 
-    def __init__(self, ceiling: float | None) -> None:
+    def __init__(self, ceiling: float | None, whole_calls: bool = False) -> None:
         self.ceiling = ceiling
+        # Compute units: a call may not fit in what is left of a provider's window (AS_CONFIGURED)
+        self.whole_calls = whole_calls
         self.rate = ceiling  # None: no limit known (a loopback node) until the first rate-limit answer
         self.best = 0.0  # the most units the endpoint answered within one second
         self.peers = 1
@@ -156,7 +160,7 @@ class Tuner:
             return False
         if sum(1 for t, _ in self._accepted if t >= now - 1.0) < MIN_ANSWERED:
             return False
-        if self.ceiling is not None and self.answered >= AS_CONFIGURED * self.ceiling:
+        if self.whole_calls and self.ceiling is not None and self.answered >= AS_CONFIGURED * self.ceiling:
             return False
         self.refused = self.rate or math.inf
         if self.peak is None:  # the first: what the endpoint answered in the last second is about its limit
@@ -231,7 +235,7 @@ class Bucket:
         if not self.budgets:
             self.budgets.append(_Budget(spec.name, None, False, None))
         self.tuned = self.budgets[-1]  # the compute units if limited, else the requests
-        self.tuner = Tuner(self.tuned.configured)
+        self.tuner = Tuner(self.tuned.configured, self.tuned.compute_units)
         self.compute_units = 0.0  # spent, by the endpoint's cost table
 
     @property
