@@ -41,7 +41,7 @@ from cryo_ingest.config import Endpoint
 from cryo_ingest.errors import redact, register_secret_url
 from cryo_ingest.gateway import Gateway
 from cryo_ingest.gateway.budgets import Bucket, Tuner
-from cryo_ingest.gateway.pool import Upstream
+from cryo_ingest.gateway.endpoint import Upstream
 from cryo_ingest.gateway.replies import MAX_ANSWERS, MAX_BLOCKS, Refusals
 from cryo_ingest.gateway.upstream import Client, advertised
 from cryo_ingest.pipeline import plan

@@ -25,7 +25,8 @@ import orjson
 
 from ..config import Endpoint
 from .budgets import Bucket
-from .pool import RATE_LIMIT_CODES, RATE_LIMIT_MESSAGE, Retry, Upstream
+from .endpoint import Upstream
+from .pool import RATE_LIMIT_CODES, RATE_LIMIT_MESSAGE, Retry
 from .replies import encode
 from .upstream import Answer
 

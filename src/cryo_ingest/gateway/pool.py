@@ -1,18 +1,16 @@
-"""The endpoints behind the gateway: which one gets a request, retries, the circuit breaker, and
-what a reply means (success, a fault another attempt may fix, or a definite answer)."""
+"""The endpoints behind the gateway: which one gets a request, retries and hedges, and what a reply
+means (success, a fault another attempt may fix, or a definite answer). Each endpoint's state is in
+endpoint.py, its circuit breaker in breaker.py."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
 import re
 import time
-from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
@@ -20,7 +18,9 @@ from ..budget import SharedBudget
 from ..config import Endpoint
 from ..errors import RpcError, redact
 from . import logs
-from .budgets import PROBE_CONCURRENCY, PROBE_HOLD, Bucket
+from .breaker import POOL_DOWN_TRIPS
+from .budgets import Bucket
+from .endpoint import Upstream, probe_place
 from .replies import GAVE_UP, Reply, body_text, describe_error, encode, error, scrubbed, shorten
 from .upstream import Answer, Client, ConnectFailed
 
@@ -50,8 +50,6 @@ RATE_LIMIT_CODES = {-32005, -32029, 429}
 RATE_LIMIT_MESSAGE = re.compile(r"rate.?limit|too many requests|exceeds? .*capacity|compute units|throughput", re.I)
 # Only reads are raced on a second endpoint (sending a write twice would not be the same as once).
 HEDGED = re.compile(r"eth_get|trace_|debug_trace")
-# Recent latencies kept per endpoint, for its p50/p95 and the hedging delay.
-LATENCY_WINDOW = 1000
 # Hedge a request still unanswered after the endpoint's p95 (and at least these seconds, or 3 x p50:
 # a node on loopback answers in a millisecond, where a stall is not worth a second request); at most
 # HEDGE_SHARE of the requests are hedged.
@@ -59,22 +57,6 @@ HEDGE_MIN_SECONDS, HEDGE_SHARE = 0.05, 0.05
 # The opening of a JSON-RPC success as nodes write it. A reply that opens so and ends with "}"
 # is a success whatever its size: passing it on unparsed saves the gateway most of its CPU.
 SUCCESS_OPENING = re.compile(rb'\s*\{\s*"jsonrpc"\s*:\s*"2\.0"\s*,\s*"id"\s*:\s*(?:-?\d+|"[^"\\]*"|null)\s*,\s*"result"\s*:\s*')
-# The circuit breaker reads an endpoint's failure rate over its last BREAKER_CALLS answers within
-# BREAKER_SECONDS, as resilience4j's count- and time-based sliding windows and eRPC's failsafe
-# circuitBreaker (failureThresholdCount of failureThresholdCapacity) do, rather than failures in a
-# row: with 30 % fast 5xx, fast failures overtake slow successes and "10 in a row" tripped it again
-# and again. It opens at BREAKER_RATE of at least BREAKER_MIN_CALLS answers: an endpoint failing
-# nearly everything. 30 % random failures reach 9 of 10 once in 7,000 windows, 18 of 20 almost never
-# (binomial tails); a node that went away fails them all and opens it after 10 calls, in well under
-# a second. 30 s: older answers say little about the endpoint now.
-BREAKER_CALLS, BREAKER_SECONDS, BREAKER_MIN_CALLS, BREAKER_RATE = 20, 30.0, 10, 0.9
-# Open for 1 s, doubling on each trip whose probe failed too, to at most 30 s. After it, half-open:
-# the first answer to a call sent since decides, as Helidon's success-threshold 1 and Hystrix's single
-# test call (a success closes it, a failure opens it again for twice as long).
-BREAKER_OPEN_SECONDS, BREAKER_OPEN_MAX = 1.0, 30.0
-# Every live endpoint open, each tripped twice with no success between (it failed nearly every call,
-# then its probe after the cool-down failed too): the pool is down, requests fail at once.
-POOL_DOWN_TRIPS = 2
 
 
 class Retry(Exception):
@@ -84,203 +66,6 @@ class Retry(Exception):
     def __init__(self, kind: str, delay: float = 0.0, detail: str = "", throttled: bool = False) -> None:
         super().__init__(f"{kind} ({detail})" if detail else kind)
         self.kind, self.delay, self.detail, self.throttled = kind, delay, detail, throttled
-
-
-# A call's state in Breaker.pending: sent and not answered yet, or answered in a way that says
-# nothing about the endpoint's health (a rate-limit answer, a hedge cancelled).
-IN_FLIGHT, NO_WORD = -1, 2
-
-
-@dataclass
-class Breaker:
-    """An endpoint's circuit breaker on its failure rate (see BREAKER_CALLS): closed, open until
-    `open_until`, then half-open until an answer decides.
-
-    Answers are read in the order their calls were sent, each once every call sent before it is
-    answered: a fast 5xx does not count before the slow successes sent with it, so a burst of 64
-    calls whose failures come back first does not read as 100 % failed."""
-
-    answers: deque[tuple[float, bool]] = field(default_factory=lambda: deque(maxlen=BREAKER_CALLS))  # (when, failed)
-    pending: dict[int, int] = field(default_factory=dict)  # call -> IN_FLIGHT, 0 or 1 (failed), NO_WORD; in sending order
-    calls: int = 0  # calls sent so far (the next call's number)
-    trips: int = 0  # opened this many times with no success between
-    opened: int = 0  # the first call sent after it last opened
-    open_until: float = 0.0
-
-    @property
-    def failure_rate(self) -> float:
-        return sum(failed for _, failed in self.answers) / len(self.answers) if self.answers else 0.0
-
-    def sent(self) -> int:
-        """A call goes out: its number, for `answered`."""
-        self.calls += 1
-        self.pending[self.calls] = IN_FLIGHT
-        return self.calls
-
-    def answered(self, call: int, failed: bool | None, now: float) -> bool:
-        """The answer to `call` (None: it says nothing of the endpoint's health); True if it opened
-        the breaker. Once per call: a later word on the same call is ignored."""
-        if self.pending.get(call) != IN_FLIGHT:
-            return False
-        if failed is not None and self.trips and call >= self.opened:  # sent since it opened: a probe
-            del self.pending[call]
-            if not failed:
-                self.trips, self.open_until = 0, 0.0
-                self.answers.clear()
-            elif now >= self.open_until:
-                return self._open(now)
-            return False
-        self.pending[call] = NO_WORD if failed is None or call < self.opened else int(failed)
-        opened = False
-        while self.pending:
-            first = next(iter(self.pending))
-            outcome = self.pending[first]
-            if outcome == IN_FLIGHT:
-                break
-            del self.pending[first]
-            if outcome != NO_WORD:
-                opened |= self._record(bool(outcome), now)
-        return opened
-
-    def _record(self, failed: bool, now: float) -> bool:
-        self.answers.append((now, failed))
-        while self.answers[0][0] < now - BREAKER_SECONDS:
-            self.answers.popleft()
-        if not self.trips and len(self.answers) >= BREAKER_MIN_CALLS and self.failure_rate >= BREAKER_RATE:
-            return self._open(now)
-        return False
-
-    def _open(self, now: float) -> bool:
-        self.trips += 1
-        self.opened = self.calls + 1
-        self.open_until = now + min(BREAKER_OPEN_MAX, BREAKER_OPEN_SECONDS * 2 ** (self.trips - 1))
-        return True
-
-
-@contextlib.asynccontextmanager
-async def _probe_place(up: Upstream) -> AsyncIterator[None]:
-    """While an endpoint's limit is learnt, a place among its few requests in flight, held PROBE_HOLD
-    seconds at most (budgets.py)."""
-    if not up.bucket.tuner.probing:
-        yield
-        return
-    await up.probe.acquire()
-    held = True
-
-    def release() -> None:
-        nonlocal held
-        if held:
-            held = False
-            up.probe.release()
-
-    timer = asyncio.get_running_loop().call_later(PROBE_HOLD, release)
-    try:
-        yield
-    finally:
-        timer.cancel()
-        release()
-
-
-@dataclass
-class Upstream:
-    """An endpoint's live state. Its URL stays inside `spec` and is only used to send."""
-
-    spec: Endpoint
-    bucket: Bucket
-    semaphore: asyncio.Semaphore
-    client: Client
-    probe: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(PROBE_CONCURRENCY))  # budgets.py
-    disabled: str | None = None
-    breaker: Breaker = field(default_factory=Breaker)
-    cooldown_until: float = 0.0  # the provider's Retry-After, or down at start-up
-    last_failure: str = ""
-    latency: float = 0.05
-    requests: int = 0
-    retries: int = 0
-    bytes: int = 0
-    hedges: int = 0  # requests sent here to race a slow one on another endpoint
-    hedge_wins: int = 0  # of those, answered first
-    rate_cuts: int = 0
-    lies: int = 0  # failed checks of data this endpoint alone answered (gateway/trust.py)
-    suspected: int = 0  # failed checks of data it answered with others
-    errors: Counter[str] = field(default_factory=Counter)
-    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
-    _sorted: list[float] = field(default_factory=list)  # `latencies` sorted, redone every 5% of new ones
-    _fresh: int = 0
-
-    @property
-    def name(self) -> str:
-        return self.spec.name
-
-    def usable(self, now: float) -> bool:
-        return self.disabled is None and self.held_until <= now
-
-    @property
-    def held_until(self) -> float:
-        """When the breaker or the provider's Retry-After lets requests through again."""
-        return max(self.cooldown_until, self.breaker.open_until)
-
-    def state(self, now: float) -> str:
-        """For the endpoints table: out of the pool (why), its breaker open, held back, or ok."""
-        if self.disabled is not None:
-            return self.disabled
-        if self.breaker.open_until > now:
-            return f"breaker open, {self.breaker.open_until - now:.1f} s left"
-        if self.cooldown_until > now:  # the provider's Retry-After
-            return f"cooling down, {self.cooldown_until - now:.1f} s left"
-        return "ok"
-
-    def fail(self, kind: str, now: float, call: int) -> bool:
-        """Count a failed call (its number from `breaker.sent`); True if it opened the breaker."""
-        self.errors[kind] += 1
-        if not self.breaker.answered(call, True, now):
-            return False
-        failed = self.breaker.failure_rate
-        log.warning(
-            "endpoint %s: %.0f %% of its last calls failed, breaker open for %g s",
-            self.name,
-            100 * failed,
-            self.breaker.open_until - now,
-        )
-        return True
-
-    def succeed(self, elapsed: float, now: float, call: int) -> None:
-        self.breaker.answered(call, False, now)
-        self.latency = 0.8 * self.latency + 0.2 * elapsed
-        self.latencies.append(elapsed)
-        self._fresh += 1
-
-    def percentile(self, q: float) -> float | None:
-        if not self.latencies:
-            return None
-        if self._fresh * 20 >= len(self._sorted) or not self._sorted:
-            self._sorted, self._fresh = sorted(self.latencies), 0
-        return self._sorted[min(len(self._sorted) - 1, int(q * len(self._sorted)))]
-
-    def metrics(self) -> dict[str, Any]:
-        self._fresh = len(self.latencies)  # exact figures at the end of a run
-        p50, p95 = self.percentile(0.5), self.percentile(0.95)
-        rate = self.bucket.tuner.rate
-        return {
-            "requests": self.requests,
-            "retries": self.retries,
-            "resent": self.client.resent,  # on a new connection, the kept-alive one having closed (not retries)
-            "errors": dict(sorted(self.errors.items())),
-            "http_429": self.errors.get("http_429", 0),
-            "p50_ms": None if p50 is None else round(p50 * 1000, 2),
-            "p95_ms": None if p95 is None else round(p95 * 1000, 2),
-            "bytes": self.bytes,
-            "disabled": self.disabled,
-            "state": self.state(time.monotonic()),
-            "rate_limit": None if rate is None else round(rate, 1),  # after tuning; None: not limited
-            "rate_unit": self.bucket.unit,
-            "rate_cuts": self.rate_cuts,
-            "compute_units": round(self.bucket.compute_units, 1),
-            "hedges": self.hedges,
-            "hedge_wins": self.hedge_wins,
-            "lies": self.lies,
-            "suspected": self.suspected,
-        }
 
 
 class Pool:
@@ -506,7 +291,7 @@ class Pool:
         swap = self.exchange(up, req) if self.exchange is not None else None
         call = None
         try:
-            async with up.semaphore, _probe_place(up):
+            async with up.semaphore, probe_place(up):
                 started, units = await self._slot(up, req["method"], swap)
                 up.requests += 1
                 call = up.breaker.sent()

@@ -23,7 +23,8 @@ from .logs import bounds
 from .pool import Retry
 
 if TYPE_CHECKING:
-    from .pool import Pool, Upstream
+    from .endpoint import Upstream
+    from .pool import Pool
 
 log = logging.getLogger("cryo_ingest.gateway")
 
