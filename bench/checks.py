@@ -9,15 +9,13 @@
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import rlp
-from common import CACHE, INGEST, cached_chain, measure, save
+from common import CACHE, INGEST, cached_chain, command_line, measure, save
 from monad_exec import FILES, blocks
 from trie.hexary import HexaryTrie
 
@@ -109,7 +107,7 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--no-save", action="store_true")
     a = p.parse_args()
-    command = "python bench/checks.py " + shlex.join(sys.argv[1:])
+    command = command_line()
     roots_doc = {name: receipts_root(name, a.repeat) for name in FILES}
     stage = validate_stage(archive(a.blocks, a.txs_per_block, a.chunk_size), a.blocks, a.chunk_size, a.repeat)
     rows = "\n".join(

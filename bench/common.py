@@ -178,6 +178,11 @@ def machine() -> dict[str, Any]:
     }
 
 
+def command_line() -> str:
+    """The command that ran this benchmark, as docs/benchmarks.md names it."""
+    return f"python bench/{Path(sys.argv[0]).name} {shlex.join(sys.argv[1:])}".strip()
+
+
 def save(name: str, command: str, doc: dict[str, Any], markdown: str) -> Path:
     """bench/results/{name}-{time}.json, and the section `name` of docs/benchmarks.md replaced."""
     RESULTS.mkdir(parents=True, exist_ok=True)

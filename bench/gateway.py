@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import cached_chain, ingest, measure, raw_cryo, save, spread
+from common import cached_chain, command_line, ingest, measure, raw_cryo, save, spread
 from servers import FaultProxy, Faults
 
 from cryo_ingest.config import Endpoint
@@ -100,7 +99,7 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    command = "python bench/gateway.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = command_line()
     print(save("gateway", command.strip(), {"overhead": over, "rate_limited": limited}, text), file=sys.stderr)
 
 

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from common import cached_chain, measure, save, spread
+from common import cached_chain, command_line, measure, save, spread
 from servers import FaultProxy, Faults
 from test_config import SPEC_YAML
 
@@ -448,7 +448,7 @@ def limited(args: argparse.Namespace) -> None:
     )
     print(text)
     if not args.no_save:
-        command = "python bench/operator_bench.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        command = command_line()
         doc = {"blocks": args.blocks, "rate_limit": args.rate_limit, "overhead": over}
         print(save("operator-limited", command.strip(), doc, text), file=sys.stderr)
 
@@ -486,7 +486,7 @@ def main() -> None:
     print(text)
     print(f"total {time.monotonic() - started:.0f} s", file=sys.stderr)
     if not args.no_save:
-        command = "python bench/operator_bench.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        command = command_line()
         doc = {
             "blocks": args.blocks,
             "txs_per_block": args.txs_per_block,

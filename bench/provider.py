@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import random
-import shlex
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from common import cached_chain, etl, ingest, measure, raw_cryo, rows_and_bytes, save
+from common import cached_chain, command_line, etl, ingest, measure, raw_cryo, rows_and_bytes, save
 from servers import Proxy
 
 # Alchemy's "Throughput CU" per method, what its per-second limit counts
@@ -344,7 +343,7 @@ def main() -> None:
     text = markdown(results, args, budget_text, load)
     print(text)
     if not args.no_save:
-        command = "python bench/provider.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        command = command_line()
         # CU metering has its own sections (docs/benchmarks.md), one per block size: the per-request runs stay as they are
         name = f"provider-cu-{args.txs_per_block}tx" if args.cu_per_second else "provider"
         print(save(name, command.strip(), {"results": results, "load_average": load}, text), file=sys.stderr)

@@ -13,7 +13,6 @@ own start-up, imports and Cryo's, counts against it), and the share of requests 
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import time
 from typing import Any
 
 import psutil
-from common import INGEST, cached_chain, save
+from common import INGEST, cached_chain, command_line, save
 from servers import FaultProxy, Faults
 
 
@@ -85,7 +84,7 @@ def main() -> None:
     )
     print(text)
     if not args.no_save:
-        command = "python bench/rate_learning.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        command = command_line()
         doc = {"rate_limit": args.rate_limit, "blocks": args.blocks, "runs": runs}
         print(save("rate-learning", command.strip(), doc, text), file=sys.stderr)
 

@@ -10,14 +10,13 @@ request counts. Row counts must agree across the tools, or the benchmark fails.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import DATASETS, cached_chain, etl, ingest, measure, raw_cryo, rows_and_bytes, save, spread
+from common import DATASETS, cached_chain, command_line, etl, ingest, measure, raw_cryo, rows_and_bytes, save, spread
 from servers import FaultProxy
 
 TOOLS: dict[str, Callable[[str, Path, int, int], list[str]]] = {"raw_cryo": raw_cryo, "cryo_ingest": ingest, "ethereum_etl": etl}
@@ -117,7 +116,7 @@ def main() -> None:
     text = markdown(summary, args.blocks, args.txs_per_block, scaling)
     print(text)
     if not args.no_save:
-        command = "python bench/run.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        command = command_line()
         print(save("pipeline", command.strip(), {"summary": summary, "scaling": scaling}, text), file=sys.stderr)
 
 

@@ -63,7 +63,6 @@ import hashlib
 import json
 import logging
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -84,7 +83,7 @@ import psutil
 import storecount
 import yaml
 from aiohttp import web
-from common import save
+from common import command_line, save
 from servers import Proxy, S3Server, s3_env
 from test_config import SPEC_YAML
 
@@ -690,7 +689,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke:
         args.chunks, args.requests, args.leases, args.no_save = 3000, 300, 100, True
-    command = "python bench/scale.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = command_line()
     print(command, file=sys.stderr)
     year = Year(args.chunks, args.requests, args.leases)
     storecount.install()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from common import cached_chain, ingest, measure, save, spread
+from common import cached_chain, command_line, ingest, measure, save, spread
 from servers import S3Server
 
 from cryo_ingest.archive import manifest
@@ -163,7 +162,7 @@ def main() -> None:
         ]
     )
     print(text)
-    command = "python bench/storage.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = command_line()
     print(save("storage", command.strip(), {"publishing": pub, "manifest_scale": scale}, text), file=sys.stderr)
 
 

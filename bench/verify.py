@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import shlex
 import statistics
 import sys
 import time
@@ -25,7 +24,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from common import CACHE, ROOT, cached_chain, measure, save, spread
+from common import CACHE, ROOT, cached_chain, command_line, measure, save, spread
 
 from cryo_ingest import roots
 from cryo_ingest.archive import manifest
@@ -232,7 +231,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_save:
-        command = "python bench/verify.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        command = command_line()
         print(save("verify", command.strip(), {"devnet": dev, "memory": mem, "args": vars(args)}, text), file=sys.stderr)
 
 
