@@ -68,6 +68,11 @@ HeaderChecks = Literal["fetch", "archived"]
 HEADER_CHECKS: tuple[str, ...] = get_args(HeaderChecks)
 
 
+def _checked_catalog(url: SecretStr) -> SecretStr:
+    """A catalog URL pyiceberg can open (archive/urls.py), kept secret: it may hold a password."""
+    return SecretStr(catalog_url(url.get_secret_value()))
+
+
 def _is_loopback(host: str | None) -> bool:
     if host == "localhost":
         return True
@@ -183,6 +188,9 @@ class Job(BaseModel):
     # them (about one request a block, never published); "archived": the archive's alone (docs/verify.md)
     header_checks: HeaderChecks = "fetch"
 
+    catalog: SecretStr | None = None  # the Iceberg catalog the archive's tables follow (docs/reading.md); may hold a password
+    catalog_namespace: str | None = None  # cold_{chain_id} if None
+
     @model_validator(mode="before")
     @classmethod
     def _pool_settings(cls, data: Any) -> Any:
@@ -191,13 +199,10 @@ class Job(BaseModel):
             data = {**data, "canonical_check": doc["canonical_check"], "rpc": doc.get("endpoints", doc)}
         return data
 
-    catalog: SecretStr | None = None  # the Iceberg catalog the archive's tables follow (docs/reading.md); may hold a password
-    catalog_namespace: str | None = None  # cold_{chain_id} if None
-
     @field_validator("catalog")
     @classmethod
     def _catalog(cls, v: SecretStr | None) -> SecretStr | None:
-        return None if v is None else SecretStr(catalog_url(v.get_secret_value()))
+        return None if v is None else _checked_catalog(v)
 
     @field_validator("budget_store")
     @classmethod
@@ -273,7 +278,7 @@ class CatalogConfig(BaseModel):
     @field_validator("url")
     @classmethod
     def _url(cls, v: SecretStr) -> SecretStr:
-        return SecretStr(catalog_url(v.get_secret_value()))
+        return _checked_catalog(v)
 
 
 class NodeConfig(BaseModel):
