@@ -146,6 +146,9 @@ class ProviderProxy(Proxy):
         return web.json_response(payload, status=status)
 
 
+TOOLS = ("raw", "rpc", "pool1", "pool3", "etl")
+
+
 def cu_cost(method: str) -> int:
     return THROUGHPUT_CU.get(method, UNLISTED_CU)
 
@@ -240,7 +243,7 @@ def pool_file(urls: list[str], budget: Budget, directory: Path) -> Path:
 def compare(url: str, datasets: Sequence[str], args: argparse.Namespace) -> dict[str, Any]:
     """Every tool on `datasets`; the row counts of the tools that finished the same range must agree."""
     budget = budget_for(datasets, args)
-    blocks, chunk = args.blocks, args.chunk_size
+    blocks, chunk, rps = args.blocks, args.chunk_size, budget.rps
 
     def pooled(urls: list[str], tmp: Path) -> list[str]:
         pool = ["--rpc-pool", "bench", "--rpc-pool-file", str(pool_file(urls, budget, tmp))]
@@ -249,16 +252,16 @@ def compare(url: str, datasets: Sequence[str], args: argparse.Namespace) -> dict
     def plain(url: str, tmp: Path) -> list[str]:
         return ingest(url, tmp / "out", blocks, chunk, datasets=datasets)
 
-    runs = [
-        Run("raw Cryo", "raw_cryo", 1, blocks, lambda u, tmp: raw_cryo(u[0], tmp / "out", blocks, chunk, datasets, budget.rps)),
-        Run("cryo-ingest --rpc (no limit set)", "cryo_ingest", 1, blocks, lambda u, tmp: plain(u[0], tmp)),
-        Run("cryo-ingest, pool of 1 key", "cryo_ingest", 1, blocks, pooled),
-        Run("cryo-ingest, pool of 3 keys", "cryo_ingest", 3, blocks, pooled),
-    ]
+    runs = {
+        "raw": Run("raw Cryo", "raw_cryo", 1, blocks, lambda u, tmp: raw_cryo(u[0], tmp / "out", blocks, chunk, datasets, rps)),
+        "rpc": Run("cryo-ingest --rpc (no limit set)", "cryo_ingest", 1, blocks, lambda u, tmp: plain(u[0], tmp)),
+        "pool1": Run("cryo-ingest, pool of 1 key", "cryo_ingest", 1, blocks, pooled),
+        "pool3": Run("cryo-ingest, pool of 3 keys", "cryo_ingest", 3, blocks, pooled),
+    }
     if {"blocks", "transactions"} <= set(datasets):  # ethereum-etl exports those first, whatever else is asked
         n = args.etl_blocks
-        runs.append(Run("ethereum-etl", "ethereum_etl", 1, n, lambda u, tmp: etl(u[0], tmp / "out", n, chunk, datasets)))
-    done = [run_one(url, r, budget) for r in runs]
+        runs["etl"] = Run("ethereum-etl", "ethereum_etl", 1, n, lambda u, tmp: etl(u[0], tmp / "out", n, chunk, datasets))
+    done = [run_one(url, r, budget) for name, r in runs.items() if name in args.tools]
     same = [r for r in done if r["ok"] and r["blocks"] == blocks]
     for r in same:
         if r["rows"] != same[0]["rows"]:
@@ -266,6 +269,8 @@ def compare(url: str, datasets: Sequence[str], args: argparse.Namespace) -> dict
     by = {r["tool"]: r for r in done}
 
     def ratio(a: str, b: str) -> float | None:
+        if a not in by or b not in by:
+            return None
         x, y = by[a]["blocks_per_s"], by[b]["blocks_per_s"]
         return round(x / y, 2) if x and y else None
 
@@ -323,11 +328,15 @@ def main() -> None:
     ap.add_argument("--jitter-ms", type=float, default=10)
     ap.add_argument("--smoke", action="store_true", help="20 blocks, blocks+transactions+logs, nothing saved (so it cannot rot)")
     ap.add_argument("--no-save", action="store_true", help="print only")
+    ap.add_argument("--tools", default=",".join(TOOLS), help=f"of {','.join(TOOLS)}; fewer than all saves nothing")
     ap.add_argument("--note", help="said in the heading, e.g. which change the figures are before or after")
     args = ap.parse_args()
     if args.smoke:
         args.blocks, args.chunk_size, args.etl_blocks, args.sets, args.no_save = 20, 10, 20, "btl", True
-    sets = args.sets.split(",")
+    sets, args.tools = args.sets.split(","), args.tools.split(",")
+    if unknown := [t for t in args.tools if t not in TOOLS]:
+        ap.error(f"unknown --tools {unknown}: choose from {', '.join(TOOLS)}")
+    args.no_save = args.no_save or set(args.tools) != set(TOOLS)
     if unknown := [s for s in sets if s not in SETS]:
         ap.error(f"unknown --sets {unknown}: choose from {', '.join(SETS)}")
     if args.blocks % args.chunk_size:

@@ -807,7 +807,7 @@ def test_refused_calls_give_their_compute_units_back() -> None:
     async def refused_then_one() -> float:
         for _ in range(5):
             _, units = await bucket.acquire("eth_getBlockByNumber")
-            bucket.refused(units)
+            bucket.throttled("eth_getBlockByNumber", time.monotonic(), time.monotonic(), units)
         started = time.monotonic()
         await bucket.acquire("eth_getBlockByNumber")
         return time.monotonic() - started

@@ -141,6 +141,8 @@ class Upstream:
             "rate_limit": None if rate is None else round(rate, 1),  # after tuning; None: not limited
             "rate_unit": self.bucket.unit,
             "rate_cuts": self.rate_cuts,
+            # methods a limit nobody configured reached sooner, paced apart (budgets.py)
+            "method_limits": {m: round(t.rate or 0.0, 1) for m, (t, _) in sorted(self.bucket.dear.items())},
             "compute_units": round(self.bucket.compute_units, 1),
             "hedges": self.hedges,
             "hedge_wins": self.hedge_wins,

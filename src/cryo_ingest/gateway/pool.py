@@ -340,7 +340,7 @@ class Pool:
             up.bucket.advertised(answer.limit, now)
         if req["method"] == "eth_getLogs" and (refused := logs.refusal(status, raw)) is not None:
             up.errors["range_refused"] += 1  # a definite answer, split by the caller (gateway/logs.py)
-            self._succeeded(up, now - started, units, call)
+            self._succeeded(up, req["method"], now - started, units, call)
             return refused
         if status in (401, 403):
             body = body_text(status, raw)
@@ -360,7 +360,7 @@ class Pool:
         if opening is not None and raw.rstrip().endswith(b"}"):
             if raw[opening.end() : opening.end() + 4] == b"null" and _lagging(req, self.head):
                 raise self._failed(up, req, "null_result", call, "null for a block at or below the head", now)
-            self._succeeded(up, now - started, units, call)
+            self._succeeded(up, req["method"], now - started, units, call)
             reply = Reply(jsonrpc="2.0", id=req.get("id"))
             reply.raw = raw
             return reply
@@ -385,12 +385,13 @@ class Pool:
                 TRANSIENT_MESSAGE.search(message)
             ):
                 raise self._failed(up, req, "rpc_transient", call, describe_error(err), now)
-            self._succeeded(up, now - started, units, call)  # a definite answer (e.g. method not found): pass it on
+            # a definite answer (e.g. method not found): pass it on
+            self._succeeded(up, req["method"], now - started, units, call)
             log.debug("%s on %s: answered %s", req.get("method"), up.name, describe_error(err))
             return scrubbed(reply)
         if reply.get("result") is None and not first_try and _lagging(req, self.head):
             raise self._failed(up, req, "null_result", call, "null for a block at or below the head", now)
-        self._succeeded(up, now - started, units, call)
+        self._succeeded(up, req["method"], now - started, units, call)
         return reply
 
     def _is_down(self, live: list[Upstream]) -> bool:
@@ -437,18 +438,17 @@ class Pool:
         """A rate-limit answer: not a failure (no circuit breaker, no pool down), a cue to send slower;
         the refused call's `units` go back to the bucket (before a cut changes its rate)."""
         up.errors[kind] += 1
-        up.bucket.refused(units)
-        if up.bucket.tuner.throttled(sent, now):
+        if (tuner := up.bucket.throttled(req["method"], sent, now, units)) is not None:
             up.rate_cuts += 1
-            rate = up.bucket.tuner.rate
+            rate = tuner.rate
             log.debug("endpoint %s rate-limits us: %.1f %s from now", up.name, rate or 0.0, up.bucket.unit)
         log.debug("%s on %s: rate-limited (%s)", req.get("method"), up.name, shorten(redact(detail)))
         return Retry(kind, delay, shorten(redact(detail)), throttled=True)
 
-    def _succeeded(self, up: Upstream, elapsed: float, units: float, call: int) -> None:
+    def _succeeded(self, up: Upstream, method: str, elapsed: float, units: float, call: int) -> None:
         now = time.monotonic()
         up.succeed(elapsed, now, call)
-        up.bucket.answered(now, units)
+        up.bucket.answered(method, now - elapsed, now, units)
         self._down = False
 
     def _disable(self, up: Upstream, reason: str, detail: str = "") -> None:
