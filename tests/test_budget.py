@@ -185,8 +185,8 @@ def test_shared_budget_charges_each_call_its_compute_units(redis_server: RedisSe
     table): 30 calls take 3 s (less a twentieth of a second's burst) whichever gateway sends them."""
     import asyncio
 
-    from cryo_ingest.budget import SharedBudget
     from cryo_ingest.config import Endpoint
+    from cryo_ingest.gateway.shared_budget import SharedBudget
 
     spec = Endpoint.model_validate(
         {"name": "cu", "url": "https://a.example/k", "compute_units_per_second": 500, "costs": {"eth_getLogs": 50, "default": 5}}
@@ -232,9 +232,9 @@ def test_gateways_sharing_a_budget_tune_it_together(demand: str, chain: Devnet, 
 
     from test_gateway import drive
 
-    from cryo_ingest.budget import SharedBudget
     from cryo_ingest.config import Endpoint
     from cryo_ingest.gateway import Gateway
+    from cryo_ingest.gateway.shared_budget import SharedBudget
 
     # 10 s measured: the 429 that settles a first cut's estimate holds the endpoint a second (Retry-After),
     # a sixth of a 6-s measure when it falls into its start

@@ -44,7 +44,7 @@ DEFAULT_RPS = 25.0
 DEFAULT_CONCURRENCY = 10
 DEFAULT_GRACE = "24h"  # gc's --older-than: longer than any partition's timeout (the spec's node: 3600 s)
 LOOPBACK_CONCURRENCY = 64
-BUDGET_ENV = "CRYO_INGEST_BUDGET_STORE"  # the shared RPC budget's redis URL (budget.py)
+BUDGET_ENV = "CRYO_INGEST_BUDGET_STORE"  # the shared RPC budget's redis URL (gateway/shared_budget.py)
 
 Dataset = Literal["blocks", "transactions", "logs", "traces"]
 

@@ -11,8 +11,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..budget import LocalSlots, SharedBudget, limits
 from ..config import Endpoint
+from .shared_budget import LocalSlots, SharedBudget, limits
 
 log = logging.getLogger("cryo_ingest.gateway")
 
@@ -300,7 +300,7 @@ class _Budget:
 
 class Bucket:
     """An endpoint's limits: `requests_per_second` and `compute_units_per_second`, each taken from the
-    budget store when the cluster shares one (budget.py), else from a bucket in this process. The
+    budget store when the cluster shares one (shared_budget.py), else from a bucket in this process. The
     tuner moves the compute-unit limit if there is one, else the request limit; an endpoint with no
     limit configured is not held back until its first rate-limit answer, then by a limit in this process.
 
@@ -374,7 +374,7 @@ class Bucket:
         `sent_at`: the tuner it cut, if any. The provider counted none of the units, so neither does
         this process's bucket: charged again on each retry, the bucket ran ahead of what was served
         (125,810 CU charged for 43,610 served, in one run) and held the sending far under the budget.
-        The store's shared slots keep theirs (budget.py)."""
+        The store's shared slots keep theirs (shared_budget.py)."""
         for _, b in [(self.tuner, self.tuned), *([self.dear[method]] if method in self.dear else [])]:
             if b.slots is not None:
                 b.slots.refund(units)

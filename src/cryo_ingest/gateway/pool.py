@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
-from ..budget import SharedBudget
 from ..config import Endpoint
 from ..errors import RpcError, redact
 from . import logs
@@ -22,6 +21,7 @@ from .breaker import POOL_DOWN_TRIPS
 from .budgets import Bucket
 from .endpoint import Upstream, probe_place
 from .replies import GAVE_UP, Reply, body_text, describe_error, encode, error, scrubbed, shorten
+from .shared_budget import SharedBudget
 from .upstream import Answer, Client, ConnectFailed
 
 log = logging.getLogger("cryo_ingest.gateway")
@@ -82,7 +82,7 @@ class Pool:
         shared: SharedBudget | None,
     ) -> None:
         self.specs = list(endpoints)
-        self.shared = shared  # rate limits shared with other gateways (budget.py); else each endpoint's own bucket
+        self.shared = shared  # rate limits shared with other gateways (shared_budget.py); else each endpoint's own bucket
         self.chain_id = chain_id
         self.attempts, self.budget, self.timeout = attempts, budget_seconds, timeout_seconds
         self.upstreams: list[Upstream] = []

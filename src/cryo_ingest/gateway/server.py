@@ -15,7 +15,6 @@ import orjson
 import uvloop
 
 from .. import traces as call_frames
-from ..budget import SharedBudget
 from ..config import Endpoint
 from ..errors import RpcError, register_secret_url
 from ..pipeline.task import (
@@ -35,6 +34,7 @@ from .listener import Listener, Request, Response
 from .logs import RangedLogs
 from .pool import Pool
 from .replies import GAVE_UP, Refusals, describe_error, encode, error
+from .shared_budget import SharedBudget
 from .trust import Trust
 
 log = logging.getLogger("cryo_ingest.gateway")

@@ -13,9 +13,9 @@ from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from .. import chains
-from ..budget import shared_budget
 from ..config import Job
 from ..gateway import Gateway
+from ..gateway.shared_budget import shared_budget
 from ..pipeline.task import PartitionResult, Task
 from .dispatch import Dispatcher
 

@@ -155,8 +155,8 @@ def backfill(
     chunks = len(grid(job.start_block, job.end_block, job.chunk_size))
     pool, warm = workers.pool(min(job.max_concurrency, -(-chunks // job.chunks_per_partition)))
     with pool:
-        from ..budget import shared_budget
         from ..gateway import Gateway
+        from ..gateway.shared_budget import shared_budget
 
         with Gateway(job.rpc, job.chain_id, shared=shared_budget(job), canonical_check=job.canonical_check) as gw:
             plan = run.plan(chains.final_head(gw, job.chain_id, job.reorg_buffer))

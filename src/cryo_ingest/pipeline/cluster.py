@@ -19,10 +19,10 @@ from pathlib import Path
 from distributed import Client, Event, Future, Semaphore, as_completed
 
 from .. import chains
-from ..budget import shared_budget
 from ..config import BUDGET_ENV, Job, make_job, resolve_pool
 from ..errors import redact
 from ..gateway import Gateway
+from ..gateway.shared_budget import shared_budget
 from ..operator.dispatch import Dispatcher
 from .backfill import Result, open_job
 from .plan import Partition

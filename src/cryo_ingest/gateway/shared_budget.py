@@ -25,13 +25,13 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
-from .config import Endpoint, Job
-from .errors import RpcError, redact
+from ..config import Endpoint, Job
+from ..errors import RpcError, redact
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
 
-log = logging.getLogger("cryo_ingest.budget")
+log = logging.getLogger("cryo_ingest.gateway")
 
 # A gateway that took no slot for this long no longer counts among an endpoint's gateways.
 LIVE_SECONDS = 30
