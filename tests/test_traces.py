@@ -12,7 +12,7 @@ import pytest
 from conftest import Devnet, backfill, manifest
 from servers import FIXTURES, FaultProxy, Faults, MainnetReplay
 
-from cryo_ingest import traces
+from cryo_ingest.gateway import call_frames as traces
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "traces.md"
 

@@ -14,7 +14,6 @@ from typing import Any
 import orjson
 import uvloop
 
-from .. import traces as call_frames
 from ..config import Endpoint
 from ..errors import RpcError, register_secret_url
 from ..pipeline.task import (
@@ -27,7 +26,7 @@ from ..pipeline.task import (
     TRACE_SOURCE_PATH,
     UNKNOWN_PATH,
 )
-from . import history, traces
+from . import call_frames, history, traces
 from .cheapest import Cheapest
 from .inflight import InFlight
 from .listener import Listener, Request, Response

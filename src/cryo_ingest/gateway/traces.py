@@ -1,5 +1,5 @@
 """Traces where `trace_block` is not served: `debug_traceBlockByNumber` with callTracer, translated
-to trace_block's shape (cryo_ingest/traces.py), so that Cryo writes one traces dataset either way."""
+to trace_block's shape (call_frames.py), so that Cryo writes one traces dataset either way."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import asyncio
 import logging
 from typing import Any
 
-from .. import traces as call_frames
 from ..errors import RpcError
+from . import call_frames
 from .history import Unknown
 from .pool import Pool
 from .replies import error
