@@ -94,23 +94,6 @@ def test_a_method_a_limit_nobody_configured_refuses_sooner_is_paced_apart(metere
         assert bucket.dear == {} and cuts and all(endpoint for _, endpoint in cuts), cuts
 
 
-def test_the_floor_gives_way_when_the_endpoint_refuses_more_than_at_random() -> None:
-    """The floor (half the most answered in a second) keeps random 429s from starving a run; 429s for most
-    calls are a limit, and the cuts go below it."""
-    tuner = Tuner(200.0)
-    t = answer(tuner, time.monotonic(), 2.0, 100)
-    assert tuner.throttled(t, t) and tuner.floor(t) == pytest.approx(50.0, abs=1)  # one 429 among 200 answers
-    for i in range(60):
-        now = t + 0.1 + i / 20
-        tuner.sent(now, 1.0)
-        if i % 3 == 0:
-            tuner.accepted(now, 1.0)
-        else:
-            tuner.throttled(now, now)
-    assert tuner.floor(now) == pytest.approx(200.0 * 0.1)  # the configured tenth only
-    assert tuner.rate is not None and tuner.rate < 50, tuner.rate
-
-
 def test_gateways_sharing_a_limit_found_by_a_429_take_their_shares_down() -> None:
     """A gateway whose peers send more than the limit a 429 found (every gateway's count, from the store)
     lowers its own rate though it saw no further 429: another that saw none charges its slots at its own
