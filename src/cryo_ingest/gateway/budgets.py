@@ -88,8 +88,8 @@ AS_CONFIGURED = 0.9
 # next: comparing each method's share of refusals instead, blocks refused at the start's burst while
 # the traces sent earlier in the window passed were taken for dear, and paced at 1 a second.
 DEAR, DEAR_PASS, DEAR_AFTER, DEAR_SECONDS = 0.5, 0.8, 0.1, 2.0
-# Calls of the method, and after its refusals, at the least: a provider refusing 30 % at random refused
-# half of some method's 5 calls now and then, which then went at 4 a second
+# Calls of the method, and after its refusals, at the least: a provider refusing 30 % of the calls at
+# random refuses half of some method's 5 calls now and then
 DEAR_CALLS, DEAR_AFTER_CALLS = 20, 5
 # The in-process bucket holds a tenth of a second's units: a one-second burst would let a provider
 # that counts per second see twice the rate.
@@ -314,9 +314,9 @@ class Bucket:
     limit configured is not held back until its first rate-limit answer, then by a limit in this process.
 
     With no limit configured, the limit may be in units we do not know, which some calls reach sooner
-    (a key of 2,500 CU/s allows 150 block calls a second, 5 of its blocks' receipts): a method refused
-    far more often than the others sent beside it (`dear`) is paced by a rate of its own, and its
-    refusals no longer cut the endpoint's. One rate for every call, learnt on blocks, sent 75 receipt
+    (a key of 2,500 CU/s allows 150 block calls a second, 5 of its blocks' receipts): a method the limit
+    refuses while it lets the calls sent right after through (`dear`, `_dearer`) is paced by a rate of
+    its own, and its refusals no longer cut the endpoint's. One rate for every call, learnt on blocks, sent 75 receipt
     calls a second (3,129 429s for 203 served); cut to the receipts', it then held the blocks to 4 a
     second. A rate for each method from the start halved the run against a limit in requests, where
     every method's rate must share it (0.53 of the limit used, from 0.87)."""
