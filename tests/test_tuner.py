@@ -113,3 +113,23 @@ def test_gateways_sharing_a_limit_found_by_a_429_take_their_shares_down() -> Non
     tuner.cluster = (33.0, 32.0)
     tuner.sent(t + 1.5, 1.0)
     assert tuner.rate == pytest.approx(rate * 0.95 * peak / 33)
+
+
+@pytest.mark.parametrize("refused", [1, 2])
+def test_the_floor_holds_against_random_429s_not_against_most_calls_refused(refused: int) -> None:
+    """The floor (half the most answered in a second) keeps a provider refusing a third of the calls at random
+    from starving the run; where most calls are refused it is a limit, and the cuts go below it."""
+    tuner = Tuner(100.0)
+    t = answer(tuner, time.monotonic(), 2.0, 100)
+    assert tuner.throttled(t, t) and tuner.floor(t) == pytest.approx(50.0, abs=1)
+    for i in range(500):  # 100 a second for 5 s, `refused` of each 3 answered 429
+        now = t + 1.0 + i / 100
+        tuner.sent(now, 1.0)
+        if i % 3 < refused:
+            tuner.throttled(now, now)
+        else:
+            tuner.accepted(now, 1.0)
+    if refused == 1:
+        assert tuner.floor(now) >= 30.0  # half of what it answers a second, above the configured tenth
+    else:
+        assert tuner.floor(now) == pytest.approx(10.0)  # the configured tenth only (half the most answered: 17)
