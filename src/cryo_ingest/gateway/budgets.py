@@ -351,7 +351,7 @@ class Bucket:
         batches waiting together took their slots in turn, all finished together, and reached a
         provider counting per second in one burst (640 calls received in one second, then none for four)."""
         cost = self.spec.cost(method) * calls
-        tuners = [(self.tuner, self.tuned)] + ([self.dear[method]] if method in self.dear else [])
+        tuners = self._tuners(method)
         for b in self.budgets + [budget for _, budget in tuners[1:]]:
             rate = next((t.rate for t, tuned in tuners if tuned is b), b.configured)
             if rate is None:
@@ -378,13 +378,17 @@ class Bucket:
             t.sent(now, units)
         return now, units
 
+    def _tuners(self, method: str) -> list[tuple[Tuner, _Budget]]:
+        """The endpoint's tuned budget, and `method`'s own where it is paced apart."""
+        return [(self.tuner, self.tuned), *([self.dear[method]] if method in self.dear else [])]
+
     def throttled(self, method: str, sent_at: float, now: float, units: float) -> Tuner | None:
         """A rate-limit answer to a call of `method` charged `units` of the tuned budget, sent at
         `sent_at`: the tuner it cut, if any. The provider counted none of the units, so neither does
         this process's bucket: charged again on each retry, the bucket ran ahead of what was served
         (125,810 CU charged for 43,610 served, in one run) and held the sending far under the budget.
         The store's shared slots keep theirs (shared_budget.py)."""
-        for _, b in [(self.tuner, self.tuned), *([self.dear[method]] if method in self.dear else [])]:
+        for _, b in self._tuners(method):
             if b.slots is not None:
                 b.slots.refund(units)
         self._answer(sent_at, method, False)
