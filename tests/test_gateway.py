@@ -753,6 +753,29 @@ def test_a_stalled_request_is_raced_on_the_other_endpoint(stalls: bool, chain: D
     assert hedges < 0.05 * sum(m["requests"] for m in metrics.values())
 
 
+def test_requests_that_must_queue_are_spread_over_the_keys_and_not_raced(chain: Devnet) -> None:
+    """Three keys of 20 requests/s, then 90 requests at once (one batch, split): each key is given its
+    third, whichever tick picked them, and none is raced on another key while it waits for its slot.
+    Queued at random (or all on the key that looked best in the tick), one key sent the run's end alone;
+    raced while it queued, a request took a second key's slot for nothing."""
+    with FaultProxy(chain.url) as a, FaultProxy(chain.url) as b, FaultProxy(chain.url) as c:
+        proxies = {"a": a, "b": b, "c": c}
+        specs = [{"url": p.url(), "name": n, "requests_per_second": 20} for n, p in proxies.items()]
+        with Gateway([Endpoint.model_validate(s) for s in specs], 31337) as gw:
+            timed_calls(gw.url, 90, threads=3)  # each endpoint's latencies known: hedging is on (it waits for 20)
+            before = {n: len(p.calls) for n, p in proxies.items()}
+            calls = [{"jsonrpc": "2.0", "id": i, "method": "eth_getBlockByNumber", "params": [hex(i), False]} for i in range(90)]
+            req = urllib.request.Request(gw.url, json.dumps(calls).encode(), {"content-type": "application/json"})
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                replies = json.loads(resp.read())
+            metrics = gw.metrics()
+    sent = {n: len(p.calls) - before[n] for n, p in proxies.items()}
+    print(f"batch of 90 sent {sent}; hedges {[m['hedges'] for m in metrics.values()]}")
+    assert all("result" in r for r in replies)
+    assert all(m["hedges"] == 0 for m in metrics.values())
+    assert all(29 <= n <= 31 for n in sent.values()), sent
+
+
 @pytest.mark.timing
 def test_compute_units_limit_charges_each_call_its_cost(chain: Devnet) -> None:
     """200 compute units a second, a block costing 20 in this table: 10 blocks a second reach the

@@ -340,10 +340,22 @@ class Bucket:
     def unit(self) -> str:
         return "compute units/s" if self.tuned.compute_units else "requests/s"
 
-    def ready(self, now: float) -> bool:
-        """Whether a request would go out at once (as far as this process knows: the store's slots are not)."""
+    def ready(self, now: float, queued: float = 0.0) -> bool:
+        """Whether a request would go out at once behind `queued` units picked for the endpoint and not
+        sent yet (as far as this process knows: the store's slots are not)."""
+        if queued and self.tuned.slots is not None:
+            return False
         budgets = [*self.budgets, *(b for _, b in self.dear.values())]
         return all(b.slots is None or (not b.queue.locked() and b.slots.ready(now)) for b in budgets)
+
+    def wait(self, now: float, queued: float) -> float:
+        """About how long a request would wait for its slot behind `queued` units, as far as this process knows."""
+        slots = self.tuned.slots
+        return slots.backlog(now) + queued / slots.rps if slots else 0.0
+
+    def units(self, method: str, calls: int = 1) -> float:
+        """What `calls` calls of `method` take of the tuned budget."""
+        return self.spec.cost(method) * calls if self.tuned.compute_units else float(calls)
 
     async def acquire(self, method: str, calls: int = 1) -> tuple[float, float]:
         """Wait until `calls` calls of `method` (one JSON-RPC batch) may be sent; answers when that was
@@ -373,7 +385,7 @@ class Bucket:
         now = time.monotonic()
         if self.spec.compute_units_per_second:
             self.compute_units += cost
-        units = cost if self.tuned.compute_units else float(calls)
+        units = self.units(method, calls)
         for t, _ in tuners:
             t.sent(now, units)
         return now, units

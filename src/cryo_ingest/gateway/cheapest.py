@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ from typing import Any
 import orjson
 
 from ..config import Endpoint
-from .budgets import Bucket
 from .endpoint import Upstream
 from .pool import RATE_LIMIT_CODES, RATE_LIMIT_MESSAGE, Retry
 from .replies import encode
@@ -107,8 +105,9 @@ class Exchange:
     def __init__(self, cheapest: Cheapest, req: dict[str, Any]) -> None:
         self.cheapest, self.req = cheapest, req
 
-    async def acquire(self, bucket: Bucket) -> tuple[float, float]:
-        return await bucket.acquire(self.req["method"])
+    def charge(self) -> tuple[str, int]:
+        """The method the provider charges the attempt as, and how many calls of it (none: nothing is sent)."""
+        return self.req["method"], 1
 
     async def post(self, up: Upstream) -> Answer:
         return await up.client.post(encode(self.req))
@@ -131,11 +130,9 @@ class Receipts(Exchange):
         super().__init__(cheapest, req)
         self.known = known
 
-    async def acquire(self, bucket: Bucket) -> tuple[float, float]:
+    def charge(self) -> tuple[str, int]:
         """Each call of the batch charged as the provider charges it (one by one), in one slot."""
-        if not self.known.transactions:
-            return time.monotonic(), 0.0
-        return await bucket.acquire(RECEIPT, len(self.known.transactions))
+        return RECEIPT, len(self.known.transactions)
 
     async def post(self, up: Upstream) -> Answer:
         txs = self.known.transactions

@@ -10,12 +10,12 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..config import Endpoint
 from .breaker import Breaker
 from .budgets import PROBE_CONCURRENCY, PROBE_HOLD, Bucket
-from .upstream import Client
+from .upstream import Answer, Client
 
 log = logging.getLogger("cryo_ingest.gateway")
 
@@ -62,6 +62,7 @@ class Upstream:
     last_failure: str = ""
     latency: float = 0.05
     requests: int = 0
+    queued: float = 0.0  # budget units of the requests picked for it, waiting for a place in flight or a slot
     retries: int = 0
     bytes: int = 0
     hedges: int = 0  # requests sent here to race a slow one on another endpoint
@@ -149,3 +150,25 @@ class Upstream:
             "lies": self.lies,
             "suspected": self.suspected,
         }
+
+
+class Exchange(Protocol):
+    """What an attempt sends instead of the request as asked (gateway/cheapest.py): defined here, below
+    the pool that uses it, so that the pool does not import what imports it."""
+
+    def charge(self) -> tuple[str, int]: ...
+
+    async def post(self, up: Upstream) -> Answer: ...
+
+
+class Queued:
+    """An attempt picked for `up` and not sent yet: its budget units count in `up.queued` (what `_pick`
+    reads) until it has its slot, or ends without one. Given back once."""
+
+    def __init__(self, up: Upstream, swap: Exchange | None, method: str, calls: int, units: float) -> None:
+        self.up, self.swap, self.method, self.calls, self.units = up, swap, method, calls, units
+        up.queued += units
+
+    def release(self) -> None:
+        self.up.queued -= self.units
+        self.units = 0.0

@@ -110,6 +110,10 @@ class LocalSlots:
         """A call taking a slot now would not wait."""
         return self._tat <= now + (burst(self.rps, self.burst_seconds) - 1) / self.rps
 
+    def backlog(self, now: float) -> float:
+        """Seconds of slots given out ahead of `now`."""
+        return max(0.0, self._tat - now)
+
     async def take(self, cost: float = 1.0) -> float:
         now, interval = time.monotonic(), 1 / self.rps
         tat = max(self._tat, now)

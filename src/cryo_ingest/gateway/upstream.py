@@ -19,6 +19,7 @@ import ssl
 import time
 import zlib
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from functools import cache
 from typing import cast
 from urllib.parse import unquote, urlsplit
@@ -48,6 +49,20 @@ class Answer:
     body: bytes
     retry_after: str | None
     limit: float | None = None  # requests a second the endpoint's headers say it allows (advertised)
+
+
+def retry_after_seconds(value: str | None) -> float:
+    """Retry-After in seconds, at most 30: a number of seconds or an HTTP date (RFC 9110 10.2.3)."""
+    if not value:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):  # neither: hold the endpoint a second
+            return 1.0
+    return min(30.0, max(0.0, seconds))
 
 
 def advertised(headers: dict[bytes, bytes]) -> float | None:
