@@ -100,6 +100,11 @@ LOCAL_BURST_SECONDS = 0.1
 # (0.95 x 1.05 < 1). At the limit with a tenth of a second's burst, 2,750 CU reached some windows
 # of a 2,500 CU/s key; at 0.97, 13 batches of 200 CU were sent into each second, one refused.
 PACE, CU_BURST_SECONDS = 0.95, 0.05
+# Under a configured compute-unit budget, a call goes at most WHOLE_CALLS x as often as whole calls of
+# its cost fit in a window: at a steady rate r, some second receives floor(r / cost) + 1 of them. Three
+# 1,000-CU traces reached windows of 2,500 CU at 2,375 CU/s (85 refused for 101 served); at 0.98 x 2
+# a second, three span 1.02 s. A 200-CU batch (12 a window) goes at 2,352 CU/s rather than 2,375.
+WHOLE_CALLS = 0.98
 
 
 @dataclass
@@ -370,6 +375,8 @@ class Bucket:
                 continue
             rate *= b.pace
             units = cost if b.compute_units else float(calls)
+            if b.compute_units and b.configured is not None and b.configured >= units > 0:
+                rate = min(rate, WHOLE_CALLS * (b.configured // units) * units)
             if b.slots is None and b.configured is not None:
                 assert self.shared is not None
                 await self.shared.acquire(b.name, rate, units)
