@@ -311,6 +311,10 @@ class _Budget:
     # each of 70 waiting requests would keep them on the rate of that moment, whatever the tuner says since.
     queue: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    def units(self, cost: float, calls: int) -> float:
+        """A batch of `calls` calls costing `cost` compute units, in this budget's unit."""
+        return cost if self.compute_units else float(calls)
+
 
 class Bucket:
     """An endpoint's limits: `requests_per_second` and `compute_units_per_second`, each taken from the
@@ -360,7 +364,7 @@ class Bucket:
 
     def units(self, method: str, calls: int = 1) -> float:
         """What `calls` calls of `method` take of the tuned budget."""
-        return self.spec.cost(method) * calls if self.tuned.compute_units else float(calls)
+        return self.tuned.units(self.spec.cost(method) * calls, calls)
 
     async def acquire(self, method: str, calls: int = 1) -> tuple[float, float]:
         """Wait until `calls` calls of `method` (one JSON-RPC batch) may be sent; answers when that was
@@ -374,7 +378,7 @@ class Bucket:
             if rate is None:
                 continue
             rate *= b.pace
-            units = cost if b.compute_units else float(calls)
+            units = b.units(cost, calls)
             if b.compute_units and b.configured is not None and b.configured >= units > 0:
                 rate = min(rate, WHOLE_CALLS * (b.configured // units) * units)
             if b.slots is None and b.configured is not None:
@@ -392,7 +396,7 @@ class Bucket:
         now = time.monotonic()
         if self.spec.compute_units_per_second:
             self.compute_units += cost
-        units = self.units(method, calls)
+        units = self.tuned.units(cost, calls)
         for t, _ in tuners:
             t.sent(now, units)
         return now, units
