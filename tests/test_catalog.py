@@ -228,6 +228,28 @@ def test_overwrite_conflicts_swaps_chunks_in_one_snapshot(chain: Devnet, catalog
         assert same_rows(scan_iceberg(t).collect(), by_manifest(root, dataset))
 
 
+def test_a_namespace_another_sync_just_created_is_used(archived: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race of two first syncs, made certain: the namespace is absent when pyiceberg's SQL catalog looks,
+    there when it inserts it. Its insert fails on the key (an IntegrityError, not NamespaceAlreadyExistsError),
+    and the sync goes on with the namespace the other one created."""
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    root = tmp_path / "root"
+    shutil.copytree(archived, root)
+    cat = catalog.open_catalog(f"sqlite:///{tmp_path}/catalog.db", str(root))
+    cat.create_namespace("raced")
+    real, looked = SqlCatalog.namespace_exists, []
+
+    def absent_once(self: SqlCatalog, namespace: Any) -> bool:
+        looked.append(namespace)
+        return len(looked) > 1 and real(self, namespace)
+
+    monkeypatch.setattr(SqlCatalog, "namespace_exists", absent_once)
+    synced = catalog.sync_table(cat, str(root), 31337, "blocks", "raced")
+    assert synced is not None and len(synced.added) == len(manifest(root, 31337, "blocks")["files"])
+    assert looked[0] == "raced"  # the check that missed it, before pyiceberg's insert
+
+
 def test_concurrent_syncs_register_each_file_once(postgres: PostgresServer, archived: Path, tmp_path: Path) -> None:
     """Three syncs at once on one PostgreSQL catalog: whichever commits first, the others redo their difference."""
     root = tmp_path / "root"

@@ -234,8 +234,17 @@ def _table(catalog: Catalog, identifier: str, m: manifest.Manifest, location: st
         if any(table.properties.get(k) != v for k, v in wanted.items()):
             table = table.transaction().set_properties(wanted).commit_transaction()
         return table
-    with contextlib.suppress(NamespaceAlreadyExistsError):
-        catalog.create_namespace(identifier.rsplit(".", 1)[0])
+    namespace = identifier.rsplit(".", 1)[0]
+    try:
+        catalog.create_namespace(namespace)
+    except NamespaceAlreadyExistsError:
+        pass
+    except Exception:
+        # two first syncs at once: pyiceberg's SQL catalog checks, then inserts, and the later insert fails
+        # on the namespace's key (psycopg2's UniqueViolation, one of three concurrent syncs in a CI run),
+        # not as NamespaceAlreadyExistsError
+        if not catalog.namespace_exists(namespace):
+            raise
     schema = iceberg_schema(m.schema)
     spec = partition_spec(schema, m.chunk_size)
     # Cryo's files have no field ids: readers find columns by name.
